@@ -1,0 +1,96 @@
+"""Signed consensus votes: the one byte format shared by the BFT engine and the Staking contract.
+
+A vote commits to (chain id, height, round, step, block hash). Its digest is
+
+    keccak256(abi.encode(uint256 chainId, uint256 height, uint256 round, uint256 step, bytes32 blockHash))
+
+and the signature is a plain secp256k1 signature over that digest, 65 bytes r || s || v with v in {27, 28},
+so a Vyper contract verifies it with `ecrecover(digest, v, r, s)`. A nil vote has a zero block hash.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NewType
+
+from eth_abi import encode as abi_encode
+from eth_keys import keys
+from eth_keys.exceptions import BadSignature, ValidationError
+from eth_utils import keccak
+
+from consensus.errors import InvalidSignature
+
+Address = NewType("Address", bytes)  # 20 bytes
+
+STEP_PROPOSAL = 0
+STEP_PREVOTE = 1
+STEP_PRECOMMIT = 2
+STEPS = (STEP_PROPOSAL, STEP_PREVOTE, STEP_PRECOMMIT)
+NIL_HASH = b"\x00" * 32
+
+
+def vote_digest(chain_id: int, height: int, round_: int, step: int, block_hash: bytes) -> bytes:
+    """The 32-byte message a validator signs; identical to what the Staking contract recomputes."""
+    if step not in STEPS:
+        raise ValueError(f"vote step must be one of {STEPS}, got {step}")
+    if len(block_hash) != 32:
+        raise ValueError(f"block hash must be 32 bytes, got {len(block_hash)}")
+    encoded = abi_encode(
+        ["uint256", "uint256", "uint256", "uint256", "bytes32"],
+        [chain_id, height, round_, step, block_hash],
+    )
+    return keccak(encoded)
+
+
+@dataclass(frozen=True)
+class SignedVote:
+    """A vote plus its 65-byte signature (r || s || v, v in {27, 28})."""
+
+    chain_id: int
+    height: int
+    round: int
+    step: int
+    block_hash: bytes
+    signature: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return vote_digest(self.chain_id, self.height, self.round, self.step, self.block_hash)
+
+    @property
+    def is_nil(self) -> bool:
+        return self.block_hash == NIL_HASH
+
+
+def sign_digest(private_key: bytes, digest: bytes) -> bytes:
+    """Sign a 32-byte digest; returns r || s || v with v in {27, 28}."""
+    sig = keys.PrivateKey(private_key).sign_msg_hash(digest)
+    return sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
+
+
+def recover_address(digest: bytes, signature: bytes) -> Address:
+    """The 20-byte address that signed `digest`; raises InvalidSignature when it cannot be recovered."""
+    if len(signature) != 65:
+        raise InvalidSignature(f"signature must be 65 bytes, got {len(signature)}")
+    v = signature[64]
+    if v not in (27, 28):
+        raise InvalidSignature(f"signature v must be 27 or 28, got {v}")
+    try:
+        sig = keys.Signature(vrs=(v - 27, int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")))
+        return Address(sig.recover_public_key_from_msg_hash(digest).to_canonical_address())
+    except (BadSignature, ValidationError, ValueError) as exc:
+        raise InvalidSignature(f"cannot recover signer: {exc}") from exc
+
+
+def sign_vote(private_key: bytes, chain_id: int, height: int, round_: int, step: int, block_hash: bytes) -> SignedVote:
+    digest = vote_digest(chain_id, height, round_, step, block_hash)
+    return SignedVote(chain_id, height, round_, step, block_hash, sign_digest(private_key, digest))
+
+
+def vote_signer(vote: SignedVote) -> Address:
+    """Recover the signer of a vote; raises InvalidSignature."""
+    return recover_address(vote.digest, vote.signature)
+
+
+def address_of(private_key: bytes) -> Address:
+    return Address(keys.PrivateKey(private_key).public_key.to_canonical_address())

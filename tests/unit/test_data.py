@@ -1,0 +1,71 @@
+"""Dataset location: search order, Debian-style .gz files, and a clear error when nothing is found."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from swarmnode.learning import data
+from swarmnode.learning.data import load_dataset
+from swarmnode.learning.errors import DatasetNotFound, UnknownName
+
+
+def _write_idx(directory, n_train=20, n_test=10, gz=True):
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 255, size=(n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        blobs = {
+            f"{prefix}-images-idx3-ubyte": struct.pack(">IIII", 2051, n, 28, 28) + images.tobytes(),
+            f"{prefix}-labels-idx1-ubyte": struct.pack(">II", 2049, n) + labels.tobytes(),
+        }
+        for name, blob in blobs.items():
+            if gz:
+                with gzip.open(directory / f"{name}.gz", "wb") as f:
+                    f.write(blob)
+            else:
+                (directory / name).write_bytes(blob)
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_ROOT", tmp_path / "debian")
+    monkeypatch.delenv("SWARMNODE_DATA", raising=False)
+    return tmp_path
+
+
+def test_loads_gz_idx_files_from_data_dir(isolated):
+    _write_idx(isolated / "mine")
+    ds = load_dataset("fashion-mnist", isolated / "mine", cache_dir=isolated / "cache", allow_download=False)
+    assert len(ds.train) == 20 and len(ds.test) == 10
+    assert ds.train.images.shape == (20, 28, 28) and ds.train.labels.tolist()[:3] == [0, 1, 2]
+    assert ds.source == str(isolated / "mine")
+
+
+def test_env_var_is_searched_after_data_dir(isolated, monkeypatch):
+    _write_idx(isolated / "env", n_train=30, gz=False)
+    monkeypatch.setenv("SWARMNODE_DATA", str(isolated / "env"))
+    ds = load_dataset("mnist", isolated / "empty", cache_dir=isolated / "cache", allow_download=False)
+    assert len(ds.train) == 30 and ds.source == str(isolated / "env")
+
+
+def test_debian_layout_is_found(isolated):
+    _write_idx(isolated / "debian" / "fashion-mnist", n_train=40)
+    ds = load_dataset("fashion-mnist", cache_dir=isolated / "cache", allow_download=False)
+    assert len(ds.train) == 40
+
+
+def test_missing_dataset_names_every_place_searched(isolated, monkeypatch):
+    monkeypatch.setenv("SWARMNODE_DATA", str(isolated / "envdir"))
+    with pytest.raises(DatasetNotFound) as info:
+        load_dataset("fashion-mnist", isolated / "nowhere", cache_dir=isolated / "cache", allow_download=False)
+    msg = str(info.value)
+    for place in ("nowhere", "envdir", "debian", "cache", "torchvision download", "apt-get install dataset-fashion-mnist"):
+        assert place in msg, f"{place!r} missing from: {msg}"
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(UnknownName, match="cifar"):
+        load_dataset("cifar", allow_download=False)
