@@ -29,13 +29,14 @@ class Task:
     rule_params: dict[str, Any] = field(default_factory=lambda: {"server_lr": 1.0, "momentum": 0.9})
     max_update_norm: float = 1000.0
     optimizer: str = "sgd"
-    lr: float = 0.02
+    lr: float = 0.1
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 32
-    local_steps: int = 10
+    local_steps: int = 50
     local_epochs: int = 0
     prox_mu: float = 0.0
+    logit_adjust: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,7 +61,7 @@ class Task:
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.optimizer, self.lr, self.momentum, self.weight_decay, self.batch_size,
-                           self.local_steps, self.local_epochs, self.prox_mu)
+                           self.local_steps, self.local_epochs, self.prox_mu, self.logit_adjust)
 
     def partition_spec(self) -> PartitionSpec:
         return PartitionSpec(self.partition, dict(self.partition_params))

@@ -25,6 +25,7 @@ class TrainConfig:
     local_steps: int = 10
     local_epochs: int = 0
     prox_mu: float = 0.0  # FedProx proximal term; 0 disables it
+    logit_adjust: float = 0.0  # tau of logit-adjusted local loss for label skew; 0 disables it
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -64,6 +65,20 @@ def batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> 
             done += 1
 
 
+def label_shift(labels: torch.Tensor, tau: float, num_classes: int = 10) -> torch.Tensor | None:
+    """tau * log(local label prior), Laplace-smoothed: added to the logits in the local loss only.
+
+    Logit adjustment (Menon et al. 2021; FedLC, Zhang et al. 2022): training on logits + log(prior)
+    makes the raw logits estimate the class-balanced posterior, so a client that sees mostly one class
+    stops pulling the shared classifier towards it. The model itself and inference are unchanged.
+    """
+    if tau == 0.0:
+        return None
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    prior = (counts + 1.0) / (counts.sum() + num_classes)
+    return (tau * prior.log()).float()  # (C,)
+
+
 def train_local(
     model_name: str, global_params: Mapping[str, torch.Tensor], data: Split, cfg: TrainConfig, seed: int
 ) -> LocalResult:
@@ -77,13 +92,14 @@ def train_local(
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * -(-len(data) // cfg.batch_size)
     opt = _optimizer(cfg, model.parameters())
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()} if cfg.prox_mu > 0 else None
+    shift = label_shift(data.labels, cfg.logit_adjust)
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout masks
         for idx in batches(len(data), cfg.batch_size, steps, gen):
             x, y = to_float(data.images[idx]), data.labels[idx]  # (B, 1, 28, 28), (B,)
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            logits = model(x)  # (B, C)
+            loss = nn.functional.cross_entropy(logits + shift if shift is not None else logits, y)
             if anchor is not None:
                 prox = sum(((p - anchor[n]) ** 2).sum() for n, p in model.named_parameters())
                 loss = loss + 0.5 * cfg.prox_mu * prox
