@@ -1,0 +1,165 @@
+"""Key-value storage for the chain: a py-evm `BaseAtomicDB` over LevelDB, and a staging layer over it.
+
+`LevelDB` maps py-evm's database API onto plyvel: a plain write goes straight to disk, and an
+`atomic_batch()` becomes exactly one LevelDB write batch, applied atomically when the context exits.
+
+`StagedDB` is what the execution layer hands to py-evm. Every write (plain or batched) stays in memory
+until `flush()`, which writes everything accumulated, plus any extra keys the caller adds (the block's
+commit certificate, its consensus bytes), as ONE atomic, fsynced batch on the base database. A block
+that has been executed but is not yet final is therefore never on disk, and a process killed at any
+moment leaves the disk at the last flushed block. `discard()` forgets the pending writes.
+
+Neither class is thread-safe; the chain that owns them runs in a single worker thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import plyvel
+from eth.abc import AtomicWriteBatchAPI
+from eth.db.atomic import AtomicDBWriteBatch
+from eth.db.backends.base import BaseAtomicDB
+
+from consensus.errors import ConsensusError
+
+
+class DatabaseError(ConsensusError):
+    """The on-disk database cannot be opened or written."""
+
+
+class _Deleted:
+    """Tombstone for a key deleted in a pending write set."""
+
+
+_DELETED = _Deleted()
+
+
+class LevelDB(BaseAtomicDB):
+    """py-evm atomic database over a LevelDB directory (one plyvel write batch per atomic batch)."""
+
+    def __init__(self, path: Path | str, *, sync_writes: bool = True) -> None:
+        self.path = Path(path)
+        self._sync = sync_writes
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._db = plyvel.DB(str(self.path), create_if_missing=True)
+        except (OSError, plyvel.Error) as exc:
+            raise DatabaseError(f"cannot open LevelDB at {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if not self._db.closed:
+            self._db.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._db.closed
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self._db.get(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._db.put(key, value, sync=self._sync)
+
+    def __delitem__(self, key: bytes) -> None:
+        if self._db.get(key) is None:
+            raise KeyError(key)
+        self._db.delete(key, sync=self._sync)
+
+    def _exists(self, key: bytes) -> bool:
+        return self._db.get(key) is not None
+
+    def write_many(self, puts: Mapping[bytes, bytes], deletes: tuple[bytes, ...] = ()) -> None:
+        """Apply `puts` and `deletes` as one atomic LevelDB batch (fsynced when sync_writes)."""
+        with self._db.write_batch(transaction=True, sync=self._sync) as batch:
+            for key in deletes:
+                batch.delete(key)
+            for key, value in puts.items():
+                batch.put(key, value)
+
+    @contextmanager
+    def atomic_batch(self) -> Iterator[AtomicWriteBatchAPI]:
+        # AtomicDBWriteBatch reads through to `self` and, on success, applies its diff to the target.
+        # The target here collects the diff so that it lands in a single LevelDB write batch.
+        collector = _Collector(self)
+        with AtomicDBWriteBatch._commit_unless_raises(collector) as batch:
+            yield batch
+        self.write_many(collector.puts, tuple(collector.deletes))
+
+
+class _Collector:
+    """Write target that records a committed AtomicDBWriteBatch diff instead of applying it."""
+
+    def __init__(self, reader: LevelDB) -> None:
+        self._reader = reader
+        self.puts: dict[bytes, bytes] = {}
+        self.deletes: set[bytes] = set()
+
+    def __getitem__(self, key: bytes) -> bytes:
+        return self._reader[key]
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.deletes.discard(key)
+        self.puts[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        self.puts.pop(key, None)
+        self.deletes.add(key)
+
+
+class StagedDB(BaseAtomicDB):
+    """Buffers every write in memory until `flush()` writes them to the base LevelDB in one batch."""
+
+    def __init__(self, base: LevelDB) -> None:
+        self.base = base
+        self._pending: dict[bytes, bytes | _Deleted] = {}
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def __getitem__(self, key: bytes) -> bytes:
+        value = self._pending.get(key)
+        if value is None:
+            return self.base[key]
+        if isinstance(value, _Deleted):
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._pending[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._pending[key] = _DELETED
+
+    def _exists(self, key: bytes) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    @contextmanager
+    def atomic_batch(self) -> Iterator[AtomicWriteBatchAPI]:
+        with AtomicDBWriteBatch._commit_unless_raises(self) as batch:
+            yield batch
+
+    def flush(self, extra: Mapping[bytes, bytes] | None = None) -> None:
+        """Write all pending writes plus `extra` to the base database as one atomic batch."""
+        puts = {k: v for k, v in self._pending.items() if not isinstance(v, _Deleted)}
+        deletes = tuple(k for k, v in self._pending.items() if isinstance(v, _Deleted))
+        if extra:
+            puts.update(extra)
+        self.base.write_many(puts, deletes)
+        self._pending.clear()
+
+    def discard(self) -> None:
+        """Forget every pending write."""
+        self._pending.clear()

@@ -1,0 +1,99 @@
+"""Read-only views of the swarm contracts for the swarm_* RPC methods (ABI from the committed artifacts)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from eth_abi import decode as abi_decode
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
+
+from consensus.chain import ExecutionChain
+from consensus.chain_reads import CallFailed, CallRequest
+from consensus.genesis_block import ROUNDS_ADDRESS, STAKING_ADDRESS
+
+
+def _abi_type(param: dict[str, Any]) -> str:
+    kind = param["type"]
+    if kind.startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in param["components"]) + ")" + kind[len("tuple"):]
+    return kind
+
+
+def _jsonable(value: Any, param: dict[str, Any]) -> Any:
+    """ABI-decoded value -> JSON: structs become objects, bytes hex, big ints decimal strings."""
+    kind = param["type"]
+    if kind.startswith("tuple"):
+        if kind.endswith("]"):
+            inner = {**param, "type": kind[: kind.rindex("[")]}
+            return [_jsonable(v, inner) for v in value]
+        return {c["name"]: _jsonable(v, c) for c, v in zip(param["components"], value, strict=True)}
+    if isinstance(value, (list, tuple)):
+        inner = {**param, "type": kind[: kind.rindex("[")]}
+        return [_jsonable(v, inner) for v in value]
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 2**53:
+        return str(value)
+    if kind == "address":
+        return to_checksum_address(value)
+    return value
+
+
+class SwarmViews:
+    """Calls to the contracts' view functions at the committed head. Chain-worker thread only."""
+
+    def __init__(self, chain: ExecutionChain) -> None:
+        self.chain = chain
+
+    @cached_property
+    def _abis(self) -> dict[str, dict[str, dict[str, Any]]]:
+        try:
+            from consensus.contracts import load_artifact
+        except ImportError:
+            return {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for name in ("Staking", "SwarmRounds"):
+            abi = load_artifact(name)["abi"]
+            out[name] = {f["name"]: f for f in abi if f.get("type") == "function"}
+        return out
+
+    def deployed(self) -> dict[str, bool]:
+        state = self.chain.state_view()
+        return {"staking": bool(state.get_code(STAKING_ADDRESS)), "swarmRounds": bool(state.get_code(ROUNDS_ADDRESS))}
+
+    def call_view(self, contract: str, fn: str, *args: Any) -> Any:
+        """Call `contract.fn(*args)` at the head; returns the JSON form of its single output."""
+        spec = self._abis[contract][fn]
+        in_types = [_abi_type(p) for p in spec["inputs"]]
+        selector = keccak(f"{fn}({','.join(in_types)})".encode())[:4]
+        to = STAKING_ADDRESS if contract == "Staking" else ROUNDS_ADDRESS
+        output = self.chain.reader.call(CallRequest(to=to, data=selector + abi_encode(in_types, list(args))),
+                                        self.chain.head)
+        decoded = abi_decode([_abi_type(p) for p in spec["outputs"]], output)
+        values = [_jsonable(v, p) for v, p in zip(decoded, spec["outputs"], strict=True)]
+        return values[0] if len(values) == 1 else values
+
+    def _ready(self) -> bool:
+        return bool(self._abis) and self.deployed()["swarmRounds"]
+
+    def round(self, r: int) -> dict[str, Any] | None:
+        """Round r with its commits, or None if the round is not open yet (or no contract)."""
+        if not self._ready():
+            return None
+        try:
+            info = self.call_view("SwarmRounds", "getRound", r)
+        except CallFailed:
+            return None
+        commits = [self.call_view("SwarmRounds", "getCommit", r, i) for i in range(int(info["commitCount"]))]
+        return {"round": r, **info, "commits": commits}
+
+    def history(self, start: int | None, count: int) -> list[dict[str, Any]]:
+        """Up to `count` rounds from `start` (default: the latest `count` rounds), oldest first."""
+        if not self._ready():
+            return []
+        current = int(self.call_view("SwarmRounds", "currentRound"))
+        first = max(0, current - count + 1) if start is None else start
+        rounds = (self.round(r) for r in range(first, min(current, first + count - 1) + 1))
+        return [r for r in rounds if r is not None]

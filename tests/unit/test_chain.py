@@ -1,0 +1,266 @@
+"""ExecutionChain: build/execute/commit life cycle, header rules, timestamps, reads, envelope."""
+
+from __future__ import annotations
+
+import pytest
+import rlp
+
+from consensus.chain import (
+    MAX_FUTURE_DRIFT,
+    ExecutionChain,
+    GenesisMismatch,
+    InvalidBlock,
+    UnknownBlock,
+    check_timestamp,
+    next_timestamp,
+)
+from consensus.chain_reads import CallFailed, CallRequest, ReadError
+from consensus.devtools import address_of, dev_genesis, dev_key, sign_tx
+from consensus.envelope import Envelope, EnvelopeError
+
+K0, K1 = dev_key(0), dev_key(1)
+A0, A1 = address_of(K0), address_of(K1)
+TO = b"\x11" * 20
+COINBASE = b"\x22" * 20
+T0 = 1_000  # genesis time of dev_genesis
+TOPIC = b"\xab" * 32
+# runtime: MSTORE(0, CALLDATALOAD(0)); LOG1(0, 32, TOPIC); RETURN(0, 32)
+LOGGER_RUNTIME = bytes.fromhex("600035600052") + b"\x7f" + TOPIC + bytes.fromhex("60206000a160206000f3")
+LOGGER_INIT = bytes.fromhex("6031600c60003960316000f3") + LOGGER_RUNTIME
+REVERTER_INIT = bytes.fromhex("6005600c60003960056000f3") + bytes.fromhex("60006000fd")
+
+
+@pytest.fixture
+def genesis():
+    return dev_genesis(1, 2)
+
+
+@pytest.fixture
+def chain(tmp_path, genesis):
+    c = ExecutionChain.open(tmp_path / "a", genesis)
+    yield c
+    c.close()
+
+
+def transfers(chain: ExecutionChain, key: bytes, count: int, start: int = 0, value: int = 1):
+    return [chain.decode_transaction(sign_tx(key, chain.chain_id, n, to=TO, value=value))
+            for n in range(start, start + count)]
+
+
+def build_and_commit(chain: ExecutionChain, txs, now: float = T0, cert: bytes = b"cert"):
+    executed = chain.build_block(txs, coinbase=COINBASE, now=now)
+    chain.commit(executed.hash, cert, b"consensus-bytes")
+    return executed
+
+
+def test_timestamp_rule() -> None:
+    assert next_timestamp(100, 50.9) == 101  # faster than 1 block/s: parent + 1
+    assert next_timestamp(100, 130.7) == 130  # otherwise wall clock, whole seconds
+    check_timestamp(101, 100, now=50)
+    check_timestamp(101 + MAX_FUTURE_DRIFT, 100, now=50)
+    with pytest.raises(InvalidBlock, match="future"):
+        check_timestamp(102 + MAX_FUTURE_DRIFT, 100, now=50)
+    with pytest.raises(InvalidBlock, match="does not exceed"):
+        check_timestamp(100, 100, now=None)
+    check_timestamp(10**9, 100, now=None)  # sync of certified blocks: no wall-clock bound
+
+
+def test_pending_block_is_invisible_until_commit(chain) -> None:
+    executed = chain.build_block(transfers(chain, K0, 3), coinbase=COINBASE, now=T0)
+    assert executed.number == 1 and chain.height == 0
+    assert chain.state_view().get_balance(TO) == 0
+    header = chain.commit(executed.hash, b"cert-1", b"cons-1")
+    assert header.block_number == 1 and chain.height == 1
+    assert chain.state_view().get_balance(TO) == 3
+    assert chain.get_certificate(executed.hash) == b"cert-1"
+    assert chain.get_consensus_bytes(executed.hash) == b"cons-1"
+    assert chain.head.timestamp == T0 + 1
+
+
+def test_discard_and_commit_of_an_unknown_block(chain) -> None:
+    executed = chain.build_block(transfers(chain, K0, 1), coinbase=COINBASE, now=T0)
+    chain.discard_pending()
+    with pytest.raises(UnknownBlock):
+        chain.commit(executed.hash, b"")
+    assert chain.height == 0
+    again = build_and_commit(chain, transfers(chain, K0, 1))
+    assert again.hash == executed.hash  # same inputs, same block
+
+
+def test_an_invalid_transaction_fails_the_build_and_changes_nothing(chain) -> None:
+    good = transfers(chain, K0, 1)
+    gap = transfers(chain, K1, 1, start=5)
+    with pytest.raises(InvalidBlock, match="cannot build"):
+        chain.build_block(good + gap, coinbase=COINBASE, now=T0)
+    assert chain.pending is None and chain.height == 0
+    assert build_and_commit(chain, good).number == 1
+
+
+def test_reopen_resumes_at_the_last_commit_and_refuses_another_genesis(tmp_path, genesis) -> None:
+    c = ExecutionChain.open(tmp_path / "a", genesis)
+    for i in range(3):
+        build_and_commit(c, transfers(c, K0, 2, start=2 * i), now=T0 + i)
+    root, head_hash = c.head.state_root, c.head.hash
+    c.build_block(transfers(c, K0, 1, start=6), coinbase=COINBASE, now=T0 + 9)  # pending, never committed
+    c.close()
+    c = ExecutionChain.open(tmp_path / "a", genesis)
+    assert (c.height, c.head.state_root, c.head.hash) == (3, root, head_hash)
+    assert c.state_view().get_nonce(A0) == 6
+    c.close()
+    with pytest.raises(GenesisMismatch):
+        ExecutionChain.open(tmp_path / "a", dev_genesis(1, 2, chain_id=999))
+
+
+def test_execute_rejects_header_rule_violations(tmp_path, genesis, chain) -> None:
+    executed = chain.build_block(transfers(chain, K0, 1), coinbase=COINBASE, now=T0 + 100)
+    other = ExecutionChain.open(tmp_path / "b", genesis)
+    try:
+        with pytest.raises(InvalidBlock, match="future"):
+            other.execute_block(executed.encode(), now=T0)
+        block = executed.block
+        for field, value, message in [
+            ("gas_limit", block.header.gas_limit - 1, "gas_limit"),
+            ("mix_hash", b"\x01" * 32, "prevrandao"),
+            ("block_number", 2, "block number"),
+            ("state_root", b"\x02" * 32, "rejected"),
+        ]:
+            bad = block.copy(header=block.header.copy(**{field: value}))
+            with pytest.raises(InvalidBlock, match=message):
+                other.execute_block(rlp.encode(bad), now=T0 + 100)
+        with pytest.raises(InvalidBlock, match="RLP"):
+            other.execute_block(b"\xc3\x01\x02\x03", now=None)
+        assert other.height == 0 and other.pending is None
+        assert other.execute_block(executed.encode(), now=T0 + 100).hash == executed.hash
+    finally:
+        other.close()
+
+
+def test_receipts_logs_calls_and_estimates(chain) -> None:
+    deploy = chain.decode_transaction(sign_tx(K0, chain.chain_id, 0, to=None, data=LOGGER_INIT, gas=200_000))
+    revert = chain.decode_transaction(sign_tx(K0, chain.chain_id, 1, to=None, data=REVERTER_INIT, gas=200_000))
+    build_and_commit(chain, [deploy, revert])
+    logger = chain.reader.receipt(deploy.hash).contract_address
+    reverter = chain.reader.receipt(revert.hash).contract_address
+    assert chain.state_view().get_code(logger) == LOGGER_RUNTIME
+    word = (7).to_bytes(32, "big")
+    call = chain.decode_transaction(sign_tx(K1, chain.chain_id, 0, to=logger, data=word, gas=100_000))
+    build_and_commit(chain, [call], now=T0 + 1)
+
+    receipt = chain.reader.receipt(call.hash)
+    assert receipt.success and receipt.gas_used == receipt.cumulative_gas_used > 21_000
+    assert [(e.address, e.topics, e.data) for e in receipt.logs] == [(logger, (TOPIC,), word)]
+    assert len(chain.reader.logs(0, 2, [logger], [[TOPIC]])) == 1
+    assert chain.reader.logs(0, 2, [TO]) == []
+    assert chain.reader.logs(0, 2, [], [[b"\x00" * 32]]) == []
+    assert chain.reader.logs(0, 1, [logger]) == []
+
+    assert chain.reader.call(CallRequest(sender=A1, to=logger, data=word), chain.head) == word
+    with pytest.raises(CallFailed, match="reverted"):
+        chain.reader.call(CallRequest(sender=A1, to=reverter), chain.head)
+    assert 21_000 < chain.reader.estimate_gas(CallRequest(sender=A1, to=logger, data=word), chain.head) <= 100_000
+    with pytest.raises(ReadError):
+        chain.reader.receipt(b"\x00" * 32)
+    with pytest.raises(ReadError):
+        chain.reader.block_by_number(99)
+
+
+def test_validator_set_comes_from_the_staking_contract(chain, genesis) -> None:
+    expected = tuple((v.address, v.stake) for v in genesis.validators)
+    assert chain.reader.validator_set_for_height(1) == expected
+    with pytest.raises(ReadError):
+        chain.reader.validator_set_for_height(0)
+
+
+def test_envelope_round_trip_and_errors(chain) -> None:
+    executed = build_and_commit(chain, transfers(chain, K0, 1))
+    env = chain.get_envelope(1)
+    assert env == Envelope(executed.encode(), b"consensus-bytes")
+    assert Envelope.decode(env.encode()) == env
+    for junk in (b"", b"\x80", rlp.encode([9, b"a", b"b"]), rlp.encode([1, [b"a"], b"b"])):
+        with pytest.raises(EnvelopeError):
+            Envelope.decode(junk)
+
+
+def test_leveldb_atomic_batch_is_all_or_nothing(tmp_path) -> None:
+    from consensus.db import LevelDB
+
+    db = LevelDB(tmp_path / "db")
+    try:
+        db[b"k"] = b"v0"
+        with pytest.raises(RuntimeError):
+            with db.atomic_batch() as batch:
+                batch[b"k"] = b"v1"
+                batch[b"new"] = b"x"
+                assert batch[b"k"] == b"v1"
+                raise RuntimeError("abort")
+        assert db[b"k"] == b"v0" and b"new" not in db
+        with db.atomic_batch() as batch:
+            batch[b"k"] = b"v2"
+            del batch[b"k"]
+            batch[b"new"] = b"y"
+        assert b"k" not in db and db[b"new"] == b"y"
+    finally:
+        db.close()
+    reopened = LevelDB(tmp_path / "db")
+    assert reopened[b"new"] == b"y"
+    reopened.close()
+
+
+def test_staged_db_writes_nothing_until_flush(tmp_path) -> None:
+    from consensus.db import LevelDB, StagedDB
+
+    base = LevelDB(tmp_path / "db")
+    try:
+        staged = StagedDB(base)
+        base[b"old"] = b"1"
+        staged[b"a"] = b"1"
+        with staged.atomic_batch() as batch:
+            batch[b"b"] = b"2"
+            del batch[b"old"]
+        assert staged[b"b"] == b"2" and b"old" not in staged
+        assert b"a" not in base and b"b" not in base and base[b"old"] == b"1"
+        staged.flush({b"cert": b"c"})
+        assert (base[b"a"], base[b"b"], base[b"cert"]) == (b"1", b"2", b"c") and b"old" not in base
+        staged[b"z"] = b"9"
+        staged.discard()
+        assert b"z" not in staged and b"z" not in base
+    finally:
+        base.close()
+
+
+def test_validator_set_changes_only_at_epoch_boundaries(tmp_path) -> None:
+    from consensus.genesis import ConsensusParams, Genesis
+
+    base = dev_genesis(1, 3)
+    genesis = Genesis(**{**base.__dict__, "consensus": ConsensusParams(epoch_length=3)})
+    chain = ExecutionChain.open(tmp_path / "epochs", genesis)
+    try:
+        deposit = chain.decode_transaction(sign_tx(K1, chain.chain_id, 0, to=bytes(18) + b"\x10\x00",
+                                                   value=5 * 10**18, data=bytes.fromhex("d0e30db0"), gas=300_000))
+        build_and_commit(chain, [deposit])  # block 1, epoch 0
+        assert chain.reader.receipt(deposit.hash).success
+        for n in (2, 3):
+            build_and_commit(chain, [], now=T0 + n)
+        genesis_set = ((A0, 32 * 10**18),)
+        assert chain.reader.validator_set_for_height(2) == genesis_set  # epoch 0: genesis
+        assert chain.reader.validator_set_for_height(3) == (*genesis_set, (A1, 5 * 10**18))  # epoch 1
+        assert chain.reader.validator_set_for_height(5) == chain.reader.validator_set_for_height(3)
+    finally:
+        chain.close()
+
+
+def test_a_call_the_sender_cannot_afford_is_a_call_failure(chain) -> None:
+    with pytest.raises(CallFailed, match="invalid call"):
+        chain.reader.call(CallRequest(sender=b"\x99" * 20, to=TO, value=10**30), chain.head)
+
+
+def test_epoch_starts_follow_staking_epoch_of(tmp_path) -> None:
+    from consensus.genesis import ConsensusParams, Genesis
+
+    base = dev_genesis(1, 1)
+    chain = ExecutionChain.open(tmp_path / "e", Genesis(**{**base.__dict__, "consensus": ConsensusParams(epoch_length=10)}))
+    try:
+        starts = [chain.reader.epoch_start(h) for h in (1, 9, 10, 19, 20, 25)]
+        assert starts == [1, 1, 10, 10, 20, 20]
+    finally:
+        chain.close()
