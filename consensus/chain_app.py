@@ -1,0 +1,84 @@
+"""ChainApplication: the execution chain (consensus.chain) behind the consensus driver's Application.
+
+Blocks on the consensus wire are Prague block RLP; id(v) is the block (header) hash. Validator sets
+come from the Staking contract as of the last block of the previous epoch, so they change only at
+epoch boundaries. Every method runs on the driver's single worker thread (py-evm is not thread-safe),
+except block_hash, which only hashes bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import rlp
+from eth_utils import keccak
+
+from consensus.certificate import CommitCertificate
+from consensus.chain import ChainError, ExecutionChain
+from consensus.engine.validators import ValidatorSet
+from consensus.interfaces import Application, Verdict
+from consensus.txpool import TxPool
+from consensus.wire import MalformedMessage
+
+
+class ChainApplication(Application):
+    def __init__(self, chain: ExecutionChain, coinbase: bytes, *, pool: TxPool | None = None,
+                 max_txs: int | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.chain = chain
+        self.coinbase = coinbase
+        self.pool = pool
+        self.max_txs = max_txs
+        self._clock = clock
+
+    def latest_height(self) -> int:
+        return self.chain.height
+
+    def propose_block(self, height: int, round_: int, timestamp: int) -> bytes:
+        txs = []
+        if self.pool is not None:
+            txs = self.pool.select(self.chain.state_view(), self.chain.next_base_fee(),
+                                   self.chain.genesis.block_gas_limit, self.max_txs)
+        return self.chain.build_block(txs, coinbase=self.coinbase, now=timestamp).encode()
+
+    def validate_block(self, height: int, block_bytes: bytes) -> Verdict:
+        if height != self.chain.height + 1:
+            return Verdict(False, f"block for height {height} on top of {self.chain.height}")
+        try:
+            executed = self.chain.execute_block(block_bytes, now=self._clock())
+        except ChainError as exc:
+            return Verdict(False, str(exc))
+        if executed.number != height:
+            return Verdict(False, f"block number {executed.number} != {height}")
+        return Verdict(True)
+
+    def commit_block(self, height: int, block_bytes: bytes, certificate: CommitCertificate) -> None:
+        block_hash = self.block_hash(block_bytes)
+        pending = self.chain.pending
+        if pending is None or pending.hash != block_hash:
+            self.chain.execute_block(block_bytes, now=None)  # final and certified: no wall-clock bound
+        self.chain.commit(block_hash, certificate.encode())
+        if self.pool is not None:
+            self.pool.prune(self.chain.state_view())
+
+    def validator_set(self, height: int) -> ValidatorSet:
+        members = {address: stake for address, stake in self.chain.reader.validator_set_for_height(height) if stake > 0}
+        return ValidatorSet.from_powers(members, epoch_start=self.chain.reader.epoch_start(height))
+
+    def block_hash(self, block_bytes: bytes) -> bytes:
+        try:
+            fields = rlp.decode(block_bytes)
+        except rlp.exceptions.DecodingError as exc:
+            raise MalformedMessage(f"block is not RLP: {exc}") from exc
+        if not isinstance(fields, list) or not fields or not isinstance(fields[0], list):
+            raise MalformedMessage("block RLP has no header list")
+        return keccak(rlp.encode(fields[0]))
+
+    def committed_block(self, height: int) -> tuple[bytes, CommitCertificate] | None:
+        if not 1 <= height <= self.chain.height:
+            return None
+        block = self.chain.reader.block_by_number(height)
+        cert = self.chain.get_certificate(bytes(block.hash))
+        if not cert:
+            return None
+        return rlp.encode(block), CommitCertificate.decode(cert)

@@ -1,0 +1,482 @@
+"""The consensus driver: a trio service that feeds the pure engine and carries out its outputs.
+
+It authenticates network messages, runs the Application off the event loop (one worker thread),
+signs votes only after the signing record is fsynced, schedules timeouts with trio, re-broadcasts its
+own votes while a height is stuck, and catches up from peers by verifying commit certificates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from consensus import engine as eng
+from consensus.certificate import CommitCertificate, InvalidCertificate, verify_certificate
+from consensus.errors import ConsensusError, InvalidSignature
+from consensus.evidence import EvidencePool
+from consensus.interfaces import Application, Network
+from consensus.messages import (
+    MAX_MESSAGE_BYTES,
+    ProposalMessage,
+    SyncRequest,
+    SyncResponse,
+    VoteMessage,
+    decode,
+    encode,
+)
+from consensus.signing_record import DoubleSignRefused, SigningRecord
+from consensus.votes import SignedVote, address_of, sign_vote, vote_signer
+from consensus.wire import MalformedMessage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    chain_id: int
+    timeouts: eng.TimeoutConfig = field(default_factory=eng.TimeoutConfig)
+    block_interval: float = 1.0  # from a commit to the next height's start: empty blocks keep coming
+    rebroadcast_interval: float = 2.0  # re-send own messages while a height makes no progress
+    sync_request_interval: float = 1.0
+    sync_batch: int = 16  # heights served per sync request
+    max_heights_ahead: int = 64  # further ahead is "far ahead": dropped without asking for sync
+    future_buffer: int = 4096  # messages held for height + 1
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    inbox_size: int = 64
+    dedupe_window: int = 8192  # recently received messages remembered to drop exact re-sends
+    # Run the Application and fsync in worker threads. Tests under trio's MockClock set False: autojump
+    # counts time spent in a worker thread as idle and would fire timeouts early, non-deterministically.
+    offload_blocking: bool = True
+
+
+@dataclass(frozen=True)
+class DriverStatistics:
+    height: int
+    round: int
+    step: int
+    committed_height: int
+    received: int
+    dropped: dict[str, int]
+    sign_refused: int
+    evidence: int
+    counters: dict[str, int]  # everything else: rebroadcasts, duplicates, sync_requests, synced_blocks...
+
+
+@dataclass(frozen=True)
+class _Authenticated:
+    message: ProposalMessage | VoteMessage
+    signer: bytes
+
+
+@dataclass(frozen=True)
+class _Built:
+    height: int
+    round: int
+    block: bytes
+
+
+@dataclass(frozen=True)
+class _Synced:
+    block: bytes
+    certificate: CommitCertificate
+
+
+class ConsensusDriver:
+    """One validator (or observer, with private_key=None) running Tendermint over `network`."""
+
+    def __init__(
+        self, config: DriverConfig, app: Application, network: Network,
+        private_key: bytes | None, signing_record: SigningRecord,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.app = app
+        self.network = network
+        self._key = private_key
+        self.address = address_of(private_key) if private_key is not None else None
+        self.record = signing_record
+        self._wall_clock = wall_clock
+        self._state = eng.initial_state(config.chain_id, self.address, config.timeouts)
+        self._app_limiter = trio.CapacityLimiter(1)
+        self._disk_limiter = trio.CapacityLimiter(1)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Any](config.inbox_size)
+        self._blocks: dict[bytes, bytes] = {}
+        self._own: dict[tuple[int, int], bytes] = {}  # (round, step) -> encoded own message, this height
+        self._seen: dict[bytes, None] = {}  # insertion-ordered set of recent raw messages
+        self._future: list[_Authenticated] = []
+        self._future_keys: set[tuple[Any, ...]] = set()
+        self._synced: dict[int, _Synced] = {}
+        self._last_sync_request: dict[int, float] = {}
+        self._last_sync_serve: dict[int, float] = {}
+        self._committed_height = 0
+        self._progress = trio.Event()
+        self._evidence_added = trio.Event()
+        self.counters: Counter[str] = Counter()
+        self.evidence = EvidencePool()
+        self.timeline: dict[int, dict[str, float]] = {}  # height -> proposal / commit times
+        self._nursery: trio.Nursery | None = None
+
+    # ---- public API ----
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled; `nursery.start(driver.run)` returns once the first height has started."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._committed_height = await self._app(self.app.latest_height)
+            vset = await self._app(self.app.validator_set, self._committed_height + 1)
+            await self._feed(eng.StartHeight(self._committed_height + 1, vset))
+            nursery.start_soon(self._receive_loop)
+            nursery.start_soon(self._rebroadcast_loop)
+            task_status.started()
+            async for item in self._inbox_recv:
+                await self._dispatch(item)
+
+    @property
+    def committed_height(self) -> int:
+        return self._committed_height
+
+    @property
+    def state(self) -> eng.EngineState:
+        return self._state
+
+    async def wait_height(self, height: int) -> None:
+        """Return once a block at `height` (or above) is committed on this node."""
+        while self._committed_height < height:
+            await self._progress.wait()
+
+    async def wait_evidence(self, count: int = 1) -> None:
+        """Return once at least `count` pieces of equivocation evidence are pooled."""
+        while len(self.evidence) < count:
+            await self._evidence_added.wait()
+
+    def statistics(self) -> DriverStatistics:
+        s = self._state
+        dropped = {k[len("dropped."):]: v for k, v in self.counters.items() if k.startswith("dropped.")}
+        return DriverStatistics(
+            s.height, s.round, int(s.step), self._committed_height, self.counters["received"], dropped,
+            self.counters["sign_refused"], len(self.evidence), dict(self.counters),
+        )
+
+    # ---- plumbing ----
+
+    async def _app(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await self._blocking(fn, *args, limiter=self._app_limiter)
+
+    async def _blocking(self, fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter) -> Any:
+        if not self.config.offload_blocking:
+            await trio.lowlevel.checkpoint()
+            return fn(*args)
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise ConsensusError("driver is not running: use `nursery.start(driver.run)`")
+        self._nursery.start_soon(fn, *args)
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        self.counters[f"dropped.{reason}"] += 1
+        log.debug("%s dropped input: %s %s", self._who, reason, detail)
+
+    @property
+    def _who(self) -> str:
+        return f"0x{self.address.hex()[:8]}" if self.address else "observer"
+
+    async def _feed(self, inp: eng.Input) -> None:
+        """Apply an input and every input its outputs loop back (our own proposals and votes)."""
+        queue: deque[eng.Input] = deque([inp])
+        while queue:
+            self._state, outputs = eng.apply(self._state, queue.popleft())
+            for out in outputs:
+                looped = await self._execute(out)
+                if looped is not None:
+                    queue.append(looped)
+
+    # ---- inbound ----
+
+    def _is_duplicate(self, data: bytes) -> bool:
+        """Exact re-sends (rebroadcasts, gossip echoes) skip decoding and signature recovery."""
+        if data in self._seen:
+            return True
+        self._seen[data] = None
+        if len(self._seen) > self.config.dedupe_window:
+            del self._seen[next(iter(self._seen))]
+        return False
+
+    async def _receive_loop(self) -> None:
+        async for data in self.network.inbound:
+            self.counters["received"] += 1
+            if self._is_duplicate(data):
+                self.counters["duplicates"] += 1
+                continue
+            try:
+                msg = decode(data, self.config.max_message_bytes)
+            except MalformedMessage as exc:
+                self._drop("malformed", str(exc))
+                continue
+            item: Any = msg
+            if isinstance(msg, ProposalMessage | VoteMessage):
+                try:
+                    item = _Authenticated(msg, vote_signer(msg.vote))
+                except InvalidSignature as exc:
+                    self._drop("bad_signature", str(exc))
+                    continue
+            await self._inbox_send.send(item)
+
+    async def _dispatch(self, item: Any) -> None:
+        if isinstance(item, _Authenticated):
+            await self._on_consensus_message(item)
+        elif isinstance(item, _Built):
+            if item.height == self._state.height:
+                block_hash = self.app.block_hash(item.block)
+                self._blocks[block_hash] = item.block
+                await self._feed(eng.ValueReady(item.height, item.round, block_hash))
+        elif isinstance(item, eng.StartHeight):
+            await self._start_height(item)
+        elif isinstance(item, SyncRequest):
+            await self._serve_sync(item.height)
+        elif isinstance(item, SyncResponse):
+            await self._on_sync_response(item)
+        else:
+            await self._feed(item)
+
+    async def _on_consensus_message(self, item: _Authenticated) -> None:
+        h, current = item.message.vote.height, self._state.height
+        decided = self._state.step == eng.Step.COMMIT
+        if h == current and not decided:
+            inp = self._engine_input(item)
+            if inp is not None:
+                await self._feed(inp)
+        elif h == current:
+            self.counters["late_for_decided_height"] += 1
+        elif h == current + 1:
+            self._buffer_future(item)
+            if not decided:
+                self._request_sync(current)  # peers moved on without us
+        elif h < current:
+            self._drop("stale_height", f"height {h} < {current}")
+        elif h <= current + self.config.max_heights_ahead:
+            self._drop("future_height", f"height {h}, at {current}")
+            self._request_sync(self._committed_height + 1)
+        else:
+            self._drop("height_far_ahead", f"height {h}, at {current}")
+
+    def _engine_input(self, item: _Authenticated) -> eng.Input | None:
+        """The engine input for an authenticated message; None (dropped) when a proposal's block bytes
+        do not hash to what the proposer signed: a relay may have swapped them, so no verdict follows."""
+        msg = item.message
+        if not isinstance(msg, ProposalMessage):
+            return eng.VoteInput(msg.vote, item.signer)
+        try:
+            block_hash = self.app.block_hash(msg.block)
+        except ConsensusError:
+            block_hash = b""
+        if block_hash != msg.vote.block_hash:
+            self._drop("block_mismatch", f"proposal at height {msg.vote.height} round {msg.vote.round}")
+            return None
+        self._blocks.setdefault(block_hash, msg.block)
+        self.timeline.setdefault(msg.vote.height, {"proposal": trio.current_time()})
+        return eng.ProposalInput(msg.vote, msg.valid_round, item.signer)
+
+    def _buffer_future(self, item: _Authenticated) -> None:
+        v = item.message.vote
+        key = (item.signer, v.height, v.round, v.step, v.block_hash)
+        if key in self._future_keys:
+            return
+        if self._state.validators.power_of(item.signer) == 0:
+            self._drop("non_validator", f"future vote from 0x{item.signer.hex()}")
+        elif len(self._future) >= self.config.future_buffer:
+            self._drop("future_buffer_full", f"height {v.height}")
+        else:
+            self._future.append(item)
+            self._future_keys.add(key)
+
+    # ---- outputs ----
+
+    async def _execute(self, out: eng.Output) -> eng.Input | None:
+        if isinstance(out, eng.BroadcastVote):
+            return await self._broadcast_vote(out)
+        if isinstance(out, eng.BroadcastProposal):
+            return await self._broadcast_proposal(out)
+        if isinstance(out, eng.ScheduleTimeout):
+            deadline = trio.current_time() + out.duration
+            self._spawn(self._fire_at, deadline, eng.TimeoutInput(out.height, out.round, out.step))
+        elif isinstance(out, eng.RequestValue):
+            self._spawn(self._build_value, out.height, out.round)
+        elif isinstance(out, eng.ValidateBlock):
+            self._spawn(self._validate, out.height, out.block_hash, self._blocks.get(out.block_hash))
+        elif isinstance(out, eng.CommitBlock):
+            await self._commit(out)
+        elif isinstance(out, eng.EvidenceFound):
+            if self.evidence.add(out.evidence):
+                log.warning("%s evidence of equivocation by 0x%s", self._who, out.evidence.validator.hex())
+                self._evidence_added.set()
+                self._evidence_added = trio.Event()
+        elif isinstance(out, eng.Dropped):
+            if out.reason != "duplicate":
+                self._drop(out.reason, out.detail)
+        return None
+
+    async def _sign(self, height: int, round_: int, step: int, block_hash: bytes) -> SignedVote | None:
+        """Sign, then persist the signing record (fsync) before anyone can see the vote."""
+        if self._key is None:
+            return None
+        vote = sign_vote(self._key, self.config.chain_id, height, round_, step, block_hash)
+        try:
+            await self._blocking(self.record.record, vote, limiter=self._disk_limiter)
+        except DoubleSignRefused as exc:
+            self.counters["sign_refused"] += 1
+            log.warning("%s %s", self._who, exc)
+            return None
+        return vote
+
+    async def _send_own(self, key: tuple[int, int], data: bytes) -> None:
+        self._own[key] = data
+        await self.network.broadcast(data)
+
+    async def _broadcast_vote(self, out: eng.BroadcastVote) -> eng.Input | None:
+        vote = await self._sign(out.height, out.round, int(out.step), out.block_hash)
+        if vote is None:
+            return None
+        await self._send_own((out.round, int(out.step)), encode(VoteMessage(vote)))
+        return eng.VoteInput(vote, self.address)  # type: ignore[arg-type]
+
+    async def _broadcast_proposal(self, out: eng.BroadcastProposal) -> eng.Input | None:
+        block = self._blocks.get(out.block_hash)
+        if block is None:
+            raise ConsensusError(f"no block bytes for our own proposal 0x{out.block_hash.hex()}")
+        vote = await self._sign(out.height, out.round, 0, out.block_hash)
+        if vote is None:
+            return None
+        self.timeline.setdefault(out.height, {"proposal": trio.current_time()})
+        await self._send_own((out.round, 0), encode(ProposalMessage(vote, out.valid_round, block)))
+        return eng.ProposalInput(vote, out.valid_round, self.address)  # type: ignore[arg-type]
+
+    async def _fire_at(self, deadline: float, inp: eng.Input) -> None:
+        await trio.sleep_until(deadline)
+        await self._inbox_send.send(inp)
+
+    async def _build_value(self, height: int, round_: int) -> None:
+        block = await self._app(self.app.propose_block, height, round_, int(self._wall_clock()))
+        await self._inbox_send.send(_Built(height, round_, block))
+
+    async def _validate(self, height: int, block_hash: bytes, block: bytes | None) -> None:
+        if block is None:
+            verdict_ok = False
+        else:
+            verdict = await self._app(self.app.validate_block, height, block)
+            verdict_ok = verdict.valid
+            if not verdict.valid:
+                log.info("%s rejects block at height %d: %s", self._who, height, verdict.reason)
+        await self._inbox_send.send(eng.BlockVerdict(height, block_hash, verdict_ok))
+
+    async def _commit(self, out: eng.CommitBlock) -> None:
+        block = self._blocks[out.block_hash]
+        cert = CommitCertificate.from_precommits(out.precommits)
+        await self._app(self.app.commit_block, out.height, block, cert)
+        now = trio.current_time()
+        self.timeline.setdefault(out.height, {})["commit"] = now
+        self.timeline[out.height]["round"] = out.round
+        self._committed_height = out.height
+        self._prune(out.height)
+        self._progress.set()
+        self._progress = trio.Event()
+        vset = await self._app(self.app.validator_set, out.height + 1)
+        start = eng.StartHeight(out.height + 1, vset)
+        delay = 0.0 if out.height + 1 in self._synced else self.config.block_interval
+        self._spawn(self._fire_at, now + delay, start)
+
+    def _prune(self, height: int, keep: int = 10_000) -> None:
+        """Bound the per-height bookkeeping."""
+        self.timeline.pop(height - keep, None)
+        for book in (self._last_sync_request, self._last_sync_serve):
+            if len(book) > 1024:
+                for h in sorted(book)[:512]:
+                    del book[h]
+
+    async def _start_height(self, start: eng.StartHeight) -> None:
+        self._blocks.clear()
+        self._own.clear()
+        self._seen.clear()  # re-sends of messages dropped as "too far ahead" must get a second chance
+        await self._feed(start)
+        pending, self._future, self._future_keys = self._future, [], set()
+        for item in pending:
+            await self._on_consensus_message(item)
+        synced = self._synced.pop(start.height, None)
+        for h in [h for h in self._synced if h < start.height]:
+            del self._synced[h]
+        if synced is not None:
+            await self._apply_synced(synced)
+
+    # ---- catch-up ----
+
+    def _request_sync(self, height: int) -> None:
+        now = trio.current_time()
+        if now - self._last_sync_request.get(height, -1e9) < self.config.sync_request_interval:
+            return
+        self._last_sync_request[height] = now
+        self.counters["sync_requests"] += 1
+        self._spawn(self.network.broadcast, encode(SyncRequest(height)))
+
+    async def _serve_sync(self, height: int) -> None:
+        now = trio.current_time()
+        if height > self._committed_height:
+            return
+        if now - self._last_sync_serve.get(height, -1e9) < self.config.sync_request_interval:
+            return
+        self._last_sync_serve[height] = now
+        last = min(self._committed_height, height + self.config.sync_batch - 1)
+        for h in range(height, last + 1):
+            found = await self._app(self.app.committed_block, h)
+            if found is not None:
+                await self.network.broadcast(encode(SyncResponse(found[0], found[1]), self.config.max_message_bytes))
+
+    async def _on_sync_response(self, msg: SyncResponse) -> None:
+        h = msg.certificate.height
+        if h < self._state.height or (h == self._state.height and self._state.step == eng.Step.COMMIT):
+            return  # already have it
+        if h > self._state.height + self.config.sync_batch:
+            self._drop("sync_far_ahead", f"certificate for height {h}")
+            return
+        if h > self._state.height or self._state.step == eng.Step.COMMIT:
+            self._synced[h] = _Synced(msg.block, msg.certificate)
+            return
+        await self._apply_synced(_Synced(msg.block, msg.certificate))
+
+    async def _apply_synced(self, synced: _Synced) -> None:
+        cert = synced.certificate
+        try:
+            if self.app.block_hash(synced.block) != cert.block_hash:
+                raise InvalidCertificate(f"block does not match the certificate at height {cert.height}")
+            verify_certificate(cert, self._state.validators, self.config.chain_id)
+        except ConsensusError as exc:
+            self._drop("bad_certificate", str(exc))
+            return
+        verdict = await self._app(self.app.validate_block, cert.height, synced.block)
+        if not verdict.valid:
+            self._drop("bad_synced_block", verdict.reason)
+            return
+        self._blocks[cert.block_hash] = synced.block
+        self.counters["synced_blocks"] += 1
+        await self._feed(eng.CertifiedCommit(cert.height, cert.round, cert.block_hash, cert.precommits))
+
+    async def _rebroadcast_loop(self) -> None:
+        """Gossip is lossy: while stuck at a (height, round), re-send our own messages of this height,
+        backing off (x2 per stuck interval, up to x8) so an overloaded network is not flooded further."""
+        last_seen, stuck = (-1, -1), 0
+        while True:
+            await trio.sleep(self.config.rebroadcast_interval * min(2**stuck, 8))
+            now_at = (self._committed_height, self._state.round)
+            if now_at == last_seen and self._state.step != eng.Step.COMMIT:
+                for data in list(self._own.values()):
+                    await self.network.broadcast(data)
+                self.counters["rebroadcasts"] += 1
+                stuck += 1
+            else:
+                stuck = 0
+            last_seen = now_at

@@ -1,0 +1,220 @@
+"""Consensus scenarios on the in-memory network: nN = validators, fF = faulty. Time is a MockClock.
+
+Every scenario checks safety (no two different blocks at one height on any two nodes) and the
+liveness or halting it is about.
+"""
+
+from __future__ import annotations
+
+import msgpack
+import trio
+
+from consensus.cluster import Cluster, validator_key
+from consensus.driver import DriverConfig
+from consensus.evidence import verify_evidence
+from consensus.memnet import MemNetwork, make_equivocator
+from consensus.messages import MAX_MESSAGE_BYTES, ProposalMessage, VoteMessage, encode
+from consensus.signing_record import SigningRecord
+from consensus.votes import address_of, sign_vote
+
+CHAIN = 7
+CONFIG = DriverConfig(chain_id=CHAIN, block_interval=1.0, offload_blocking=False)
+
+
+def assert_safe(cluster: Cluster) -> None:
+    """No two nodes ever committed different blocks at the same height."""
+    chains = [cluster.committed(i) for i in range(cluster.n)]
+    for height in range(max(len(c) for c in chains)):
+        blocks = {c[height] for c in chains if len(c) > height}
+        assert len(blocks) == 1, f"height {height + 1}: {len(blocks)} different blocks committed"
+
+
+def heights(cluster: Cluster, nodes) -> list[int]:
+    return [len(cluster.apps[i].blocks) for i in nodes]
+
+
+async def test_n4f0_liveness_same_blocks_everywhere(autojump_clock):
+    cluster = Cluster(4, CONFIG)
+    async with cluster.run():
+        with trio.fail_after(120):
+            await cluster.wait_height(10)
+    assert_safe(cluster)
+    assert min(heights(cluster, range(4))) >= 10
+    assert all(cluster.driver(i).statistics().evidence == 0 for i in range(4))
+    # empty blocks keep coming at the configured interval (a node that synced nothing paces by it)
+    node = next(i for i in range(4) if cluster.driver(i).counters["synced_blocks"] == 0)
+    commits = [cluster.driver(node).timeline[h]["commit"] for h in range(2, 11)]
+    gaps = [b - a for a, b in zip(commits, commits[1:], strict=False)]
+    assert all(CONFIG.block_interval <= g < CONFIG.block_interval + 1.0 for g in gaps), gaps
+
+
+async def test_n7f2_silent_with_delay_and_loss(autojump_clock):
+    net = MemNetwork(7, min_delay=0.005, max_delay=0.05, loss=0.05, seed=2)
+    cluster = Cluster(7, CONFIG, net=net)
+    net.set_silent(5)
+    net.set_silent(6)
+    honest = list(range(5))
+    async with cluster.run():
+        with trio.fail_after(300):
+            await cluster.wait_height(8, honest)
+    assert_safe(cluster)
+    assert min(heights(cluster, honest)) >= 8
+    assert net.counters["lost"] > 0 and net.counters["silenced"] > 0
+
+
+async def test_n4f1_silent(autojump_clock):
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, net=net)
+    net.set_silent(3)
+    async with cluster.run():
+        with trio.fail_after(200):
+            await cluster.wait_height(8, [0, 1, 2])
+    assert_safe(cluster)
+    rounds = [t["round"] for h, t in cluster.driver(0).timeline.items() if "round" in t]
+    assert max(rounds) >= 1, "the silent proposer's heights should need a second round"
+
+
+async def test_n4f1_equivocating_safety_and_evidence(autojump_clock):
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, net=net)
+    byz = 3
+
+    def forge(block: bytes) -> bytes:  # same height and parent, other timestamp: a valid, different block
+        height, parent, ts, payloads = msgpack.unpackb(block)
+        return msgpack.packb([height, parent, ts + 1, payloads], use_bin_type=True)
+
+    net.set_tamper(byz, make_equivocator(cluster.keys[byz], CHAIN, forge, cluster.apps[0].block_hash))
+    honest = [0, 1, 2]
+
+    def steps_seen(i: int) -> set[int]:
+        return {ev.first.step for ev in cluster.driver(i).evidence.pending()}
+
+    async with cluster.run():
+        with trio.fail_after(300):
+            await cluster.wait_height(8, honest)
+            for i in honest:  # double proposals (step 0), prevotes (1) and precommits (2)
+                while steps_seen(i) != {0, 1, 2}:
+                    await cluster.driver(i).wait_evidence(len(cluster.driver(i).evidence) + 1)
+    assert_safe(cluster)
+    for i in honest:
+        for ev in cluster.driver(i).evidence.pending():
+            assert verify_evidence(ev) == cluster.addresses[byz], f"node {i}: evidence against an honest node"
+
+
+async def test_partition_2_2_then_heal(autojump_clock):
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, net=net)
+    async with cluster.run():
+        with trio.fail_after(60):
+            await cluster.wait_height(3)
+        net.partition([{0, 1}, {2, 3}])
+        before = heights(cluster, range(4))
+        await trio.sleep(60)  # a window of partition time, not a synchronization
+        during = heights(cluster, range(4))
+        assert during == before, f"committed during the partition: {before} -> {during}"
+        net.heal()
+        with trio.fail_after(120):
+            await cluster.wait_height(max(before) + 3)
+    assert_safe(cluster)
+
+
+async def test_crash_and_restart_catches_up_without_double_signing(autojump_clock, tmp_path):
+    cluster = Cluster(4, CONFIG, record_dir=tmp_path)
+    async with cluster.run():
+        with trio.fail_after(60):
+            await cluster.wait_height(3)
+        await cluster.crash(2)
+        slot_at_crash = SigningRecord.open(cluster.record_path(2)).last
+        with trio.fail_after(120):
+            await cluster.wait_height(len(cluster.apps[2].blocks) + 5, [0, 1, 3])
+        behind = len(cluster.apps[2].blocks)
+        await cluster.start(2)
+        target = max(heights(cluster, [0, 1, 3])) + 2
+        with trio.fail_after(120):
+            await cluster.wait_height(target)
+        assert cluster.driver(2).counters["synced_blocks"] > 0
+    assert_safe(cluster)
+    assert len(cluster.apps[2].blocks) > behind + 2
+    slot_after = SigningRecord.open(cluster.record_path(2)).last
+    assert slot_at_crash is not None and slot_after is not None
+    assert slot_after.key > slot_at_crash.key, "the record must only move forward"
+    for i in (0, 1, 3):
+        assert not cluster.driver(i).evidence.pending(), f"node {i} has evidence against the restarted node"
+
+
+async def test_restart_refuses_to_sign_against_its_record(autojump_clock, tmp_path):
+    """A node whose record says it already prevoted something else at (1, 0) stays silent there."""
+    cluster = Cluster(4, CONFIG, record_dir=tmp_path)
+    SigningRecord.open(cluster.record_path(1)).record(sign_vote(cluster.keys[1], CHAIN, 1, 0, 2, b"\x5a" * 32))
+    async with cluster.run():
+        with trio.fail_after(120):
+            await cluster.wait_height(4)
+    assert_safe(cluster)
+    assert cluster.driver(1).counters["sign_refused"] >= 1
+    assert all(not cluster.driver(i).evidence.pending() for i in range(4))
+    assert SigningRecord.open(cluster.record_path(1)).last.height >= 4
+
+
+async def test_unequal_stake_over_one_third_offline_halts(autojump_clock):
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, powers=[40, 20, 20, 20], net=net)
+    net.set_silent(0)  # 40% of the stake
+    async with cluster.run():
+        await trio.sleep(120)  # a window in which nothing may commit
+        assert heights(cluster, range(4)) == [0, 0, 0, 0]
+        # 60% cannot form any 2f+1 of prevotes, so no prevote timeout exists: they wait, re-broadcasting
+        assert cluster.driver(1).counters["rebroadcasts"] >= 5
+        net.set_silent(0, False)  # the big validator comes back: progress resumes
+        with trio.fail_after(120):
+            await cluster.wait_height(3)
+    assert_safe(cluster)
+
+
+async def test_unequal_stake_under_one_third_offline_progresses(autojump_clock):
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, powers=[10, 30, 30, 30], net=net)
+    net.set_silent(0)  # 10% of the stake
+    async with cluster.run():
+        with trio.fail_after(120):
+            await cluster.wait_height(5, [1, 2, 3])
+    assert_safe(cluster)
+
+
+async def test_bad_input_is_dropped_with_reasons(autojump_clock):
+    net = MemNetwork(5)  # node 4 is an outsider on the network, not a validator
+    cluster = Cluster(4, CONFIG, net=net)
+    rogue = net.endpoint(4)
+    outsider = validator_key(99)
+    h = b"\x33" * 32
+    good_sig = sign_vote(cluster.keys[0], CHAIN, 1, 0, 1, h)
+    forged = type(good_sig)(CHAIN, 1, 0, 1, b"\x44" * 32, good_sig.signature)  # signature of another vote
+    junk = [
+        b"\xc1\xc1",
+        msgpack.packb([1, 99, b"x"]),
+        msgpack.packb([1, 2, [CHAIN, 1, 0, 1, h]]),
+        b"\x00" * (MAX_MESSAGE_BYTES + 1),
+        encode(VoteMessage(forged)),
+        encode(VoteMessage(type(good_sig)(CHAIN, 1, 0, 1, h, b"\x00" * 64 + b"\x1b"))),  # unrecoverable
+        encode(VoteMessage(sign_vote(outsider, CHAIN, 1, 0, 1, h))),
+        encode(VoteMessage(sign_vote(cluster.keys[0], CHAIN, 10_000, 0, 1, h))),
+        encode(ProposalMessage(sign_vote(outsider, CHAIN, 1, 0, 0, h), -1, b"block")),
+        # a real proposer's signed proposal relayed with swapped block bytes
+        encode(ProposalMessage(sign_vote(cluster.keys[0], CHAIN, 1, 0, 0, h), -1, b"not the signed block")),
+    ]
+    async with cluster.run():
+        for data in junk:
+            await rogue.broadcast(data)
+        with trio.fail_after(120):
+            await cluster.wait_height(5)
+        for data in junk:  # again, mid-chain
+            await rogue.broadcast(data)
+        with trio.fail_after(120):
+            await cluster.wait_height(7)
+    assert_safe(cluster)
+    for i in range(4):
+        dropped = cluster.driver(i).statistics().dropped
+        for reason in ("malformed", "bad_signature", "height_far_ahead"):
+            assert dropped.get(reason, 0) >= 1, f"node {i}: no '{reason}' drop in {dropped}"
+        assert dropped.get("non_validator", 0) + dropped.get("not_proposer", 0) + dropped.get("stale_height", 0) >= 2
+        assert cluster.driver(i).statistics().evidence == 0
+    assert address_of(outsider) not in cluster.validators.validators
