@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench bench-learning bench-chain bench-consensus bench-p2p lint clean
 
 setup: $(STAMP)
 
@@ -19,9 +19,24 @@ test: setup
 demo: setup
 	$(PY) scripts/reproduce_seed.py --preset demo
 
-bench: setup
-	$(PY) scripts/reproduce_seed.py --preset dominant
-	$(PY) scripts/reproduce_seed.py --preset single-class
+# Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
+bench: bench-learning bench-chain bench-consensus bench-p2p
+
+bench-learning: setup
+	$(PY) scripts/reproduce_seed.py --preset dominant --out-dir bench-results/dominant
+	$(PY) scripts/reproduce_seed.py --preset single-class --out-dir bench-results/single-class
+
+bench-chain: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_chain.py --out bench-results/chain.json
+
+bench-consensus: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_consensus.py --out bench-results/consensus.json
+
+bench-p2p: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_p2p.py --out bench-results/p2p.json
 
 lint: setup
 	$(VENV)/bin/ruff check swarmnode consensus scripts tests

@@ -1,0 +1,55 @@
+"""The BFT driver over real libp2p: 4 validators commit blocks; a 5th node syncs from scratch over
+/swarmnode/sync/1, verifying every certificate, then follows the chain as an observer."""
+
+from __future__ import annotations
+
+import trio
+
+from consensus.cluster import Cluster
+from consensus.driver import ConsensusDriver, DriverConfig
+from consensus.memapp import InMemoryApplication
+from consensus.signing_record import SigningRecord
+from consensus.votes import address_of
+from swarmnode.p2p.consensus_net import ConsensusNetwork
+from swarmnode.p2p.node import P2PNode
+from swarmnode.p2p.testing import TEST_CHAIN_ID, LibP2PNet, make_config, node_secret
+
+VALIDATORS = 4
+TARGET = 6
+
+
+async def test_four_validators_commit_over_libp2p_and_a_fifth_syncs_from_scratch() -> None:
+    # Prepare
+    keys = [node_secret(i) for i in range(VALIDATORS)]
+    net = LibP2PNet(VALIDATORS, validators={address_of(k) for k in keys})
+    config = DriverConfig(chain_id=TEST_CHAIN_ID, block_interval=0.05)
+    cluster = Cluster(VALIDATORS, config, net=net, keys=keys)  # type: ignore[arg-type]
+    net.attach_apps(cluster.apps)
+    async with cluster.run():
+        # Execute: consensus over libp2p
+        with trio.fail_after(60):
+            await cluster.wait_height(TARGET)
+        for i in range(1, VALIDATORS):
+            assert cluster.committed(i)[:TARGET] == cluster.committed(0)[:TARGET], f"validator {i} diverged"
+        assert sum(n.counters["sent"] for n in net.networks) > 0
+
+        # Execute: a fresh node syncs the chain, then follows it
+        app = InMemoryApplication(cluster.validators)
+        late = P2PNode(make_config(VALIDATORS, bootstrap=tuple(net.nodes[0].listen_addrs())),
+                       app=app, head_height=app.latest_height)
+        async with late.run(), trio.open_nursery() as nursery:
+            with trio.fail_after(20):
+                await late.host.wait_peers(1)
+                height = await late.catch_up()
+            assert height >= TARGET, f"synced only to {height}"
+            assert late.sync is not None and late.sync.statistics()["verified_certificates"] == height
+            assert app.blocks == cluster.committed(0)[:height]
+
+            network = ConsensusNetwork(late.gossip)
+            await nursery.start(network.run)
+            observer = ConsensusDriver(config, app, network, None, SigningRecord.open(None))
+            await nursery.start(observer.run)
+            with trio.fail_after(30):
+                await observer.wait_height(height + 2)
+            assert app.blocks[: height + 2] == cluster.committed(0)[: height + 2]
+            nursery.cancel_scope.cancel()
