@@ -108,7 +108,7 @@ class BlobExchange:
             total = await self._read_header(stream, cid, size)
             blob, digest = await self._read_body(stream, total)
         finally:
-            await _reset(stream)
+            await wire.reset_quietly(stream, "blob")
         if digest != cid:
             raise BlobCorrupted(f"peer {peer_id} served {len(blob)} bytes that do not hash to 0x{cid.hex()}")
         return blob
@@ -160,7 +160,7 @@ class BlobExchange:
             self.counters["serve_failed"] += 1
             log.info("serving a blob to %s failed: %s", stream.muxed_conn.peer_id, exc)
         finally:
-            await _close(stream)
+            await wire.close_quietly(stream, "blob")
 
     async def _serve_one(self, stream: INetStream) -> None:
         env = await wire.read_envelope(stream, self.config.chain_id, frozenset({wire.BLOB_REQUEST}))
@@ -178,17 +178,3 @@ class BlobExchange:
 
     def statistics(self) -> dict[str, int]:
         return dict(self.counters)
-
-
-async def _close(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:  # already reset by the peer
-        log.debug("closing blob stream: %s", exc)
-
-
-async def _reset(stream: INetStream) -> None:
-    try:
-        await stream.reset()
-    except Exception as exc:
-        log.debug("resetting blob stream: %s", exc)

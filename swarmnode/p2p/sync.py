@@ -108,7 +108,7 @@ class ChainSync:
                 await self._app(apply_certified, self.app, self.config.chain_id, height, block, cert)
                 self.counters["verified_certificates"] += 1
         finally:
-            await _reset(stream)
+            await wire.reset_quietly(stream, "sync")
         return head
 
     async def _read_block(self, stream: INetStream, height: int) -> tuple[bytes, CommitCertificate]:
@@ -134,7 +134,7 @@ class ChainSync:
             self.counters["serve_failed"] += 1
             log.info("sync serving %s failed: %r", stream.muxed_conn.peer_id, exc)
         finally:
-            await _close(stream)
+            await wire.close_quietly(stream, "sync")
 
     async def _serve_one(self, stream: INetStream) -> None:
         env = await wire.read_envelope(stream, self.config.chain_id, frozenset({wire.SYNC_REQUEST}))
@@ -157,17 +157,3 @@ class ChainSync:
 
     def statistics(self) -> dict[str, int]:
         return dict(self.counters)
-
-
-async def _close(stream: INetStream) -> None:
-    try:
-        await stream.close()
-    except Exception as exc:  # already reset by the peer
-        log.debug("closing sync stream: %s", exc)
-
-
-async def _reset(stream: INetStream) -> None:
-    try:
-        await stream.reset()
-    except Exception as exc:
-        log.debug("resetting sync stream: %s", exc)

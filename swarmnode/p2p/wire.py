@@ -8,6 +8,7 @@ Streams carry frames: a 4-byte big-endian length, then that many bytes.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,3 +138,18 @@ async def read_envelope(stream: Stream, chain_id: int, kinds: frozenset[int],
 
 async def write_envelope(stream: Stream, env: Envelope, max_bytes: int = MAX_CONTROL_FRAME) -> None:
     await write_frame(stream, encode(env, max_bytes))
+
+
+async def close_quietly(stream: Any, what: str) -> None:
+    """Close a stream the peer may already have reset; failures only matter for debugging."""
+    try:
+        await stream.close()
+    except Exception as exc:  # already reset by the peer
+        logging.getLogger(__name__).debug("closing %s stream: %s", what, exc)
+
+
+async def reset_quietly(stream: Any, what: str) -> None:
+    try:
+        await stream.reset()
+    except Exception as exc:
+        logging.getLogger(__name__).debug("resetting %s stream: %s", what, exc)
