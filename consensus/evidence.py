@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eth_abi import encode as abi_encode
+from eth_utils import keccak
+
 from consensus.errors import ConsensusError, InvalidSignature
 from consensus.votes import SignedVote, vote_signer
 
@@ -82,3 +85,18 @@ class EvidencePool:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+_VOTE_ABI = "(uint256,uint256,uint256,bytes32,bytes)"  # Staking.vy's Vote struct
+SLASH_SELECTOR = keccak(f"slash(address,{_VOTE_ABI},{_VOTE_ABI})".encode())[:4]
+
+
+def slash_calldata(evidence: Evidence) -> bytes:
+    """Calldata for `Staking.slash(offender, voteA, voteB)`: what turns evidence into a transaction."""
+
+    def vote(v: SignedVote) -> tuple[int, int, int, bytes, bytes]:
+        return (v.height, v.round, v.step, v.block_hash, v.signature)
+
+    return SLASH_SELECTOR + abi_encode(
+        ["address", _VOTE_ABI, _VOTE_ABI], [evidence.validator, vote(evidence.first), vote(evidence.second)]
+    )

@@ -14,21 +14,12 @@ from consensus.chain_reads import CallRequest
 from consensus.cluster import Cluster
 from consensus.devtools import address_of, dev_genesis, dev_key, sign_tx
 from consensus.driver import DriverConfig
-from consensus.evidence import Evidence, verify_evidence
+from consensus.evidence import slash_calldata, verify_evidence
 from consensus.genesis_block import STAKING_ADDRESS
 from consensus.memnet import MemNetwork, make_equivocator
 from consensus.txpool import TxPool
 
-VOTE = "(uint256,uint256,uint256,bytes32,bytes)"
-SLASH_SELECTOR = keccak(f"slash(address,{VOTE},{VOTE})".encode())[:4]
 REPORTER = 4  # dev key 4: a funded account, not a validator
-
-
-def slash_calldata(ev: Evidence) -> bytes:
-    def vote(v):
-        return (v.height, v.round, v.step, v.block_hash, v.signature)
-
-    return SLASH_SELECTOR + abi_encode(["address", VOTE, VOTE], [ev.validator, vote(ev.first), vote(ev.second)])
 
 
 def staking_call(chain: ExecutionChain, signature: str, types: list[str], args: list, out: str):
