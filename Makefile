@@ -9,8 +9,8 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install -qq --upgrade pip setuptools wheel
+	$(PY) -m pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
 test: setup
