@@ -9,7 +9,7 @@ except block_hash, which only hashes bytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import rlp
 from eth_utils import keccak
@@ -21,11 +21,17 @@ from consensus.interfaces import Application, Verdict
 from consensus.txpool import TxPool
 from consensus.wire import MalformedMessage
 
+# Data availability: given a block's height and transactions (already executed), say whether this node
+# holds (or has just fetched and verified) everything the block commits to. The daemon supplies it.
+AvailabilityCheck = Callable[[int, Sequence[object]], Verdict]
+
 
 class ChainApplication(Application):
     def __init__(self, chain: ExecutionChain, coinbase: bytes, *, pool: TxPool | None = None,
-                 max_txs: int | None = None, clock: Callable[[], float] = time.time) -> None:
+                 max_txs: int | None = None, clock: Callable[[], float] = time.time,
+                 availability: AvailabilityCheck | None = None) -> None:
         self.chain = chain
+        self.availability = availability
         self.coinbase = coinbase
         self.pool = pool
         self.max_txs = max_txs
@@ -50,6 +56,8 @@ class ChainApplication(Application):
             return Verdict(False, str(exc))
         if executed.number != height:
             return Verdict(False, f"block number {executed.number} != {height}")
+        if self.availability is not None:
+            return self.availability(height, tuple(executed.block.transactions))
         return Verdict(True)
 
     def commit_block(self, height: int, block_bytes: bytes, certificate: CommitCertificate) -> None:

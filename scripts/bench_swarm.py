@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Benchmark: the real swarm (daemon processes on loopback) against the in-process simulation.
+
+Same genesis task, seeds and participants, so both must produce the same global model hashes. Prints per
+round: global test accuracy (simulation vs swarm), hash equality, wall clock; then the overhead ratio,
+blob bytes fetched per node per round, loopback bytes per node per round, and peak RSS per daemon. JSON
+goes to --out.
+
+    python scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 5        # 10 daemons
+    python scripts/bench_swarm.py --genesis genesis/devnet-4.toml --rounds 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from consensus.genesis import load_genesis  # noqa: E402
+from swarmnode.node.localnet import LocalSwarm, SwarmTimeout, dev_keys_for, wait_for  # noqa: E402
+
+
+def loopback_bytes() -> int:
+    """Bytes through `lo` so far, both directions (machine-wide: an upper bound for our traffic)."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            fields = rest.split()
+            return int(fields[0]) + int(fields[8])
+    return 0
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def simulate(genesis_path: Path, rounds: int) -> list[dict]:
+    import torch
+
+    from swarmnode.experiment import Swarm
+    from swarmnode.learning.data import load_dataset
+    from swarmnode.learning.tasks import Task
+
+    torch.set_num_threads(1)
+    task = Task.from_dict(load_genesis(genesis_path).task)
+    sim = Swarm(task, load_dataset(task.dataset))
+    out = []
+    for _ in range(rounds):
+        rep = sim.run_round()
+        out.append({"round": rep.round, "hash": "0x" + rep.model_hash.hex(), "test_accuracy": rep.global_test.accuracy,
+                    "seconds": rep.seconds})
+        print(f"  simulation round {rep.round}: test acc {rep.global_test.accuracy * 100:.1f}%  {rep.seconds:.1f} s",
+              flush=True)
+    return out
+
+
+def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_timeout: float) -> dict:
+    genesis = load_genesis(genesis_path)
+    keys = dev_keys_for(genesis_path, base, max(nodes, len(genesis.validators)))
+    swarm = LocalSwarm(base, genesis_path.resolve(), keys, extra_env={"OMP_NUM_THREADS": "1"})
+    try:
+        for i in range(nodes):
+            swarm.init_node(i)
+        swarm.start_all(list(range(nodes)), extra_args={0: ("--eval-test",)})
+        t_start, lo_start = time.monotonic(), loopback_bytes()
+        finals: list[float] = []
+        results = []
+        for r in range(rounds):
+            info = wait_for(lambda r=r: (x := swarm.try_rpc(0, "swarm_getRound", r)) and x["finalized"] and x,
+                            round_timeout, f"round {r} final", interval=0.1)
+            finals.append(time.monotonic())
+            results.append({"round": r, "hash": info["finalHash"], "commits": len(info["commits"]),
+                            "seconds": finals[-1] - (finals[-2] if r else t_start)})
+            print(f"  swarm round {r}: {len(info['commits'])} commits, {results[-1]['seconds']:.1f} s", flush=True)
+        lo_total = loopback_bytes() - lo_start
+        hist = {h["round"]: h for h in (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])}
+        for res in results:
+            try:
+                rec = wait_for(lambda r=res["round"]: next((h for h in (swarm.try_rpc(0, "swarm_node") or {})
+                                                            .get("history", []) if h["round"] == r
+                                                            and h["testAccuracy"] is not None), None), 30, "eval")
+                res["test_accuracy"] = rec["testAccuracy"]
+            except SwarmTimeout:
+                res["test_accuracy"] = hist.get(res["round"], {}).get("testAccuracy")
+        fetched = [(swarm.try_rpc(i, "swarm_node") or {}).get("counters", {}).get("blob_bytes_fetched", 0)
+                   for i in range(nodes)]
+        pids = [json.loads((swarm.nodes[i].data_dir / "node.json").read_text())["pid"] for i in range(nodes)]
+        rss = [peak_rss_mb(p) for p in pids]
+        return {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
+                "elapsed": time.monotonic() - t_start}
+    finally:
+        swarm.close()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--genesis", type=Path, default=ROOT / "genesis" / "seed-10.toml")
+    ap.add_argument("--nodes", type=int, help="daemons (default: one per genesis validator)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--round-timeout", type=float, default=300.0)
+    ap.add_argument("--base-dir", type=Path)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_swarm.json")
+    args = ap.parse_args(argv)
+    genesis = load_genesis(args.genesis)
+    nodes = args.nodes or len(genesis.validators)
+    base = args.base_dir or Path(tempfile.mkdtemp(prefix="bench-swarm-"))
+    print(f"simulation: {args.rounds} rounds of {args.genesis.name} in-process, 1 thread", flush=True)
+    sim = simulate(args.genesis, args.rounds)
+    print(f"swarm: {nodes} daemons, logs in {base}", flush=True)
+    try:
+        real = run_swarm(args.genesis, nodes, args.rounds, base, args.round_timeout)
+    except KeyboardInterrupt:
+        print("interrupted: every daemon stopped", file=sys.stderr)
+        return 130
+    except (SwarmTimeout, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n{'round':>5}  {'sim acc':>8}  {'swarm acc':>9}  {'same hash':>9}  {'sim s':>6}  {'swarm s':>7}")
+    for s, w in zip(sim, real["rounds"], strict=True):
+        acc = f"{w['test_accuracy'] * 100:.1f}%" if w.get("test_accuracy") is not None else "-"
+        print(f"{s['round']:>5}  {s['test_accuracy'] * 100:>7.1f}%  {acc:>9}  {str(s['hash'] == w['hash']):>9}  "
+              f"{s['seconds']:>6.1f}  {w['seconds']:>7.1f}")
+    steady = real["rounds"][1:] or real["rounds"]
+    sim_steady = sim[1:] or sim
+    ratio = (sum(w["seconds"] for w in steady) / len(steady)) / (sum(s["seconds"] for s in sim_steady) / len(sim_steady))
+    per_node_round = sum(real["blob_bytes_fetched"]) / nodes / args.rounds
+    lo_per_node_round = real["loopback_bytes"] / nodes / args.rounds
+    summary = {
+        "genesis": str(args.genesis), "nodes": nodes, "rounds": args.rounds,
+        "hashes_equal": all(s["hash"] == w["hash"] for s, w in zip(sim, real["rounds"], strict=True)),
+        "overhead_ratio_rounds_1plus": ratio,
+        "blob_bytes_fetched_per_node_per_round": per_node_round,
+        "loopback_bytes_per_node_per_round": lo_per_node_round,
+        "peak_rss_mb": real["peak_rss_mb"], "simulation": sim, "swarm": real,
+    }
+    print(f"\nhashes equal every round: {summary['hashes_equal']}")
+    print(f"wall clock overhead (rounds >= 1, swarm / simulation): {ratio:.2f}x")
+    print(f"blob bytes fetched per node per round: {per_node_round / 1e6:.2f} MB "
+          f"(loopback, all traffic: {lo_per_node_round / 1e6:.2f} MB)")
+    print(f"peak RSS per daemon (MB): {', '.join(f'{x:.0f}' for x in real['peak_rss_mb'] if x is not None)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if summary["hashes_equal"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

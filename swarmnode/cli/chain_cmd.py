@@ -1,0 +1,142 @@
+"""`swarmnode chain ...`: read the chain of a running node over JSON-RPC (tables, or --json)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from swarmnode.cli.errors import CliError
+from swarmnode.cli.rpc_client import add_rpc_arguments, client, print_json, print_table
+
+ETHER = 10**18
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("chain", help="query the chain (head, blocks, txs, validators, rounds)",
+                              description=__doc__)
+    sub = p.add_subparsers(title="chain queries", metavar="QUERY")
+
+    def add(name: str, help_: str, fn: Any) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help_, description=help_)
+        add_rpc_arguments(q)
+        q.set_defaults(func=fn)
+        return q
+
+    add("head", "the latest committed block", cmd_head)
+    add("block", "one block by number", cmd_block).add_argument("number", type=int)
+    add("tx", "a transaction and its receipt", cmd_tx).add_argument("hash")
+    add("validators", "the validator set in force", cmd_validators)
+    add("balance", "an account's balance", cmd_balance).add_argument("address")
+    q = add("rounds", "the training history: one line per learning round", cmd_rounds)
+    q.add_argument("--count", type=int, default=100, help="rounds to show (latest; default 100)")
+    add("round", "one learning round with its commits", cmd_round).add_argument("round", type=int)
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _block_row(b: dict[str, Any]) -> list[Any]:
+    return [int(b["number"], 16), b["hash"], int(b["timestamp"], 16), len(b["transactions"]), int(b["gasUsed"], 16)]
+
+
+def cmd_head(args: argparse.Namespace) -> int:
+    block = client(args).call("eth_getBlockByNumber", "latest", False)
+    if args.json:
+        print_json(block)
+    else:
+        print_table(["number", "hash", "timestamp", "txs", "gas used"], [_block_row(block)])
+    return 0
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    block = client(args).call("eth_getBlockByNumber", hex(args.number), False)
+    if block is None:
+        raise CliError(f"no block {args.number} yet")
+    if args.json:
+        print_json(block)
+    else:
+        print_table(["number", "hash", "timestamp", "txs", "gas used"], [_block_row(block)])
+        for tx in block["transactions"]:
+            print(f"  tx {tx}")
+    return 0
+
+
+def cmd_tx(args: argparse.Namespace) -> int:
+    rpc = client(args)
+    tx = rpc.call("eth_getTransactionByHash", args.hash)
+    if tx is None:
+        raise CliError(f"no transaction {args.hash}")
+    receipt = rpc.call("eth_getTransactionReceipt", args.hash)
+    if args.json:
+        print_json({"transaction": tx, "receipt": receipt})
+        return 0
+    status = "pending" if receipt is None else ("success" if receipt.get("status") == "0x1" else "reverted")
+    print_table(["hash", "from", "to", "nonce", "block", "status"],
+                [[tx["hash"], tx["from"], tx.get("to"), int(tx["nonce"], 16),
+                  int(tx["blockNumber"], 16) if tx.get("blockNumber") else "-", status]])
+    return 0
+
+
+def cmd_validators(args: argparse.Namespace) -> int:
+    vals = client(args).call("swarm_validators")
+    if args.json:
+        print_json(vals)
+    else:
+        print_table(["address", "stake (ether)"], [[v["address"], int(v["stake"]) / ETHER] for v in vals])
+    return 0
+
+
+def cmd_balance(args: argparse.Namespace) -> int:
+    wei = int(client(args).call("eth_getBalance", args.address, "latest"), 16)
+    if args.json:
+        print_json({"address": args.address, "wei": str(wei)})
+    else:
+        print(f"{args.address}  {wei / ETHER:.6f} ether  ({wei} wei)")
+    return 0
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) / 1e6 if values else None
+
+
+def round_summary(r: dict[str, Any]) -> dict[str, Any]:
+    commits = r["commits"]
+    return {
+        "round": r["round"], "participants": int(r["commitCount"]), "registered": int(r["participantCount"]),
+        "meanLoss": _mean([int(c["localLoss"]) for c in commits]),
+        "meanAccuracy": _mean([int(c["localAccuracy"]) for c in commits]),
+        "finalized": bool(r["finalized"]), "modelHash": r["finalHash"] if r["finalized"] else None,
+        "openBlock": int(r["openBlock"]), "closeBlock": int(r["closeBlock"]),
+        "finalBlock": int(r["finalBlock"]) if r["finalized"] else None, "attestations": int(r["attestationCount"]),
+    }
+
+
+def cmd_rounds(args: argparse.Namespace) -> int:
+    history = client(args).call("swarm_roundHistory", 0, max(1, min(args.count, 100)))
+    rows = [round_summary(r) for r in history]
+    if args.json:
+        print_json(rows)
+        return 0
+
+    def f(x: float | None, pct: bool = False) -> str:
+        return "-" if x is None else (f"{x * 100:.1f}%" if pct else f"{x:.4f}")
+
+    print_table(["round", "participants", "mean loss", "mean acc", "blocks", "global model hash"],
+                [[r["round"], f"{r['participants']}/{r['registered']}", f(r["meanLoss"]), f(r["meanAccuracy"], True),
+                  f"{r['openBlock']}-{r['finalBlock'] if r['finalBlock'] is not None else '…'}",
+                  r["modelHash"] or "(open)"] for r in rows])
+    return 0
+
+
+def cmd_round(args: argparse.Namespace) -> int:
+    r = client(args).call("swarm_getRound", args.round)
+    if r is None:
+        raise CliError(f"round {args.round} is not open yet")
+    if args.json:
+        print_json(r)
+        return 0
+    s = round_summary(r)
+    print(f"round {s['round']}: {s['participants']}/{s['registered']} committed, blocks {s['openBlock']}..{s['closeBlock']}, "
+          f"{'final ' + s['modelHash'] if s['finalized'] else 'not final'} ({s['attestations']} attestations)")
+    print_table(["participant", "update hash", "samples", "loss", "acc", "block"],
+                [[c["participant"], c["updateHash"], c["numSamples"], f"{int(c['localLoss']) / 1e6:.4f}",
+                  f"{int(c['localAccuracy']) / 1e4:.1f}%", c["blockNumber"]] for c in r["commits"]])
+    return 0

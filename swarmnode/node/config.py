@@ -1,0 +1,132 @@
+"""The node configuration: written by `swarmnode init`, read once by `swarmnode run`, frozen, passed explicitly."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+
+class NodeConfigError(Exception):
+    """The config file is missing, unreadable, or has a bad value (the message names the field)."""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path
+    genesis: Path
+    key_file: Path
+    listen: tuple[str, ...] = ("/ip4/127.0.0.1/tcp/0",)
+    bootstrap: tuple[str, ...] = ()
+    rpc_host: str = "127.0.0.1"
+    rpc_port: int = 0  # 0: any free port (written to <data_dir>/node.json)
+    torch_threads: int = 1
+    dataset_dir: Path | None = None  # where the task's dataset is looked for first
+    validate_fraction: float = 1.0  # of the node's validation split used for the progress line
+    log_level: str = "INFO"
+
+    @property
+    def chain_dir(self) -> Path:
+        return self.data_dir / "chain"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "store"
+
+    @property
+    def signing_record(self) -> Path:
+        return self.data_dir / "signing.rec"
+
+    @property
+    def info_file(self) -> Path:
+        """Runtime facts for tools: the RPC port, listen multiaddrs, pid (written once running)."""
+        return self.data_dir / "node.json"
+
+    def with_bootstrap(self, extra: tuple[str, ...]) -> NodeConfig:
+        return replace(self, bootstrap=tuple(dict.fromkeys(self.bootstrap + extra)))
+
+
+def _str_list(raw: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise NodeConfigError(f"config field '{name}': expected a list of strings, got {raw!r}")
+    return tuple(raw)
+
+
+def _int(raw: Any, name: str, lo: int, hi: int) -> int:
+    if not isinstance(raw, int) or isinstance(raw, bool) or not lo <= raw <= hi:
+        raise NodeConfigError(f"config field '{name}': expected an integer in [{lo}, {hi}], got {raw!r}")
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
+    """Parse the TOML tables [node], [p2p], [rpc], [learning]; relative paths are relative to `base`."""
+    known = {"node", "p2p", "rpc", "learning"}
+    if set(raw) - known:
+        raise NodeConfigError(f"unknown config tables {sorted(set(raw) - known)}; known: {sorted(known)}")
+    node, p2p, rpc, learning = (raw.get(k, {}) for k in ("node", "p2p", "rpc", "learning"))
+
+    def path(table: dict[str, Any], key: str, where: str, required: bool = True) -> Path | None:
+        value = table.get(key)
+        if value is None:
+            if required:
+                raise NodeConfigError(f"config field '{where}.{key}' is missing")
+            return None
+        if not isinstance(value, str) or not value:
+            raise NodeConfigError(f"config field '{where}.{key}': expected a path, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (base / p).resolve()
+
+    data_dir = path(node, "data_dir", "node")
+    genesis = path(node, "genesis", "node")
+    key_file = path(node, "key_file", "node")
+    assert data_dir is not None and genesis is not None and key_file is not None  # required=True above
+    threads = _int(learning.get("torch_threads", 1), "learning.torch_threads", 1, 256)
+    fraction = learning.get("validate_fraction", 1.0)
+    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise NodeConfigError(f"config field 'learning.validate_fraction': expected (0, 1], got {fraction!r}")
+    return NodeConfig(
+        data_dir=data_dir, genesis=genesis, key_file=key_file,
+        listen=_str_list(p2p.get("listen", ["/ip4/127.0.0.1/tcp/0"]), "p2p.listen"),
+        bootstrap=_str_list(p2p.get("bootstrap", []), "p2p.bootstrap"),
+        rpc_host=str(rpc.get("host", "127.0.0.1")),
+        rpc_port=_int(rpc.get("port", 0), "rpc.port", 0, 65535),
+        torch_threads=threads,
+        dataset_dir=path(learning, "dataset_dir", "learning", required=False),
+        validate_fraction=float(fraction),
+        log_level=str(node.get("log_level", "INFO")).upper(),
+    )
+
+
+def load_config(path: Path | str) -> NodeConfig:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise NodeConfigError(f"config file {p} does not exist (create one with `swarmnode init`)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise NodeConfigError(f"config file {p} is not valid TOML: {exc}") from None
+    return config_from_dict(raw, p.resolve().parent)
+
+
+def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
+    learning: dict[str, Any] = {"torch_threads": cfg.torch_threads, "validate_fraction": cfg.validate_fraction}
+    if cfg.dataset_dir is not None:
+        learning["dataset_dir"] = str(cfg.dataset_dir)
+    return {
+        "node": {"data_dir": str(cfg.data_dir), "genesis": str(cfg.genesis), "key_file": str(cfg.key_file),
+                 "log_level": cfg.log_level},
+        "p2p": {"listen": list(cfg.listen), "bootstrap": list(cfg.bootstrap)},
+        "rpc": {"host": cfg.rpc_host, "port": cfg.rpc_port},
+        "learning": learning,
+    }
+
+
+def dump_config(cfg: NodeConfig) -> str:
+    return "# swarmnode node config (written by `swarmnode init`)\n" + tomli_w.dumps(config_to_dict(cfg))

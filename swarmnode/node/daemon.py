@@ -1,0 +1,539 @@
+"""The daemon: the chain, the BFT driver, libp2p and the round protocol wired into one trio program."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from consensus.chain import ExecutionChain
+from consensus.chain_app import ChainApplication
+from consensus.driver import ConsensusDriver, DriverConfig
+from consensus.engine.types import TimeoutConfig
+from consensus.genesis import Genesis, load_genesis
+from consensus.interfaces import Verdict
+from consensus.rpc import RpcServer
+from consensus.service import ChainService, make_pool, submit_raw
+from consensus.signing_record import SigningRecord
+from consensus.txpool import TxRejected
+from swarmnode.aggregation.codec import GlobalModel, decode_model, encode_model, model_hash
+from swarmnode.aggregation.errors import AggregationError
+from swarmnode.aggregation.rules import RuleSpec, aggregate
+from swarmnode.experiment import ClientData, build_clients, contribution_from_blob, local_update
+from swarmnode.learning.data import load_dataset
+from swarmnode.learning.evaluate import evaluate
+from swarmnode.learning.tasks import Task, initial_params
+from swarmnode.node import rounds, txs, views
+from swarmnode.node.config import NodeConfig
+from swarmnode.node.keys import address_of, load_key
+from swarmnode.node.store import CorruptObject, ModelStore, NotInStore, StoreError
+from swarmnode.p2p import (
+    TX,
+    UPDATES,
+    Announcement,
+    ConsensusNetwork,
+    DirectoryBlobStore,
+    P2PConfig,
+    P2PError,
+    P2PNode,
+    SerializedApplication,
+)
+from swarmnode.p2p.errors import BlobCorrupted
+
+log = logging.getLogger("swarmnode.node")
+progress_log = logging.getLogger("swarmnode.progress")
+T = TypeVar("T")
+
+BLOB_FETCH_TIMEOUT = 15.0  # one data-availability check or one model fetch, all providers
+POLL_INTERVAL = 0.25  # how often the round loop looks at the committed head
+
+
+class DaemonError(Exception):
+    """The daemon cannot start: bad genesis, key, data dir or dataset (the message says which)."""
+
+
+class LockedChainService(ChainService):
+    """ChainService whose chain calls also take the lock the driver and chain sync use: RPC, the round
+    protocol, the driver and sync each run in their own worker thread, and py-evm is not thread-safe."""
+
+    def __init__(self, chain: ExecutionChain, lock: threading.RLock, **kwargs: Any) -> None:
+        super().__init__(chain, **kwargs)
+        self.lock = lock
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        def locked() -> T:
+            with self.lock:
+                return fn(*args)
+
+        return await trio.to_thread.run_sync(locked, limiter=self.limiter)
+
+
+class SharedLockApplication(SerializedApplication):
+    """SerializedApplication around a lock we also hand to the RPC service (one lock for the chain)."""
+
+    def __init__(self, inner: ChainApplication, lock: threading.RLock) -> None:
+        super().__init__(inner)
+        self._lock = lock
+
+
+@dataclass
+class RoundRecord:
+    """What this node saw of one round, for the progress line and swarm_node."""
+
+    round: int
+    started: float
+    participants: int = 0
+    commits: int = 0
+    local_hash: bytes | None = None
+    final_hash: bytes | None = None
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    seconds: float | None = None
+
+
+class Daemon:
+    """`await Daemon(cfg).run()` until SIGINT/SIGTERM (or cancellation)."""
+
+    def __init__(self, cfg: NodeConfig, *, evaluate_test: bool = False) -> None:
+        self.cfg = cfg
+        self.evaluate_test = evaluate_test
+        try:
+            self.genesis: Genesis = load_genesis(cfg.genesis)
+        except Exception as exc:  # GenesisError and I/O errors: both are the user's to fix
+            raise DaemonError(f"genesis {cfg.genesis}: {exc}") from exc
+        self.task = Task.from_dict(self.genesis.task)
+        self.secret = load_key(cfg.key_file)
+        self.address = address_of(self.secret)
+        self.lock = threading.RLock()
+        self.train_limiter = trio.CapacityLimiter(1)
+        self.models = ModelStore(cfg.store_dir)
+        self.blobs = DirectoryBlobStore(cfg.blob_dir)
+        self.height = 0
+        self.busy: set[tuple[str, int]] = set()
+        self.done: set[tuple[str, int]] = set()
+        self.aggregates: dict[int, bytes] = {}
+        self.history: dict[int, RoundRecord] = {}
+        self.observation: rounds.RoundObservation | None = None
+        self.client: ClientData | None = None
+        self.test_split: Any = None
+        self.counters: dict[str, int] = {"mismatches": 0, "models_fetched": 0, "da_fetched": 0, "da_rejected": 0,
+                                      "blob_bytes_fetched": 0}
+        self._nursery: trio.Nursery | None = None
+        self._tx_lock = trio.Lock()
+        self._next_nonce = 0
+        self._trained: dict[int, txs.CommitCall] = {}  # round -> our commit, kept so a failed send is not retrained
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.chain = ExecutionChain.open(self.cfg.chain_dir, self.genesis)
+        except Exception as exc:
+            raise DaemonError(f"cannot open the chain in {self.cfg.chain_dir}: {exc}") from exc
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as root:
+                    root.start_soon(self._on_signals, signals, root.cancel_scope)
+                    await self._serve(root, task_status)
+                    root.cancel_scope.cancel()
+        finally:
+            with self.lock:
+                self.chain.close()
+            log.info("event=stopped address=0x%s", self.address.hex())
+
+    async def _on_signals(self, signals: Any, scope: trio.CancelScope) -> None:
+        async for signum in signals:  # keeps receiving: a second signal must not kill a clean shutdown
+            log.info("event=shutdown signal=%s", signal.Signals(signum).name)
+            scope.cancel()
+
+    async def _serve(self, root: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
+        pool = make_pool(self.chain)
+        self.app = ChainApplication(self.chain, self.address, pool=pool, availability=self._availability)
+        self.sapp = SharedLockApplication(self.app, self.lock)
+        self.service = LockedChainService(self.chain, self.lock, pool=pool, on_transaction=self._gossip_tx)
+        self.pool = pool
+        self.height = await self.service.run(lambda: self.chain.height)
+        p2p_cfg = P2PConfig(secret=self.secret, chain_id=self.genesis.chain_id, genesis_hash=self.chain.genesis_hash,
+                            listen_addrs=self.cfg.listen, bootstrap=self.cfg.bootstrap)
+        self.p2p = P2PNode(p2p_cfg, store=self.blobs, app=self.sapp, head_height=lambda: self.height)
+        self.rpc = RpcServer(self.service, host=self.cfg.rpc_host, port=self.cfg.rpc_port)
+        self.rpc.register_method("swarm_node", self._rpc_node)
+        await trio.to_thread.run_sync(self._load_data)
+        async with self.p2p.run(), trio.open_nursery() as nursery:
+            self._nursery = nursery
+            port = await nursery.start(self.rpc.serve)
+            self._write_info(port)
+            nursery.start_soon(self._ingest_txs)
+            nursery.start_soon(self._drain_updates)
+            await self._initial_sync()
+            self.net = ConsensusNetwork(self.p2p.gossip)
+            await nursery.start(self.net.run)
+            vset = await self.service.run(self.app.validator_set, self.height + 1)
+            is_validator = any(v.address == self.address for v in vset.validators)
+            c = self.genesis.consensus
+            dcfg = DriverConfig(
+                chain_id=self.genesis.chain_id,
+                timeouts=TimeoutConfig(propose=c.propose_timeout_ms / 1000, propose_delta=c.timeout_delta_ms / 1000,
+                                       prevote=c.prevote_timeout_ms / 1000, prevote_delta=c.timeout_delta_ms / 1000,
+                                       precommit=c.precommit_timeout_ms / 1000,
+                                       precommit_delta=c.timeout_delta_ms / 1000),
+                block_interval=c.block_interval_ms / 1000,
+            )
+            record = SigningRecord.open(self.cfg.signing_record)
+            self.driver = ConsensusDriver(dcfg, self.sapp, self.net, self.secret if is_validator else None, record)
+            await nursery.start(self.driver.run)
+            nursery.start_soon(self._round_loop)
+            log.info("event=started address=0x%s peer_id=%s validator=%s height=%d rpc=%s:%d listen=%s",
+                     self.address.hex(), self.p2p.peer_id, is_validator, self.height, self.cfg.rpc_host, port,
+                     ",".join(self.p2p.listen_addrs()))
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _write_info(self, rpc_port: int) -> None:
+        info = {"pid": os.getpid(), "address": "0x" + self.address.hex(), "peer_id": str(self.p2p.peer_id),
+                "rpc": f"http://{self.cfg.rpc_host}:{rpc_port}", "listen": self.p2p.listen_addrs()}
+        tmp = self.cfg.info_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.cfg.info_file)
+
+    def _load_data(self) -> None:
+        """This node's training and validation split (the partition at its participant index)."""
+        import torch
+
+        torch.set_num_threads(self.cfg.torch_threads)
+        dataset = load_dataset(self.task.dataset, self.cfg.dataset_dir)
+        self.dataset = dataset
+        self.clients = build_clients(self.task, dataset)
+        if self.evaluate_test:
+            self.test_split = dataset.test
+
+    async def _initial_sync(self) -> None:
+        """Restarted or late: sync the chain from peers (certificates verified) before consensus starts."""
+        if not self.cfg.bootstrap:
+            return
+        with trio.move_on_after(10):
+            await self.p2p.host.wait_peers(1)
+        if not self.p2p.peers():
+            log.warning("event=no_peers bootstrap=%s", ",".join(self.cfg.bootstrap))
+            return
+        try:
+            reached = await self.p2p.catch_up()
+        except P2PError as exc:
+            log.warning("event=sync_failed error=%r", str(exc))
+            return
+        self.height = reached
+        log.info("event=synced height=%d", reached)
+
+    # ---------------------------------------------------------------- transactions
+
+    async def _gossip_tx(self, raw: bytes) -> None:
+        await self.p2p.gossip.publish(TX, raw)
+
+    async def _ingest_txs(self) -> None:
+        """Gossiped transactions into the pool. A commitUpdate is admitted only once its update is held
+        (fetched and verified), so proposers never build blocks that fail the data-availability check."""
+        fetching = trio.CapacityLimiter(8)
+        async with trio.open_nursery() as nursery:
+            async for msg in self.p2p.gossip.channel(TX):
+                try:
+                    tx = await self.service.run(self.chain.decode_transaction, msg.body)
+                except Exception as exc:  # py-evm/rlp raise many types for malformed bytes: drop the message
+                    log.debug("event=tx_undecodable from=%s error=%r", msg.sender, str(exc))
+                    continue
+                missing = [c.update_hash for c in txs.commits_in([tx]) if not self.blobs.has(c.update_hash)]
+                if missing:
+                    nursery.start_soon(self._admit_when_available, msg.body, missing, fetching)
+                else:
+                    await self._admit(msg.body)
+
+    async def _admit(self, raw: bytes) -> None:
+        try:
+            await self.service.run(submit_raw, self.chain, self.pool, raw)
+        except TxRejected as exc:
+            log.debug("event=tx_rejected reason=%s", exc)
+
+    async def _admit_when_available(self, raw: bytes, cids: list[bytes], limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            try:
+                await self._fetch_blobs(cids)
+            except (P2PError, trio.TooSlowError) as exc:
+                log.warning("event=commit_dropped reason=update_unavailable error=%r", str(exc))
+                return
+        await self._admit(raw)
+
+    async def _drain_updates(self) -> None:
+        """Announcements register providers inside P2PNode; the channel itself must still be drained."""
+        async for _msg in self.p2p.gossip.channel(UPDATES):
+            pass
+
+    async def _send_call(self, data: bytes, what: str) -> bytes:
+        def sign() -> tuple[int, bytes]:
+            # the pool's view, but never below a nonce we already used: the pool has been seen to report a
+            # pending nonce as free right after a finalizing block (then admission fails as a replacement)
+            nonce = max(self.pool.next_nonce(self.address, self.chain.state_view()), self._next_nonce)
+            return nonce, txs.sign_call(self.secret, self.genesis.chain_id, nonce, data, self.chain.next_base_fee())
+
+        async with self._tx_lock:  # one nonce at a time: sign and admit together
+            nonce, raw = await self.service.run(sign)
+            try:
+                tx_hash = await self.service.submit_raw_transaction(raw)
+            except TxRejected:
+                self._next_nonce = 0  # fall back on the pool's view next time (e.g. our tx was dropped)
+                raise
+            self._next_nonce = nonce + 1
+        log.info("event=tx_sent what=%s hash=0x%s", what, tx_hash.hex())
+        return tx_hash
+
+    # ---------------------------------------------------------------- data availability
+
+    def _availability(self, height: int, block_txs: Sequence[Any]) -> Verdict:
+        """Runs in a chain worker thread: every committed update of the block must be held or fetched."""
+        missing = [c.update_hash for c in txs.commits_in(block_txs) if not self.blobs.has(c.update_hash)]
+        if not missing:
+            return Verdict(True)
+        try:
+            trio.from_thread.run(self._fetch_blobs, missing)
+        except (P2PError, trio.TooSlowError) as exc:
+            self.counters["da_rejected"] += 1
+            return Verdict(False, f"committed update unavailable: {exc}")
+        except RuntimeError as exc:  # not called from a trio worker thread: cannot fetch, so reject
+            return Verdict(False, f"committed update 0x{missing[0].hex()} not held ({exc})")
+        self.counters["da_fetched"] += len(missing)
+        return Verdict(True)
+
+    def _quarantine_blob(self, cid: bytes) -> None:
+        name = cid.hex()
+        path = self.cfg.blob_dir / name[:2] / name  # DirectoryBlobStore's layout
+        target = self.cfg.data_dir / "corrupt-blobs"
+        target.mkdir(exist_ok=True)
+        try:
+            os.replace(path, target / name)
+        except FileNotFoundError:
+            pass
+
+    def _providers(self, cid: bytes) -> list[Any]:
+        return list(dict.fromkeys(self.p2p.blobs.providers(cid) + [p.peer_id for p in self.p2p.peers()]))
+
+    async def _fetch_blobs(self, cids: list[bytes], timeout: float = BLOB_FETCH_TIMEOUT) -> list[bytes]:
+        """Every blob, verified; a blob no provider holds yet is asked for again (its committer's neighbours
+        may still be fetching it) until `timeout`, then the last BlobNotFound propagates."""
+        out: list[bytes] = []
+        deadline = trio.current_time() + timeout
+        for cid in cids:
+            delay = 0.2
+            while True:
+                try:
+                    held = await trio.to_thread.run_sync(self.blobs.has, cid)
+                    with trio.fail_after(max(0.1, deadline - trio.current_time())):
+                        out.append(await self.p2p.blobs.fetch(cid, providers=self._providers(cid)))
+                    if not held:
+                        self.counters["blob_bytes_fetched"] += len(out[-1])
+                    break
+                except BlobCorrupted as exc:  # our own copy is damaged on disk: set it aside, fetch again
+                    log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined_and_refetching", cid.hex(), str(exc))
+                    await trio.to_thread.run_sync(self._quarantine_blob, cid)
+                    continue
+                except P2PError:
+                    if trio.current_time() + delay >= deadline:
+                        raise
+                    await trio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+        return out
+
+    # ---------------------------------------------------------------- the round protocol
+
+    async def _round_loop(self) -> None:
+        last = -1
+        while True:
+            self.height = await self.service.run(lambda: self.chain.height)
+            if self.height != last:
+                last = self.height
+                obs = await self.service.run(views.observe, self.chain, self.address, self.genesis.genesis_model_hash)
+                self._on_observation(obs)
+            await trio.sleep(POLL_INTERVAL)
+
+    def _local_view(self, obs: rounds.RoundObservation) -> rounds.LocalView:
+        return rounds.LocalView(
+            has_base=self.models.has_model(obs.base_hash), num_clients=len(self.clients),
+            busy=frozenset(self.busy), done=frozenset(self.done), aggregates=tuple(self.aggregates.items()),
+        )
+
+    def _on_observation(self, obs: rounds.RoundObservation) -> None:
+        prev = self.observation
+        self.observation = obs
+        rec = self.history.setdefault(obs.round, RoundRecord(obs.round, time.monotonic()))
+        rec.participants, rec.commits = obs.participant_count, len(obs.commits)
+        if prev is not None and obs.round > prev.round:
+            self._on_finalized(obs.round - 1, obs.base_hash)
+        for action in rounds.decide(obs, self._local_view(obs)):
+            self.busy.add(action.key)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._perform, action)
+
+    def _on_finalized(self, round_: int, final: bytes) -> None:
+        rec = self.history.setdefault(round_, RoundRecord(round_, time.monotonic()))
+        rec.final_hash = final
+        ours = rounds.mismatch(self._local_view_stub(), round_, final)
+        if ours is not None:
+            self.counters["mismatches"] += 1
+            log.error("event=MODEL_MISMATCH round=%d ours=0x%s final=0x%s action=fetching_final_model",
+                      round_, ours.hex(), final.hex())
+        elif round_ in self.aggregates:
+            log.info("event=round_final round=%d model=0x%s agrees=true", round_, final.hex())
+        rec.seconds = time.monotonic() - rec.started
+        self._progress(rec)
+
+    def _local_view_stub(self) -> rounds.LocalView:
+        return rounds.LocalView(has_base=True, num_clients=0, aggregates=tuple(self.aggregates.items()))
+
+    def _progress(self, rec: RoundRecord) -> None:
+        acc = f"{rec.val_accuracy * 100:5.1f}%" if rec.val_accuracy is not None else "  n/a"
+        test = f" | test acc {rec.test_accuracy * 100:5.1f}%" if rec.test_accuracy is not None else ""
+        agree = "" if rec.local_hash is None or rec.final_hash is None else (
+            " | agrees" if rec.local_hash == rec.final_hash else " | MISMATCH")
+        progress_log.info("round %d final | %d/%d committed | global val acc %s%s | %.1f s | model 0x%s%s",
+                          rec.round, rec.commits, rec.participants, acc, test, rec.seconds or 0.0,
+                          (rec.final_hash or b"").hex()[:12], agree)
+
+    async def _perform(self, action: rounds.Action) -> None:
+        try:
+            if isinstance(action, rounds.FetchModel):
+                await self._fetch_model(action.round, action.model_hash)
+            elif isinstance(action, rounds.Train):
+                await self._train(action)
+            elif isinstance(action, rounds.Aggregate):
+                await self._aggregate(action)
+            elif isinstance(action, rounds.Attest):
+                await self._send_call(txs.attest_data(action.round, action.model_hash), f"attest:{action.round}")
+            self.done.add(action.key)
+        except CorruptObject as exc:  # our store is damaged: loud, and the next block refetches by hash
+            log.error("event=CORRUPT_MODEL action=%s round=%d error=%r next=refetch_by_hash", type(action).__name__,
+                      action.round, str(exc))
+        except (P2PError, StoreError, AggregationError, TxRejected, trio.TooSlowError, DaemonError) as exc:
+            # retried on the next block: the chain tells us again what is still to do
+            log.warning("event=action_failed action=%s round=%d error=%s: %s", type(action).__name__,
+                        action.round, type(exc).__name__, exc)
+        finally:
+            self.busy.discard(action.key)
+
+    async def _load_model(self, h: bytes) -> GlobalModel:
+        return await trio.to_thread.run_sync(self.models.get_model, h)
+
+    async def _fetch_model(self, round_: int, h: bytes) -> None:
+        """G_r by hash: the genesis model is rebuilt locally; any other comes from peers, verified."""
+        if round_ == 0 and h == self.genesis.genesis_model_hash:
+            model = GlobalModel(initial_params(self.task))
+        else:
+            (blob,) = await self._fetch_blobs([h])
+            model = decode_model(blob)
+            self.counters["models_fetched"] += 1
+        got = await trio.to_thread.run_sync(self.models.put_model, model)
+        if got != h:
+            raise DaemonError(f"model for round {round_} hashes to 0x{got.hex()}, expected 0x{h.hex()}")
+        log.info("event=model_obtained round=%d model=0x%s source=%s", round_, h.hex(),
+                 "genesis" if round_ == 0 else "peers")
+
+    async def _train(self, action: rounds.Train) -> None:
+        if action.round in self._trained:
+            await self._send_call(txs.commit_data(self._trained[action.round]), f"commit:{action.round}")
+            return
+        model = await self._load_model(action.base_hash)
+        data = self.clients[action.client_index].train
+        t0 = time.monotonic()
+        upd = await trio.to_thread.run_sync(local_update, self.task, model.params, data, action.round,
+                                            action.client_index, limiter=self.train_limiter)
+        cid = await self.p2p.announce_blob(action.round, upd.blob)
+        log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
+                 action.round, cid.hex(), len(upd.blob), upd.result.num_samples, upd.result.loss,
+                 upd.result.accuracy, time.monotonic() - t0)
+        call = txs.CommitCall(action.round, upd.update_id, upd.result.num_samples, txs.fixed(upd.result.loss),
+                              txs.fixed(upd.result.accuracy))
+        self._trained[action.round] = call
+        await self._send_call(txs.commit_data(call), f"commit:{action.round}")
+
+    async def _aggregate(self, action: rounds.Aggregate) -> None:
+        base = await self._load_model(action.base_hash)
+        blobs = await self._fetch_blobs([c.update_hash for c in action.commits])
+
+        def compute() -> tuple[GlobalModel, Any, list[str]]:
+            contribs, excluded = [], []
+            for c, blob in zip(action.commits, blobs, strict=True):
+                try:
+                    contribs.append(contribution_from_blob(blob, c.num_samples, base.params, self.task.max_update_norm))
+                except AggregationError as exc:
+                    excluded.append(f"0x{c.update_hash.hex()[:12]}:{exc}")
+            new, result = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), base, contribs)
+            return new, result, excluded
+
+        new, _result, excluded = await trio.to_thread.run_sync(compute, limiter=self.train_limiter)
+        h = await trio.to_thread.run_sync(self.models.put_model, new)
+        encoded = encode_model(new)
+        await trio.to_thread.run_sync(self.blobs.put, encoded)
+        self.aggregates[action.round] = h
+        await self.p2p.gossip.publish(UPDATES, Announcement(action.round + 1, h, len(encoded)))
+        rec = self.history.setdefault(action.round, RoundRecord(action.round, time.monotonic()))
+        rec.local_hash = h
+        mine = self._my_index()
+        val = self.clients[mine].val if mine is not None else None
+        if val is not None and len(val):
+            rec.val_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, new.params, val,
+                                                              limiter=self.train_limiter)).accuracy
+        if self.test_split is not None:
+            rec.test_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, new.params, self.test_split,
+                                                               limiter=self.train_limiter)).accuracy
+        log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s val_acc=%s", action.round,
+                 len(action.commits), excluded or "[]", h.hex(), rec.val_accuracy)
+
+    def _my_index(self) -> int | None:
+        obs = self.observation
+        idx = obs.participant_index if obs is not None else None
+        return idx if idx is not None and idx < len(self.clients) else None
+
+    # ---------------------------------------------------------------- RPC
+
+    async def _rpc_node(self, params: Any) -> dict[str, Any]:
+        obs = self.observation
+        return {
+            "address": "0x" + self.address.hex(), "peerId": str(self.p2p.peer_id),
+            "listen": self.p2p.listen_addrs(), "peers": len(self.p2p.peers()),
+            "height": self.height, "driver": self.driver.committed_height if hasattr(self, "driver") else None,
+            "round": obs.round if obs else None, "windowOpen": obs.window_open if obs else None,
+            "participantIndex": obs.participant_index if obs else None,
+            "validator": obs.validator if obs else None,
+            "baseModel": "0x" + obs.base_hash.hex() if obs else None,
+            "haveBase": self.models.has_model(obs.base_hash) if obs else False,
+            "aggregates": {str(r): "0x" + h.hex() for r, h in sorted(self.aggregates.items())},
+            "history": [{"round": rec.round, "localHash": "0x" + rec.local_hash.hex() if rec.local_hash else None,
+                         "finalHash": "0x" + rec.final_hash.hex() if rec.final_hash else None,
+                         "valAccuracy": rec.val_accuracy, "testAccuracy": rec.test_accuracy,
+                         "seconds": rec.seconds} for rec in sorted(self.history.values(), key=lambda x: x.round)],
+            "counters": dict(self.counters),
+            "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics()},
+        }
+
+
+def model_export_bytes(store: ModelStore, h: bytes) -> bytes:
+    from swarmnode.node.store import model_to_safetensors
+
+    try:
+        return model_to_safetensors(store.get_model(h))
+    except NotInStore as exc:
+        raise DaemonError(str(exc)) from exc
+
+
+def setup_logging(level: str, name: str | None = None) -> None:
+    prefix = f"[{name}] " if name else ""
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format=f"%(asctime)s {prefix}%(levelname)s %(name)s %(message)s")
+    for noisy in ("libp2p", "multiaddr", "async_service", "eth", "trio-websocket"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _ = model_hash  # re-exported for tools

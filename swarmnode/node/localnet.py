@@ -1,0 +1,256 @@
+"""A swarm of daemon processes on loopback, started through the CLI: for scripts/local_swarm.py and the
+system tests. Every process is in its own session and is always killed on exit (`with LocalSwarm(...)`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class SwarmTimeout(Exception):
+    """A condition on the swarm did not hold before its deadline (the message says which)."""
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("swarmnode")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "swarmnode.cli.main"]
+
+
+def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([*cli(), *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"swarmnode {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class NodeProc:
+    index: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    rpc_url: str | None = None
+    listen: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> Path:
+        return self.data_dir / "config.toml"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class LocalSwarm:
+    """`nodes` daemons for a genesis with dev keys; node i uses dev key i (validators first)."""
+
+    def __init__(self, base: Path, genesis: Path, keys_dir: Path, *, extra_env: dict[str, str] | None = None,
+                 run_args: tuple[str, ...] = ()) -> None:
+        self.base = base
+        self.genesis = genesis
+        self.keys_dir = keys_dir
+        self.nodes: dict[int, NodeProc] = {}
+        self.env = {**os.environ, **(extra_env or {})}
+        self.run_args = run_args
+
+    # ---- setup
+
+    def init_node(self, i: int, key: Path | None = None, *, fresh_key: bool = False) -> NodeProc:
+        """`swarmnode init` with a free loopback port chosen now, so peers can bootstrap to it before it runs."""
+        from swarmnode.node.keys import load_key
+        from swarmnode.p2p.identity import peer_id_of
+
+        data_dir = self.base / f"node{i}"
+        key = key or self.keys_dir / f"node-{i}.key"
+        port = free_port()
+        key_args = [] if fresh_key else ["--key", str(key)]  # fresh: `init` creates a new key
+        run_cli("init", "--genesis", str(self.genesis), "--data-dir", str(data_dir), *key_args,
+                "--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+        node = NodeProc(i, data_dir, self.base / f"node{i}.log")
+        node.listen = [f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(load_key(data_dir / 'node.key'))}"]
+        self.nodes[i] = node
+        return node
+
+    def start_all(self, indices: list[int], extra_args: dict[int, tuple[str, ...]] | None = None) -> None:
+        """Start several nodes at once, each bootstrapping to all the others (they redial until up)."""
+        for i in indices:
+            others = [a for n in self.nodes.values() if n.index != i for a in n.listen]
+            self.start(i, bootstrap=others, extra_args=(extra_args or {}).get(i, ()), wait=False)
+        for i in indices:
+            self._wait_info(self.nodes[i])
+
+    def start(self, i: int, *, bootstrap: list[str] | None = None, extra_args: tuple[str, ...] = (),
+              wait: bool = True) -> NodeProc:
+        node = self.nodes[i]
+        if bootstrap is None:
+            bootstrap = [a for n in self.nodes.values() if n.index != i and n.alive() for a in n.listen]
+        info = node.data_dir / "node.json"
+        info.unlink(missing_ok=True)
+        args = [*cli(), "run", "--config", str(node.config), "--name", f"node{i}", *self.run_args, *extra_args]
+        for b in bootstrap:
+            args += ["--bootstrap", b]
+        log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process from here
+        node.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        log.close()
+        if wait:
+            self._wait_info(node)
+        return node
+
+    def _wait_info(self, node: NodeProc, timeout: float = 90.0) -> None:
+        info = node.data_dir / "node.json"
+
+        def ready() -> dict[str, Any] | None:
+            if not node.alive():
+                raise RuntimeError(f"node{node.index} exited with {node.proc.returncode if node.proc else '?'}: "
+                                   f"{self.tail(node.index)}")
+            try:
+                return json.loads(info.read_text())
+            except (OSError, ValueError):
+                return None
+
+        data = wait_for(ready, timeout, f"node{node.index} to write {info}")
+        node.rpc_url, node.listen = data["rpc"], list(data["listen"])
+
+    # ---- control
+
+    def stop(self, i: int, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after `timeout`; returns the exit status."""
+        node = self.nodes[i]
+        if node.proc is None or node.proc.poll() is not None:
+            return node.proc.returncode if node.proc else None
+        node.proc.send_signal(signal.SIGTERM)
+        try:
+            return node.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(i)
+            return None
+
+    def stop_many(self, indices: list[int], timeout: float = 20.0) -> list[int | None]:
+        """SIGTERM to all of them at once (one signal each), then wait; SIGKILL whoever outlives `timeout`."""
+        for i in indices:
+            if self.nodes[i].alive():
+                self.nodes[i].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        codes: list[int | None] = []
+        for i in indices:
+            proc = self.nodes[i].proc
+            try:
+                codes.append(proc.wait(timeout) if proc is not None else None)
+            except subprocess.TimeoutExpired:
+                self.kill(i)
+                codes.append(None)
+        return codes
+
+    def kill(self, i: int) -> None:
+        node = self.nodes[i]
+        if node.proc is not None and node.proc.poll() is None:
+            try:
+                os.killpg(node.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            node.proc.wait(10)
+
+    def close(self) -> None:
+        for i in list(self.nodes):
+            if self.nodes[i].alive():
+                self.nodes[i].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 10
+        for i in list(self.nodes):
+            node = self.nodes[i]
+            if node.proc is not None:
+                try:
+                    node.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.kill(i)
+
+    def __enter__(self) -> LocalSwarm:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- queries
+
+    def rpc(self, i: int, method: str, *params: Any, timeout: float = 10.0) -> Any:
+        node = self.nodes[i]
+        if node.rpc_url is None:
+            raise RuntimeError(f"node{i} has no RPC endpoint yet")
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+        req = urllib.request.Request(node.rpc_url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            reply = json.loads(resp.read())
+        if "error" in reply:
+            raise RuntimeError(f"node{i} {method}: {reply['error']}")
+        return reply["result"]
+
+    def try_rpc(self, i: int, method: str, *params: Any) -> Any:
+        try:
+            return self.rpc(i, method, *params)
+        except (OSError, RuntimeError, ValueError):
+            return None
+
+    def final_hashes(self, i: int) -> dict[int, str]:
+        """Finalized rounds on node i's chain: round -> final model hash."""
+        hist = self.try_rpc(i, "swarm_roundHistory", 0, 100) or []
+        return {int(r["round"]): r["finalHash"] for r in hist if r["finalized"]}
+
+    def tail(self, i: int, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.nodes[i].log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval: float = 0.3) -> T:
+    """Poll `check` until it returns something truthy; SwarmTimeout names `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise SwarmTimeout(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_genesis(base: Path, validators: int, task: str, *, commit_window: int = 20,
+                 chain_id: int = 7331) -> tuple[Path, Path]:
+    """`swarmnode genesis new ... --dev-keys` into `base`; returns (genesis file, keys dir)."""
+    genesis, keys = base / "genesis.toml", base / "keys"
+    run_cli("genesis", "new", "--validators", str(validators), "--task", task, "--dev-keys", "--out", str(genesis),
+            "--keys-dir", str(keys), "--commit-window", str(commit_window), "--chain-id", str(chain_id))
+    return genesis, keys
+
+
+def dev_keys_for(genesis: Path, base: Path, count: int) -> Path:
+    """Regenerate the dev keys of a shipped genesis (made with --dev-keys) into base/keys."""
+    keys = base / "keys"
+    tmp = base / "regen-genesis.toml"
+    run_cli("genesis", "new", "--validators", str(count), "--task", "tiny", "--dev-keys", "--out", str(tmp),
+            "--keys-dir", str(keys), "--force")
+    tmp.unlink(missing_ok=True)
+    return keys
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,45 @@
+"""ChainApplication's data-availability hook: a block whose committed updates are not held is invalid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consensus.chain import ExecutionChain
+from consensus.chain_app import ChainApplication
+from consensus.devtools import address_of, dev_genesis, dev_key
+from consensus.interfaces import Verdict
+from consensus.txpool import TxPool
+from swarmnode.node import txs
+
+
+def test_validate_block_consults_the_availability_hook(tmp_path: Path) -> None:
+    # Prepare: one validator proposes a block holding a commitUpdate call; a second node validates it.
+    genesis = dev_genesis(1, 2, chain_id=4545)
+    proposer_chain = ExecutionChain.open(tmp_path / "a", genesis, sync_writes=False)
+    pool = TxPool(genesis.chain_id, proposer_chain.decode_transaction)
+    call = txs.CommitCall(0, b"\x42" * 32, 10, 0, 0)
+    raw = txs.sign_call(dev_key(1), genesis.chain_id, 0, txs.commit_data(call), proposer_chain.next_base_fee())
+    pool.add_raw(raw, proposer_chain.state_view(), proposer_chain.next_base_fee())
+    proposer = ChainApplication(proposer_chain, address_of(dev_key(0)), pool=pool)
+    block = proposer.propose_block(1, 0, genesis.genesis_time + 5)
+    seen: list[list[txs.CommitCall]] = []
+
+    def missing(height: int, block_txs: object) -> Verdict:
+        seen.append(txs.commits_in(block_txs))  # type: ignore[arg-type]
+        return Verdict(False, "update 0x4242.. unavailable")
+
+    chains = [proposer_chain] + [ExecutionChain.open(tmp_path / n, genesis, sync_writes=False) for n in "bc"]
+    try:
+        # Execute
+        refusing = ChainApplication(chains[1], address_of(dev_key(0)), availability=missing,
+                                    clock=lambda: genesis.genesis_time + 6)
+        accepting = ChainApplication(chains[2], address_of(dev_key(0)), availability=lambda h, t: Verdict(True),
+                                     clock=lambda: genesis.genesis_time + 6)
+        verdict = refusing.validate_block(1, block)
+        # Assert
+        assert not verdict.valid and "unavailable" in verdict.reason
+        assert seen == [[call]], "the hook must see the block's commitUpdate call"
+        assert accepting.validate_block(1, block).valid
+    finally:
+        for chain in chains:
+            chain.close()
