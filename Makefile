@@ -17,7 +17,7 @@ test: setup
 	$(PY) -m pytest -q
 
 demo: setup
-	$(PY) scripts/reproduce_seed.py --preset demo
+	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
 bench: bench-learning bench-chain bench-consensus bench-p2p
