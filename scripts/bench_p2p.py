@@ -38,7 +38,6 @@ from consensus.memnet import MemNetwork  # noqa: E402
 from consensus.signing_record import SigningRecord  # noqa: E402
 from consensus.votes import address_of  # noqa: E402
 from swarmnode.p2p.blobstore import MemoryBlobStore, content_id  # noqa: E402
-from swarmnode.p2p.consensus_net import ConsensusNetwork  # noqa: E402
 from swarmnode.p2p.node import P2PNode  # noqa: E402
 from swarmnode.p2p.testing import (  # noqa: E402
     TEST_CHAIN_ID,
@@ -164,11 +163,13 @@ async def bench_cross_process(size: int, repeats: int) -> list[float]:
 
 
 async def bench_consensus(network: str, n: int, heights: int) -> ConsensusResult:
-    """network: memory (no delay), memory-delay (1-5 ms, bench_consensus.py's default) or libp2p."""
+    """network: memory (no delay), memory-delay (1-5 ms, bench_consensus.py's default), libp2p (the
+    direct consensus streams the daemon uses) or libp2p-gossip (the consensus gossip topic)."""
     keys = [node_secret(i) for i in range(n)]
     config = DriverConfig(chain_id=TEST_CHAIN_ID, block_interval=0.0, rebroadcast_interval=1.0)
-    if network == "libp2p":
-        net = LibP2PNet(n, validators={address_of(k) for k in keys})
+    if network.startswith("libp2p"):
+        net = LibP2PNet(n, validators={address_of(k) for k in keys},
+                        transport="gossip" if network == "libp2p-gossip" else "direct")
     else:
         delay = (0.001, 0.005) if network == "memory-delay" else (0.0, 0.0)
         net = MemNetwork(n, min_delay=delay[0], max_delay=delay[1], seed=n, capacity=65536)
@@ -212,8 +213,7 @@ async def child(i: int, n: int, heights: int, bootstrap: list[str]) -> None:
                 await trio.sleep(0.05)  # readiness poll: the mesh fills on GossipSub's heartbeat
         print("READY", flush=True)
         await stdin.readline()  # GO
-        net = ConsensusNetwork(node.gossip)
-        await nursery.start(net.run)
+        net = node.consensus
         config = DriverConfig(chain_id=TEST_CHAIN_ID, block_interval=0.0, rebroadcast_interval=1.0)
         with tempfile.TemporaryDirectory() as tmp:
             driver = ConsensusDriver(config, app, net, keys[i], SigningRecord.open(Path(tmp) / "rec"))
@@ -303,19 +303,20 @@ def main() -> None:
 
     consensus = []
     for n in args.validators:
-        for network in ("memory", "memory-delay", "libp2p"):
+        for network in ("memory", "memory-delay", "libp2p", "libp2p-gossip"):
             consensus.append(trio.run(bench_consensus, network, n, args.heights))
         block = trio.run(run_processes, n, args.heights)
         consensus.append(ConsensusResult("libp2p-procs", n, args.heights, None, None, block))
-    print(f"\nconsensus     {'network':>12} {'vals':>4} {'finality median ms':>18} {'p99 ms':>8} {'block ms':>8}")
+    print(f"\nconsensus     {'network':>13} {'vals':>4} {'finality median ms':>18} {'p99 ms':>8} {'block ms':>8}")
     for c in consensus:
         fin = f"{c.median_ms:>18.1f} {c.p99_ms:>8.1f}" if c.median_ms is not None else f"{'-':>18} {'-':>8}"
-        print(f"              {c.network:>12} {c.validators:>4} {fin} {c.block_ms:>8.1f}")
+        print(f"              {c.network:>13} {c.validators:>4} {fin} {c.block_ms:>8.1f}")
     for n in args.validators:
         by = {c.network: c for c in consensus if c.validators == n}
         print(f"              {n} validators, libp2p / memory: finality "
               f"{by['libp2p'].median_ms / by['memory'].median_ms:.2f}x (vs 1-5 ms delay: "
-              f"{by['libp2p'].median_ms / by['memory-delay'].median_ms:.2f}x); block time in-process "
+              f"{by['libp2p'].median_ms / by['memory-delay'].median_ms:.2f}x; over gossip: "
+              f"{by['libp2p-gossip'].median_ms / by['memory'].median_ms:.2f}x); block time in-process "
               f"{by['libp2p'].block_ms / by['memory'].block_ms:.2f}x, one process per validator "
               f"{by['libp2p-procs'].block_ms / by['memory'].block_ms:.2f}x")
 

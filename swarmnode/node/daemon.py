@@ -20,6 +20,7 @@ from consensus.driver import ConsensusDriver, DriverConfig
 from consensus.engine.types import TimeoutConfig
 from consensus.genesis import Genesis, load_genesis
 from consensus.interfaces import Verdict
+from consensus.messages import MAX_MESSAGE_BYTES
 from consensus.rpc import RpcServer
 from consensus.service import ChainService, make_pool, submit_raw
 from consensus.signing_record import SigningRecord
@@ -36,15 +37,17 @@ from swarmnode.node.config import NodeConfig
 from swarmnode.node.keys import address_of, load_key
 from swarmnode.node.store import CorruptObject, ModelStore, NotInStore, StoreError
 from swarmnode.p2p import (
+    CONSENSUS,
     TX,
     UPDATES,
     Announcement,
-    ConsensusNetwork,
     DirectoryBlobStore,
     P2PConfig,
     P2PError,
     P2PNode,
     SerializedApplication,
+    TopicPolicy,
+    height_window,
 )
 from swarmnode.p2p.errors import BlobCorrupted
 
@@ -164,7 +167,9 @@ class Daemon:
         self.height = await self.service.run(lambda: self.chain.height)
         p2p_cfg = P2PConfig(secret=self.secret, chain_id=self.genesis.chain_id, genesis_hash=self.chain.genesis_hash,
                             listen_addrs=self.cfg.listen, bootstrap=self.cfg.bootstrap)
-        self.p2p = P2PNode(p2p_cfg, store=self.blobs, app=self.sapp, head_height=lambda: self.height)
+        consensus_policy = TopicPolicy(MAX_MESSAGE_BYTES, window=height_window(lambda: self.height))
+        self.p2p = P2PNode(p2p_cfg, store=self.blobs, app=self.sapp, head_height=lambda: self.height,
+                           policies={CONSENSUS: consensus_policy})
         self.rpc = RpcServer(self.service, host=self.cfg.rpc_host, port=self.cfg.rpc_port)
         self.rpc.register_method("swarm_node", self._rpc_node)
         await trio.to_thread.run_sync(self._load_data)
@@ -175,8 +180,7 @@ class Daemon:
             nursery.start_soon(self._ingest_txs)
             nursery.start_soon(self._drain_updates)
             await self._initial_sync()
-            self.net = ConsensusNetwork(self.p2p.gossip)
-            await nursery.start(self.net.run)
+            self.net = self.p2p.consensus  # direct streams between peers (swarmnode/p2p/direct.py)
             vset = await self.service.run(self.app.validator_set, self.height + 1)
             is_validator = any(v.address == self.address for v in vset.validators)
             c = self.genesis.consensus

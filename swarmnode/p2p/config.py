@@ -30,6 +30,9 @@ class P2PConfig:
     max_concurrent_serves: int = 8
     sync_batch: int = 32  # blocks per sync request
     sync_timeout: float = 30.0
+    peer_exchange: bool = True  # ask peers for their peers and dial them (up to max_peers)
+    peer_exchange_interval: float = 5.0
+    max_peers: int = 32
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:

@@ -20,17 +20,26 @@ class Hello:
     chain_id: int
     genesis_hash: bytes
     head_height: int
+    listen_addrs: tuple[str, ...] = ()  # where the peer can be dialed (for peer exchange)
+
+
+MAX_HELLO_ADDRS = 8
 
 
 def encode_hello(hello: Hello) -> wire.Envelope:
-    return wire.Envelope(hello.chain_id, wire.HELLO, [hello.genesis_hash, hello.head_height])
+    return wire.Envelope(hello.chain_id, wire.HELLO,
+                         [hello.genesis_hash, hello.head_height, list(hello.listen_addrs[:MAX_HELLO_ADDRS])])
 
 
 def decode_hello(data: bytes) -> Hello:
     """Strict decoding of a Hello frame, whatever its chain id (checked by `check_hello`)."""
     env = wire.decode(data, wire.MAX_CONTROL_FRAME, kinds=frozenset({wire.HELLO}))
-    fields = wire.as_list(env.body, 2, "hello")
-    return Hello(env.chain_id, wire.as_bytes(fields[0], "genesis hash", length=32), wire.as_int(fields[1], "head height"))
+    fields = wire.as_list(env.body, 3, "hello")
+    addrs = wire.as_list(fields[2], None, "listen addresses")
+    if len(addrs) > MAX_HELLO_ADDRS:
+        raise WireError(f"hello lists {len(addrs)} listen addresses, limit {MAX_HELLO_ADDRS}")
+    return Hello(env.chain_id, wire.as_bytes(fields[0], "genesis hash", length=32),
+                 wire.as_int(fields[1], "head height"), tuple(wire.as_str(a, "listen address") for a in addrs))
 
 
 def check_hello(ours: Hello, theirs: Hello) -> None:

@@ -7,6 +7,7 @@ crashes on the first inbound pubsub stream otherwise) and stops everything on ex
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,6 +35,11 @@ from swarmnode.p2p.identity import address_of_peer, key_pair_of
 
 log = logging.getLogger(__name__)
 
+# py-libp2p's yamux sends a WINDOW_UPDATE frame after every read by default ("release on read"), which
+# for small consensus frames doubles the frames on the wire. Off, credit is returned go-yamux style, once
+# half the window is consumed: the same flow control, 25-45% fewer frames. Read by yamux at call time.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
 # meshsub 1.1: 1.2+ adds an IDONTWANT control message per received message, pure overhead here
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]
 
@@ -44,6 +50,7 @@ class PeerStatus:
     address: Address  # chain address of the peer's key
     head_height: int  # as stated in its handshake
     addrs: tuple[str, ...]
+    listen: tuple[str, ...] = ()  # dialable addresses it stated in its handshake
 
 
 class _Notifee(INotifee):
@@ -120,7 +127,7 @@ class P2PHost:
         return address_of_peer(self.peer_id)
 
     def hello(self) -> Hello:
-        return Hello(self.config.chain_id, self.config.genesis_hash, self._head_height())
+        return Hello(self.config.chain_id, self.config.genesis_hash, self._head_height(), tuple(self.listen_addrs()))
 
     def listen_addrs(self) -> list[str]:
         """Full dialable multiaddrs of this host (with /p2p/<id>)."""
@@ -137,6 +144,10 @@ class P2PHost:
         """Return once at least `count` peers have passed the handshake."""
         while len(self._verified) < count:
             await self._changed.wait()
+
+    async def wait_change(self) -> None:
+        """Return at the next peer change (connection, disconnection, handshake)."""
+        await self._changed.wait()
 
     async def wait_peer(self, peer_id: ID) -> PeerStatus:
         """Return once `peer_id` has passed the handshake."""
@@ -230,7 +241,8 @@ class P2PHost:
         if not self.libp2p.get_network().get_connections(peer_id):
             return  # disconnected meanwhile
         addrs = tuple(str(a) for a in self.libp2p.get_peerstore().addrs(peer_id))
-        self._verified[peer_id] = PeerStatus(peer_id, address_of_peer(peer_id), theirs.head_height, addrs)
+        listen = tuple(a for a in theirs.listen_addrs if a.endswith(f"/p2p/{peer_id}"))
+        self._verified[peer_id] = PeerStatus(peer_id, address_of_peer(peer_id), theirs.head_height, addrs, listen)
         self._notify()
 
     async def wait_rejections(self, count: int) -> None:

@@ -12,15 +12,25 @@ from consensus.interfaces import Application
 from swarmnode.p2p.blobs import BlobExchange
 from swarmnode.p2p.blobstore import BlobStore, MemoryBlobStore
 from swarmnode.p2p.config import P2PConfig
+from swarmnode.p2p.direct import DirectConsensusNetwork
 from swarmnode.p2p.errors import P2PError
 from swarmnode.p2p.gossip import Gossip
 from swarmnode.p2p.host import P2PHost, PeerStatus
+from swarmnode.p2p.peers import PeerExchange
 from swarmnode.p2p.sync import ChainSync
-from swarmnode.p2p.topics import UPDATES, Announcement, GossipMessage, TopicPolicy, default_policies
+from swarmnode.p2p.topics import (
+    CONSENSUS,
+    UPDATES,
+    Announcement,
+    GossipMessage,
+    TopicPolicy,
+    default_policies,
+)
 
 
 class P2PNode:
-    """`async with P2PNode(config).run() as node:` — everything started, listening, bootstrapping.
+    """`async with P2PNode(config).run() as node:` — everything started, listening, bootstrapping,
+    exchanging peer listings. `node.consensus` is the BFT driver's Network (direct streams).
 
     `policies` override the per-topic acceptance rules (known senders, windows); `head_height` is what
     the handshake states. With `app`, the node serves and syncs the chain (`app_limiter` must be the
@@ -32,8 +42,12 @@ class P2PNode:
                  app: Application | None = None, app_limiter: trio.CapacityLimiter | None = None) -> None:
         self.config = config
         self.host = P2PHost(config, head_height=head_height)
-        self.gossip = Gossip(self.host.pubsub, config.chain_id, {**default_policies(), **(policies or {})},
+        all_policies = {**default_policies(), **(policies or {})}
+        self.gossip = Gossip(self.host.pubsub, config.chain_id, all_policies,
                              capacity=config.gossip_capacity, observer=self._observe)
+        self.peer_exchange = PeerExchange(self.host, max_peers=config.max_peers, interval=config.peer_exchange_interval)
+        self.consensus = DirectConsensusNetwork(self.host, all_policies[CONSENSUS],
+                                                knows_connected=self.peer_exchange.knows_connected)
         self.blobs = BlobExchange(self.host.libp2p, store or MemoryBlobStore(), config)
         self.sync = ChainSync(self.host.libp2p, app, config, app_limiter) if app is not None else None
 
@@ -61,6 +75,8 @@ class P2PNode:
             "gossip": self.gossip.statistics(),
             "blobs": self.blobs.statistics(),
             "sync": self.sync.statistics() if self.sync is not None else {},
+            "consensus": self.consensus.statistics(),
+            "peer_exchange": self.peer_exchange.statistics(),
         }
 
     async def announce_blob(self, round_: int, blob: bytes) -> bytes:
@@ -83,9 +99,14 @@ class P2PNode:
     @asynccontextmanager
     async def run(self) -> AsyncIterator[P2PNode]:
         self.blobs.attach()
+        self.peer_exchange.attach()
+        self.consensus.attach()
         if self.sync is not None:
             self.sync.attach()
         async with self.host.run(), trio.open_nursery() as nursery:
             await nursery.start(self.gossip.run)
+            await nursery.start(self.consensus.run)
+            if self.config.peer_exchange:
+                await nursery.start(self.peer_exchange.run)
             yield self
             nursery.cancel_scope.cancel()

@@ -10,7 +10,7 @@ from typing import Any
 import trio
 from eth_utils import keccak
 
-from consensus.interfaces import Application
+from consensus.interfaces import Application, Network
 from consensus.votes import Address
 from swarmnode.p2p.config import P2PConfig
 from swarmnode.p2p.consensus_net import ConsensusNetwork
@@ -36,7 +36,9 @@ def make_config(i: int, *, bootstrap: tuple[str, ...] = (), chain_id: int = TEST
 @asynccontextmanager
 async def star(n: int, *, policies: dict[str, TopicPolicy] | None = None,
                **overrides: Any) -> AsyncIterator[list[P2PNode]]:
-    """n nodes: node 0 is the bootstrap peer of all the others."""
+    """n nodes: node 0 is the bootstrap peer of all the others. Peer exchange is off unless overridden
+    (it would turn the star into a full mesh)."""
+    overrides.setdefault("peer_exchange", False)
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(P2PNode(make_config(0, **overrides), policies=policies).run())
         nodes = [first]
@@ -77,19 +79,24 @@ async def wait_full_mesh(nodes: list[P2PNode], name: str) -> None:
 
 
 class LibP2PNet:
-    """Stands in for consensus.memnet.MemNetwork in consensus.cluster.Cluster: node i's endpoint is a
-    ConsensusNetwork over a real libp2p host (full mesh on 127.0.0.1). Call `attach_apps` before
-    `run` for the hosts to serve chain sync."""
+    """Stands in for consensus.memnet.MemNetwork in consensus.cluster.Cluster: node i's endpoint is the
+    consensus transport of a real libp2p host (full mesh on 127.0.0.1): the direct streams the daemon
+    uses (`transport="direct"`) or the gossip topic (`"gossip"`). Call `attach_apps` before `run` for
+    the hosts to serve chain sync."""
 
     def __init__(self, n: int, *, validators: set[Address] | None = None, secrets: list[bytes] | None = None,
-                 chain_id: int = TEST_CHAIN_ID, genesis_hash: bytes = TEST_GENESIS) -> None:
+                 chain_id: int = TEST_CHAIN_ID, genesis_hash: bytes = TEST_GENESIS,
+                 transport: str = "direct") -> None:
+        if transport not in ("direct", "gossip"):
+            raise ValueError(f"transport must be 'direct' or 'gossip', got {transport!r}")
         self.n = n
+        self.transport = transport
         self._secrets, self._chain_id, self._genesis_hash = secrets, chain_id, genesis_hash
         known = validators.__contains__ if validators is not None else None
         self._policies = {CONSENSUS: TopicPolicy(MAX_GOSSIP_BYTES, known_sender=known)}
         self._apps: list[Application] | None = None
         self.nodes: list[P2PNode] = []
-        self.networks: list[ConsensusNetwork] = []
+        self.networks: list[Network] = []
 
     def attach_apps(self, apps: list[Application]) -> None:
         self._apps = apps
@@ -102,16 +109,19 @@ class LibP2PNet:
             self.nodes = nodes
             await wait_full_mesh(nodes, CONSENSUS)
             for node in nodes:
-                net = ConsensusNetwork(node.gossip)
-                await nursery.start(net.run)
-                self.networks.append(net)
+                if self.transport == "direct":
+                    self.networks.append(node.consensus)
+                else:
+                    net = ConsensusNetwork(node.gossip)
+                    await nursery.start(net.run)
+                    self.networks.append(net)
             yield self
             nursery.cancel_scope.cancel()
 
-    def endpoint(self, node: int) -> ConsensusNetwork:
+    def endpoint(self, node: int) -> Network:
         return self.networks[node]
 
-    def connected_endpoint(self, node: int) -> ConsensusNetwork | None:
+    def connected_endpoint(self, node: int) -> Network | None:
         return self.networks[node] if node < len(self.networks) else None
 
     def disconnect(self, node: int) -> None:

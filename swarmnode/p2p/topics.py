@@ -94,7 +94,7 @@ def check_message(name: str, data: bytes, from_id: bytes, chain_id: int, policy:
     elif name == CONSENSUS:
         body = wire.as_bytes(env.body, "consensus message", max_len=policy.max_bytes)
         if verify:
-            _check_consensus(body, chain_id, policy)
+            check_consensus(body, chain_id, policy)
     else:
         body = _decode_announcement(env.body)
         if verify:
@@ -112,8 +112,11 @@ def _decode_announcement(body: Any) -> Announcement:
     )
 
 
-def _check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> None:
-    """Strict decoding, chain id, vote signature, known signer and height window."""
+def check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> Address | None:
+    """Strict decoding, chain id, vote signature, known signer and height window; returns the signer of
+    a proposal or vote (None for sync messages). Raises WireError."""
+    if len(data) > policy.max_bytes:
+        raise WireError(f"consensus message of {len(data)} bytes exceeds {policy.max_bytes}")
     try:
         msg = decode_consensus(data, policy.max_bytes)
     except ConsensusError as exc:
@@ -121,9 +124,9 @@ def _check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> None:
     if isinstance(msg, SyncResponse):
         if msg.certificate.chain_id != chain_id:
             raise WireError(f"certificate for chain {msg.certificate.chain_id}, expected {chain_id}")
-        return  # the driver verifies the certificate itself
+        return None  # the driver verifies the certificate itself
     if not isinstance(msg, ProposalMessage | VoteMessage):
-        return  # a sync request carries only a height
+        return None  # a sync request carries only a height
     vote = msg.vote
     if vote.chain_id != chain_id:
         raise WireError(f"vote for chain {vote.chain_id}, expected {chain_id}")
@@ -133,6 +136,7 @@ def _check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> None:
         raise WireError(f"vote signature: {exc}") from exc
     _check_known(policy, signer, "vote signer")
     _check_window(policy, vote.height, "height")
+    return signer
 
 
 def _check_known(policy: TopicPolicy, address: Address, what: str) -> None:

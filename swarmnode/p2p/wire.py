@@ -27,7 +27,9 @@ TX, CONSENSUS, ANNOUNCE = 1, 2, 3
 HELLO = 10
 BLOB_REQUEST, BLOB_HEADER = 20, 21
 SYNC_REQUEST, SYNC_HEADER, SYNC_BLOCK = 30, 31, 32
-KINDS = frozenset({TX, CONSENSUS, ANNOUNCE, HELLO, BLOB_REQUEST, BLOB_HEADER, SYNC_REQUEST, SYNC_HEADER, SYNC_BLOCK})
+PEERS_REQUEST, PEERS = 40, 41
+KINDS = frozenset({TX, CONSENSUS, ANNOUNCE, HELLO, BLOB_REQUEST, BLOB_HEADER, SYNC_REQUEST, SYNC_HEADER, SYNC_BLOCK,
+                   PEERS_REQUEST, PEERS})
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,14 @@ def as_bytes(value: Any, what: str, length: int | None = None, max_len: int | No
         raise WireError(f"{what} must be {length} bytes, got {len(value)}")
     if max_len is not None and len(value) > max_len:
         raise WireError(f"{what} is {len(value)} bytes, limit {max_len}")
+    return value
+
+
+def as_str(value: Any, what: str, max_len: int = 256) -> str:
+    if type(value) is not str:
+        raise WireError(f"{what} must be a string, got {type(value).__name__}")
+    if len(value) > max_len:
+        raise WireError(f"{what} is {len(value)} characters, limit {max_len}")
     return value
 
 

@@ -1,12 +1,15 @@
 """The BFT driver over real libp2p: 4 validators commit blocks; a 5th node syncs from scratch over
-/swarmnode/sync/1, verifying every certificate, then follows the chain as an observer."""
+/swarmnode/sync/1, verifying every certificate, then follows the chain as an observer. Run over both
+consensus transports: the direct streams the daemon uses and the gossip topic."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 
 from consensus.cluster import Cluster
 from consensus.driver import ConsensusDriver, DriverConfig
+from consensus.interfaces import Network
 from consensus.memapp import InMemoryApplication
 from consensus.signing_record import SigningRecord
 from consensus.votes import address_of
@@ -18,10 +21,11 @@ VALIDATORS = 4
 TARGET = 6
 
 
-async def test_four_validators_commit_over_libp2p_and_a_fifth_syncs_from_scratch() -> None:
+@pytest.mark.parametrize("transport", ["direct", "gossip"])
+async def test_four_validators_commit_over_libp2p_and_a_fifth_syncs_from_scratch(transport: str) -> None:
     # Prepare
     keys = [node_secret(i) for i in range(VALIDATORS)]
-    net = LibP2PNet(VALIDATORS, validators={address_of(k) for k in keys})
+    net = LibP2PNet(VALIDATORS, validators={address_of(k) for k in keys}, transport=transport)
     config = DriverConfig(chain_id=TEST_CHAIN_ID, block_interval=0.05)
     cluster = Cluster(VALIDATORS, config, net=net, keys=keys)  # type: ignore[arg-type]
     net.attach_apps(cluster.apps)
@@ -31,7 +35,7 @@ async def test_four_validators_commit_over_libp2p_and_a_fifth_syncs_from_scratch
             await cluster.wait_height(TARGET)
         for i in range(1, VALIDATORS):
             assert cluster.committed(i)[:TARGET] == cluster.committed(0)[:TARGET], f"validator {i} diverged"
-        assert sum(n.counters["sent"] for n in net.networks) > 0
+        assert sum(n.counters["sent"] for n in net.networks) > 0  # type: ignore[attr-defined]
 
         # Execute: a fresh node syncs the chain, then follows it
         app = InMemoryApplication(cluster.validators)
@@ -45,8 +49,11 @@ async def test_four_validators_commit_over_libp2p_and_a_fifth_syncs_from_scratch
             assert late.sync is not None and late.sync.statistics()["verified_certificates"] == height
             assert app.blocks == cluster.committed(0)[:height]
 
-            network = ConsensusNetwork(late.gossip)
-            await nursery.start(network.run)
+            if transport == "direct":
+                network: Network = late.consensus
+            else:
+                network = ConsensusNetwork(late.gossip)
+                await nursery.start(network.run)
             observer = ConsensusDriver(config, app, network, None, SigningRecord.open(None))
             await nursery.start(observer.run)
             with trio.fail_after(30):

@@ -88,3 +88,29 @@ def test_evidence_verifies_only_real_conflicts():
         verify_evidence(make_evidence(a, sign_vote(validator_key(1), 7, 5, 1, 1, b"\x43" * 32), address_of(KEY)))
     pool = EvidencePool(limit=1)
     assert pool.add(ev) and not pool.add(ev) and len(pool) == 1
+
+
+@pytest.mark.parametrize("fields", [(1, 1, 0, 1), (7331, 2**40, 3, 2), (2**256 - 1, 0, 2**255, 0)])
+def test_vote_digest_is_abi_encode_and_signature_is_eth_keys(fields):
+    """The hand-packed digest and the direct libsecp256k1 signature equal the eth_abi / eth_keys ones."""
+    from eth_abi import encode as abi_encode
+    from eth_keys import keys
+    from eth_utils import keccak
+
+    from consensus.votes import sign_digest, vote_digest
+
+    block_hash = bytes(range(32))
+    expected = keccak(abi_encode(["uint256"] * 4 + ["bytes32"], [*fields, block_hash]))
+    assert vote_digest(*fields, block_hash) == expected
+    secret = validator_key(3)
+    ref = keys.PrivateKey(secret).sign_msg_hash(expected)
+    assert sign_digest(secret, expected) == ref.r.to_bytes(32, "big") + ref.s.to_bytes(32, "big") + bytes([ref.v + 27])
+
+
+def test_vote_digest_rejects_out_of_range_fields():
+    from consensus.votes import vote_digest
+
+    with pytest.raises(ValueError, match="uint256"):
+        vote_digest(-1, 1, 0, 1, b"\x00" * 32)
+    with pytest.raises(ValueError, match="uint256"):
+        vote_digest(2**256, 1, 0, 1, b"\x00" * 32)

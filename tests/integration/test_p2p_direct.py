@@ -1,0 +1,111 @@
+"""The direct consensus transport (/swarmnode/consensus/1) and peer exchange (/swarmnode/peers/1), on
+real py-libp2p hosts on 127.0.0.1."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import trio
+
+from consensus.messages import VoteMessage
+from consensus.messages import encode as encode_consensus
+from consensus.votes import STEP_PREVOTE, address_of, sign_vote
+from swarmnode.p2p import wire
+from swarmnode.p2p.direct import CONSENSUS_PROTOCOL
+from swarmnode.p2p.testing import TEST_CHAIN_ID, full_mesh, node_secret, star
+from swarmnode.p2p.topics import CONSENSUS, TopicPolicy
+
+JOIN_TIMEOUT = 20
+
+
+def vote_of(i: int, height: int = 1, block: bytes = b"\x11" * 32) -> bytes:
+    return encode_consensus(VoteMessage(sign_vote(node_secret(i), TEST_CHAIN_ID, height, 0, STEP_PREVOTE, block)))
+
+
+def policies_for(*signers: int) -> dict[str, TopicPolicy]:
+    known = {address_of(node_secret(i)) for i in signers}
+    return {CONSENSUS: TopicPolicy(wire.MAX_GOSSIP_BYTES, known_sender=known.__contains__)}
+
+
+async def test_peer_exchange_turns_a_star_into_a_full_mesh() -> None:
+    async with star(5, peer_exchange=True, peer_exchange_interval=0.5) as nodes:
+        with trio.fail_after(JOIN_TIMEOUT):
+            for node in nodes:
+                await node.host.wait_peers(4)
+        for node in nodes:
+            assert {p.peer_id for p in node.peers()} == {n.peer_id for n in nodes if n is not node}
+        assert sum(n.peer_exchange.counters["dialed"] for n in nodes) >= 6  # the 6 spoke-to-spoke links
+
+
+async def test_votes_reach_everyone_directly_and_are_not_relayed_in_a_full_mesh() -> None:
+    async with full_mesh(4, policies=policies_for(0, 1, 2, 3)) as nodes:
+        with trio.fail_after(JOIN_TIMEOUT):
+            for node in nodes:
+                await node.host.wait_peers(3)
+                await node.peer_exchange.wait_listings({n.peer_id for n in nodes if n is not node})
+        await nodes[0].consensus.broadcast(vote_of(0))
+        with trio.fail_after(10):
+            for node in nodes[1:]:
+                assert await node.consensus.inbound.receive() == vote_of(0)
+        assert all(n.consensus.counters["relayed"] == 0 for n in nodes), [n.consensus.statistics() for n in nodes]
+        assert nodes[0].consensus.counters["frames_out"] == 3
+
+
+async def test_votes_are_relayed_through_a_hub_when_peers_are_not_connected() -> None:
+    # star without peer exchange: spoke 1's vote reaches spoke 2 only through the hub
+    async with star(3, policies=policies_for(1)) as (hub, spoke1, spoke2):
+        with trio.fail_after(JOIN_TIMEOUT):
+            await hub.host.wait_peers(2)
+            await spoke1.host.wait_peers(1)
+            await spoke2.host.wait_peers(1)
+        await spoke1.consensus.broadcast(vote_of(1))
+        with trio.fail_after(10):
+            assert await hub.consensus.inbound.receive() == vote_of(1)
+            assert await spoke2.consensus.inbound.receive() == vote_of(1)
+        assert hub.consensus.counters["relayed"] == 1
+        # the relayed copy coming back to spoke 1 is not possible (source excluded), nor re-delivered
+        assert spoke1.consensus.inbound.statistics().current_buffer_used == 0
+
+
+async def test_invalid_consensus_frames_never_reach_the_driver_and_a_spammer_is_cut_off() -> None:
+    async with full_mesh(2, policies=policies_for(0, 1)) as (victim, attacker):
+        with trio.fail_after(JOIN_TIMEOUT):
+            await victim.host.wait_peers(1)
+            await attacker.host.wait_peers(1)
+        good = sign_vote(node_secret(1), TEST_CHAIN_ID, 1, 0, STEP_PREVOTE, b"\x11" * 32)
+        invalid = [
+            b"\xc1 garbage \xff",  # not msgpack
+            b"\x93\x01\x02",  # msgpack, not a consensus message
+            encode_consensus(VoteMessage(replace(good, block_hash=b"\x22" * 32))),  # recovers to a stranger
+            encode_consensus(VoteMessage(replace(good, signature=b"\x00" * 65))),  # unrecoverable signature
+            encode_consensus(VoteMessage(sign_vote(node_secret(1), TEST_CHAIN_ID + 1, 1, 0, STEP_PREVOTE,
+                                                   b"\x11" * 32))),  # another chain
+            vote_of(7),  # signed by a node that is not a validator
+        ]
+        stream = await attacker.host.libp2p.new_stream(victim.peer_id, [CONSENSUS_PROTOCOL])
+        for data in invalid:
+            await wire.write_frame(stream, data)
+        await wire.write_frame(stream, encode_consensus(VoteMessage(good)))
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == encode_consensus(VoteMessage(good))
+        assert victim.consensus.counters["rejected"] == len(invalid)
+        assert victim.consensus.inbound.statistics().current_buffer_used == 0
+
+        # an oversize frame header: the stream is reset, nothing reaches the driver
+        await stream.write((wire.MAX_GOSSIP_BYTES + 1).to_bytes(4, "big") + b"x" * 16)
+        # a spammer past the invalid-message limit is cut off too
+        spam = await attacker.host.libp2p.new_stream(victim.peer_id, [CONSENSUS_PROTOCOL])
+        try:
+            for i in range(64):
+                await wire.write_frame(spam, b"\xc1" + bytes([i]))
+        except Exception:  # the victim resets the stream under us: that is the point
+            pass
+        with trio.fail_after(10):
+            while victim.consensus.counters["streams_reset"] < 2:
+                await trio.sleep(0.05)  # polling a counter: no event for it
+        assert victim.consensus.inbound.statistics().current_buffer_used == 0
+
+        # nobody crashed: the attacker's regular transport still delivers to the victim
+        await attacker.consensus.broadcast(vote_of(1, height=2))
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == vote_of(1, height=2)
