@@ -35,8 +35,9 @@ from consensus.driver import ConsensusDriver, DriverConfig  # noqa: E402
 from consensus.engine.validators import ValidatorSet  # noqa: E402
 from consensus.memapp import InMemoryApplication  # noqa: E402
 from consensus.memnet import MemNetwork  # noqa: E402
+from consensus.messages import VoteMessage, encode  # noqa: E402
 from consensus.signing_record import SigningRecord  # noqa: E402
-from consensus.votes import address_of  # noqa: E402
+from consensus.votes import address_of, sign_vote  # noqa: E402
 from swarmnode.p2p.blobstore import MemoryBlobStore, content_id  # noqa: E402
 from swarmnode.p2p.node import P2PNode  # noqa: E402
 from swarmnode.p2p.testing import (  # noqa: E402
@@ -123,6 +124,32 @@ async def bench_blobs(n: int, size: int) -> BlobResult:
                 nursery.start_soon(lambda node=node: node.blobs.fetch(cid, providers=[source.peer_id], size=size))
         concurrent = (n - 1) * size / MB / (time.perf_counter() - start)
     return BlobResult(n, size / MB, statistics.median(singles), concurrent)
+
+
+async def message_cpu(messages: int) -> tuple[float, float]:
+    """CPU microseconds per consensus message, one at a time between two hosts in this process (send,
+    Noise, yamux, receive, validation), over the direct streams and over the in-memory network."""
+    secret = node_secret(0)
+    votes = [encode(VoteMessage(sign_vote(secret, TEST_CHAIN_ID, 1, r, 1, os.urandom(32)))) for r in range(messages)]
+    policies = {CONSENSUS: TopicPolicy(MAX_GOSSIP_BYTES, known_sender={address_of(secret)}.__contains__)}
+    async with full_mesh(2, policies=policies) as (a, b):
+        await b.host.wait_peers(1)
+        await a.consensus.broadcast(votes[0])  # warm up: opens the stream
+        await b.consensus.inbound.receive()
+        start = time.process_time()
+        for v in votes[1:]:
+            await a.consensus.broadcast(v)
+            await b.consensus.inbound.receive()
+        libp2p_us = 1e6 * (time.process_time() - start) / (messages - 1)
+    mem = MemNetwork(2, capacity=65536)
+    sender, receiver = mem.endpoint(0), mem.endpoint(1)
+    async with mem.run():
+        start = time.process_time()
+        for v in votes:
+            await sender.broadcast(v)
+            await receiver.inbound.receive()
+        mem_us = 1e6 * (time.process_time() - start) / messages
+    return libp2p_us, mem_us
 
 
 async def serve_blob(size: int) -> None:
@@ -274,6 +301,7 @@ def main() -> None:
     parser.add_argument("--blob-mb", type=float, default=8.0)
     parser.add_argument("--validators", type=int, nargs="+", default=[4])
     parser.add_argument("--heights", type=int, default=30)
+    parser.add_argument("--consensus-runs", type=int, default=3, help="runs per consensus network (median kept)")
     parser.add_argument("--repeats", type=int, default=5, help="cross-process blob fetches")
     parser.add_argument("--serve-blob", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -301,11 +329,22 @@ def main() -> None:
     print(f"              2 processes: median {statistics.median(cross):.1f} MB/s "
           f"(runs: {', '.join(f'{r:.1f}' for r in cross)})", flush=True)
 
+    per_msg, per_msg_mem = trio.run(message_cpu, 2000)
+    print(f"\nconsensus message CPU, one at a time: {per_msg:.0f} us over libp2p (direct stream), "
+          f"{per_msg_mem:.0f} us in memory", flush=True)
+
     consensus = []
     for n in args.validators:
         for network in ("memory", "memory-delay", "libp2p", "libp2p-gossip"):
-            consensus.append(trio.run(bench_consensus, network, n, args.heights))
-        block = trio.run(run_processes, n, args.heights)
+            runs = [trio.run(bench_consensus, network, n, args.heights) for _ in range(args.consensus_runs)]
+            consensus.append(sorted(runs, key=lambda c: c.median_ms or 0)[len(runs) // 2])  # the median run
+            if len(runs) > 1:
+                print(f"  {network}: finality medians of {len(runs)} runs: "
+                      f"{', '.join(f'{c.median_ms:.1f}' for c in runs)} ms", flush=True)
+        blocks = sorted(trio.run(run_processes, n, args.heights) for _ in range(args.consensus_runs))
+        block = blocks[len(blocks) // 2]
+        if len(blocks) > 1:
+            print(f"  libp2p-procs: block times of {len(blocks)} runs: {', '.join(f'{b:.1f}' for b in blocks)} ms")
         consensus.append(ConsensusResult("libp2p-procs", n, args.heights, None, None, block))
     print(f"\nconsensus     {'network':>13} {'vals':>4} {'finality median ms':>18} {'p99 ms':>8} {'block ms':>8}")
     for c in consensus:
@@ -323,7 +362,7 @@ def main() -> None:
     if args.out:
         meta = {"python": sys.version.split()[0], "note": "all hosts in one process on loopback"}
         data = {"meta": meta, "gossip": [asdict(g) for g in gossip], "blobs": [asdict(b) for b in blobs],
-                "blob_cross_process_mb_s": cross,
+                "blob_cross_process_mb_s": cross, "message_cpu_us": {"libp2p": per_msg, "memory": per_msg_mem},
                 "consensus": [asdict(c) for c in consensus]}
         args.out.write_text(json.dumps(data, indent=2))
 

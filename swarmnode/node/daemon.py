@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -325,7 +326,13 @@ class Daemon:
             pass
 
     def _providers(self, cid: bytes) -> list[Any]:
-        return list(dict.fromkeys(self.p2p.blobs.providers(cid) + [p.peer_id for p in self.p2p.peers()]))
+        """Peers that announced `cid` first, then every other peer; each group in random order, which
+        spreads the load over providers and keeps one bad provider from always being asked first or last."""
+        announced = self.p2p.blobs.providers(cid)
+        others = [p.peer_id for p in self.p2p.peers() if p.peer_id not in announced]
+        random.shuffle(announced)
+        random.shuffle(others)
+        return announced + others
 
     async def _fetch_blobs(self, cids: list[bytes], timeout: float = BLOB_FETCH_TIMEOUT) -> list[bytes]:
         """Every blob, verified; a blob no provider holds yet is asked for again (its committer's neighbours
@@ -521,7 +528,8 @@ class Daemon:
                          "valAccuracy": rec.val_accuracy, "testAccuracy": rec.test_accuracy,
                          "seconds": rec.seconds} for rec in sorted(self.history.values(), key=lambda x: x.round)],
             "counters": dict(self.counters),
-            "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics()},
+            "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics(),
+                    "consensus": self.p2p.consensus.statistics(), "peerExchange": self.p2p.peer_exchange.statistics()},
         }
 
 

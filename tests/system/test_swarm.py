@@ -11,12 +11,16 @@ One swarm, in phases (each waits on a condition over JSON-RPC with a deadline, n
       and is never slashed (the signing record refuses to double-sign).
   corrupted model store on node 1 (its safetensors file and the blob copy it serves): detected by hash,
       quarantined, and the model fetched from peers.
+  a peer serving wrong models (tests/system/liar_peer.py, its own process): it claims every update and
+      model and serves a real but wrong model; nodes detect it by hash and fetch from honest peers.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,11 +133,16 @@ def test_follower_with_a_new_key_syncs_and_verifies_the_latest_model(swarm: Loca
         info = node_info(swarm, 4)
         assert info["validator"] is False and info["participantIndex"] is None
         assert info["counters"]["models_fetched"] >= 1, "the follower should fetch final models by hash"
-        joined = info["round"]  # from here on it aggregates every round itself
-        hashes = wait_round_final(swarm, 0, joined)
-        wait_for(lambda: node_info(swarm, 4)["aggregates"].get(str(joined)), ROUND_TIMEOUT,
-                 f"the follower's own aggregate of round {joined}\n{swarm.tail(4)}")
-        assert node_info(swarm, 4)["aggregates"][str(joined)] == hashes[joined], "its aggregate disagrees"
+        joined = info["round"]  # from the next full round on it aggregates every round itself
+
+        def own_aggregate() -> int | None:
+            done = [int(r) for r in node_info(swarm, 4)["aggregates"] if int(r) >= joined]
+            return min(done) if done else None
+
+        mine = wait_for(own_aggregate, ROUND_TIMEOUT, f"the follower's own aggregate of a round >= {joined}\n"
+                                                      f"{swarm.tail(4)}")
+        hashes = wait_round_final(swarm, 0, mine)
+        assert node_info(swarm, 4)["aggregates"][str(mine)] == hashes[mine], "its aggregate disagrees"
     finally:
         assert swarm.stop(4) == 0, f"follower did not stop cleanly:\n{swarm.tail(4)}"
 
@@ -193,3 +202,34 @@ def test_corrupted_model_store_is_detected_and_recovered(swarm: LocalSwarm) -> N
     assert node_info(swarm, 1)["aggregates"].get(str(r)) in (None, hashes[r]), "node1's aggregate disagrees"
     ModelStore(store).get_model(bytes.fromhex(base))  # back, intact: it hashes to its name again
     ModelStore(store).get_model(bytes.fromhex(hashes[r][2:]))  # and round r's final model, intact
+
+
+def test_a_peer_serving_wrong_models_is_detected_and_bypassed(swarm: LocalSwarm) -> None:
+    # A liar joins, claims every update and final model the chain mentions, and serves round 0's final
+    # model for all of them. Every node must detect the wrong bytes by hash, fetch from an honest peer
+    # instead, and keep agreeing with the chain.
+    report = swarm.base / "liar.json"
+    log = open(swarm.base / "liar.log", "wb")  # noqa: SIM115 - owned by the child process
+    liar = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("liar_peer.py")), "--rpc", swarm.nodes[0].rpc_url,
+         "--bootstrap", swarm.nodes[0].listen[0], "--report", str(report)],
+        stdout=log, stderr=subprocess.STDOUT, env=swarm.env, start_new_session=True)
+    log.close()
+    try:
+        def served_wrong() -> int | None:
+            assert liar.poll() is None, (swarm.base / "liar.log").read_text()[-3000:]
+            n = json.loads(report.read_text())["served_wrong"] if report.exists() else 0
+            return n or None
+
+        wait_for(served_wrong, 3 * ROUND_TIMEOUT, "some node to ask the liar for a blob")
+        start = max(swarm.final_hashes(0)) + 1
+        hashes = wait_round_final(swarm, 0, start + 1)
+        for i in range(4):
+            wait_agrees(swarm, i, start + 1, hashes[start + 1])
+        corrupted = sum(node_info(swarm, i)["p2p"]["blobs"].get("corrupted", 0) for i in range(4))
+        assert corrupted >= 1, "nobody noticed the wrong bytes"
+        assert all(node_info(swarm, i)["aggregates"].get(str(r)) in (None, hashes[r])
+                   for i in range(4) for r in (start, start + 1)), "a node holds a result the chain disagrees with"
+    finally:
+        liar.terminate()
+        liar.wait(timeout=20)
