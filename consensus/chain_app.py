@@ -40,6 +40,9 @@ class ChainApplication(Application):
     def latest_height(self) -> int:
         return self.chain.height
 
+    def has_pending_transactions(self) -> bool:
+        return self.pool is None or len(self.pool) > 0  # len() of the pool's dict: atomic, lock-free
+
     def propose_block(self, height: int, round_: int, timestamp: int) -> bytes:
         txs = []
         if self.pool is not None:
@@ -48,6 +51,14 @@ class ChainApplication(Application):
         return self.chain.build_block(txs, coinbase=self.coinbase, now=timestamp).encode()
 
     def validate_block(self, height: int, block_bytes: bytes) -> Verdict:
+        return self._validate(height, block_bytes, check_availability=True)
+
+    def validate_certified_block(self, height: int, block_bytes: bytes) -> Verdict:
+        # a certified block is final: the data-availability rule was the voters' condition, and a node
+        # syncing old rounds must not need updates that every peer has since pruned
+        return self._validate(height, block_bytes, check_availability=False)
+
+    def _validate(self, height: int, block_bytes: bytes, *, check_availability: bool) -> Verdict:
         if height != self.chain.height + 1:
             return Verdict(False, f"block for height {height} on top of {self.chain.height}")
         try:
@@ -56,7 +67,7 @@ class ChainApplication(Application):
             return Verdict(False, str(exc))
         if executed.number != height:
             return Verdict(False, f"block number {executed.number} != {height}")
-        if self.availability is not None:
+        if check_availability and self.availability is not None:
             return self.availability(height, tuple(executed.block.transactions))
         return Verdict(True)
 

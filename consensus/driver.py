@@ -42,6 +42,10 @@ class DriverConfig:
     chain_id: int
     timeouts: eng.TimeoutConfig = field(default_factory=eng.TimeoutConfig)
     block_interval: float = 1.0  # from a commit to the next height's start: empty blocks keep coming
+    # > block_interval: while the Application has no pending transaction and no peer has moved on, wait
+    # up to this long after a commit before starting the next height (fewer empty blocks when idle)
+    empty_block_interval: float = 0.0
+    idle_poll: float = 0.1  # re-check for pending transactions this often while idle (besides notify_pending)
     rebroadcast_interval: float = 2.0  # re-send own messages while a height makes no progress
     sync_request_interval: float = 1.0
     sync_batch: int = 16  # heights served per sync request
@@ -117,6 +121,7 @@ class ConsensusDriver:
         self._committed_height = 0
         self._progress = trio.Event()
         self._evidence_added = trio.Event()
+        self._work_arrived = trio.Event()
         self.counters: Counter[str] = Counter()
         self.evidence = EvidencePool()
         self.timeline: dict[int, dict[str, float]] = {}  # height -> proposal / commit times
@@ -154,6 +159,11 @@ class ConsensusDriver:
         """Return once at least `count` pieces of equivocation evidence are pooled."""
         while len(self.evidence) < count:
             await self._evidence_added.wait()
+
+    def notify_pending(self) -> None:
+        """A transaction entered the Application's pool: an idle validator starts the next height now."""
+        self._work_arrived.set()
+        self._work_arrived = trio.Event()
 
     def statistics(self) -> DriverStatistics:
         s = self._state
@@ -295,6 +305,7 @@ class ConsensusDriver:
         else:
             self._future.append(item)
             self._future_keys.add(key)
+            self.notify_pending()  # a peer has moved on: an idle wait for transactions ends
 
     # ---- outputs ----
 
@@ -388,8 +399,25 @@ class ConsensusDriver:
         self._progress = trio.Event()
         vset = await self._app(self.app.validator_set, out.height + 1)
         start = eng.StartHeight(out.height + 1, vset)
-        delay = 0.0 if out.height + 1 in self._synced else self.config.block_interval
-        self._spawn(self._fire_at, now + delay, start)
+        if out.height + 1 in self._synced:
+            self._spawn(self._fire_at, now, start)
+        else:
+            self._spawn(self._start_when_due, now, start)
+
+    async def _start_when_due(self, committed_at: float, start: eng.StartHeight) -> None:
+        """Start the next height block_interval after the commit; with an empty_block_interval, keep
+        waiting (up to that long after the commit) while a block would be empty and no peer has moved on."""
+        await trio.sleep_until(committed_at + self.config.block_interval)
+        idle_until = committed_at + self.config.empty_block_interval
+        while trio.current_time() < idle_until and not self._worth_a_block(start.height):
+            self.counters["idle_waits"] += 1
+            with trio.move_on_at(min(idle_until, trio.current_time() + self.config.idle_poll)):
+                await self._work_arrived.wait()
+        await self._inbox_send.send(start)
+
+    def _worth_a_block(self, height: int) -> bool:
+        return (height in self._synced or self.app.has_pending_transactions()
+                or any(item.message.vote.height == height for item in self._future))
 
     def _prune(self, height: int, keep: int = 10_000) -> None:
         """Bound the per-height bookkeeping."""
@@ -457,7 +485,7 @@ class ConsensusDriver:
         except ConsensusError as exc:
             self._drop("bad_certificate", str(exc))
             return
-        verdict = await self._app(self.app.validate_block, cert.height, synced.block)
+        verdict = await self._app(self.app.validate_certified_block, cert.height, synced.block)
         if not verdict.valid:
             self._drop("bad_synced_block", verdict.reason)
             return

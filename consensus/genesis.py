@@ -15,6 +15,7 @@ are used when writing because TOML integers stop at 2**63):
     precommit_timeout_ms = 1000
     timeout_delta_ms = 500
     epoch_length = 100
+    empty_block_interval_ms = 5000     # idle: one empty block per 5 s (0: every block_interval_ms)
 
     [rounds]                           # configures the SwarmRounds contract
     commit_window = 20                 # blocks
@@ -84,6 +85,9 @@ class ConsensusParams:
     precommit_timeout_ms: int = 1000
     timeout_delta_ms: int = 500
     epoch_length: int = 100
+    # the longest gap between blocks while no transaction is pending; 0: an empty block every
+    # block_interval_ms. Blocks still come block_interval_ms apart whenever transactions wait.
+    empty_block_interval_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,7 +214,12 @@ def _parse_consensus(raw: Mapping[str, Any]) -> ConsensusParams:
     defaults = ConsensusParams()
     known = set(defaults.__dataclass_fields__)
     _reject_unknown(table, known, "consensus.")
-    values = {k: parse_int(table.get(k, getattr(defaults, k)), f"consensus.{k}", minimum=1) for k in known}
+    values = {k: parse_int(table.get(k, getattr(defaults, k)), f"consensus.{k}",
+                           minimum=0 if k == "empty_block_interval_ms" else 1) for k in known}
+    if 0 < values["empty_block_interval_ms"] < values["block_interval_ms"]:
+        raise GenesisError("consensus.empty_block_interval_ms",
+                           f"must be 0 or at least block_interval_ms ({values['block_interval_ms']}), "
+                           f"got {values['empty_block_interval_ms']}")
     return ConsensusParams(**values)
 
 

@@ -57,6 +57,17 @@ class Application(ABC):
     def committed_block(self, height: int) -> tuple[bytes, CommitCertificate] | None:
         """A committed block with its certificate, to serve syncing peers; None if unknown."""
 
+    def validate_certified_block(self, height: int, block_bytes: bytes) -> Verdict:
+        """valid(v) for a block that already carries a verified commit certificate (sync, catch-up): 2/3
+        of the stake decided it, so only what makes it executable here is checked, not this validator's
+        own voting conditions (such as holding the data it commits to). Default: validate_block."""
+        return self.validate_block(height, block_bytes)
+
+    def has_pending_transactions(self) -> bool:
+        """Whether a block built now would carry transactions. Called on the event loop: must be cheap
+        and safe without the Application's lock. The default (True) makes every block worth building."""
+        return True
+
 
 class Network(ABC):
     """Best-effort broadcast to all peers. Messages may be lost, delayed, duplicated or forged: the

@@ -35,6 +35,8 @@ TASK_CHOICES = ("seed", "demo", "tiny")
 DEFAULT_CHAIN_ID = 7331
 
 
+DEFAULT_EMPTY_BLOCK_MS = 5000  # new networks idle at one block per 5 s (blocks every second when busy)
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("genesis", help="create or inspect genesis files",
                                    description="Create or inspect genesis files.")
@@ -54,6 +56,9 @@ def register(subparsers: Any) -> None:
     new.add_argument("--reward", default="1 ether", help="reward per learning round (default: 1 ether)")
     new.add_argument("--epoch-length", type=int, default=ConsensusParams().epoch_length, metavar="BLOCKS",
                      help=f"blocks per validator-set epoch (default: {ConsensusParams().epoch_length})")
+    new.add_argument("--empty-block-interval-ms", type=int, default=DEFAULT_EMPTY_BLOCK_MS, metavar="MS",
+                     help="longest gap between blocks while no transaction is pending; 0: an empty block every "
+                          f"block interval (default: {DEFAULT_EMPTY_BLOCK_MS})")
     new.add_argument("--genesis-time", type=int, default=0, metavar="SECONDS", help="block 0 timestamp (default: 0)")
     new.add_argument("--force", action="store_true", help="overwrite existing files")
     new.set_defaults(func=cmd_new)
@@ -68,6 +73,10 @@ def cmd_new(args: argparse.Namespace) -> int:
         raise CliError(f"--validators must be between 1 and 64, got {args.validators}")
     if not 1 <= args.chain_id < 2**53:
         raise CliError(f"--chain-id must be a positive integer below 2**53, got {args.chain_id}")
+    block_ms = ConsensusParams().block_interval_ms
+    if args.empty_block_interval_ms != 0 and args.empty_block_interval_ms < block_ms:
+        raise CliError(f"--empty-block-interval-ms must be 0 or at least the block interval ({block_ms}), "
+                       f"got {args.empty_block_interval_ms}")
     _refuse_overwrite(args)
     keys = [dev_key(i) if args.dev_keys else secrets.token_bytes(32) for i in range(args.validators)]
     genesis = build_genesis(args, keys)
@@ -92,7 +101,8 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
         return Genesis(
             chain_id=args.chain_id, validators=validators,
             accounts=tuple(AccountSpec(v.address, balance) for v in validators),
-            consensus=ConsensusParams(epoch_length=args.epoch_length),
+            consensus=ConsensusParams(epoch_length=args.epoch_length,
+                                      empty_block_interval_ms=args.empty_block_interval_ms),
             rounds=RoundsParams(commit_window=args.commit_window, reward_per_round=reward),
             task=task, genesis_model_hash=genesis_model_hash(task), genesis_time=args.genesis_time,
         )
@@ -137,7 +147,7 @@ def _command_line(args: argparse.Namespace) -> str:
              "--chain-id", str(args.chain_id)]
     defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": "1 ether",
                 "commit_window": RoundsParams().commit_window, "epoch_length": ConsensusParams().epoch_length,
-                "genesis_time": 0}
+                "empty_block_interval_ms": DEFAULT_EMPTY_BLOCK_MS, "genesis_time": 0}
     for name, default in defaults.items():
         if getattr(args, name) != default:
             parts += ["--" + name.replace("_", "-"), str(getattr(args, name))]

@@ -24,6 +24,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rpc-host", default="127.0.0.1", help="JSON-RPC bind address (default 127.0.0.1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
     p.add_argument("--dataset-dir", type=Path, metavar="DIR", help="look for the task's dataset here first")
+    p.add_argument("--keep-update-rounds", type=int, default=16, metavar="N",
+                   help="delete update blobs of rounds N behind the last final one (0: keep all; default 16)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config (never a key)")
     p.set_defaults(func=cmd_init)
 
@@ -63,13 +65,16 @@ def cmd_init(args: argparse.Namespace) -> int:
             how = "created"
     except KeyFileError as exc:
         raise CliError(str(exc)) from None
+    if args.keep_update_rounds < 0:
+        raise CliError(f"--keep-update-rounds must be 0 (keep all) or more, got {args.keep_update_rounds}")
     genesis_copy = data_dir / "genesis.toml"
     if genesis_copy.resolve() != args.genesis.resolve():
         shutil.copyfile(args.genesis, genesis_copy)
     cfg = NodeConfig(data_dir=data_dir, genesis=genesis_copy, key_file=key_path,
                      listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]), bootstrap=tuple(args.bootstrap),
                      rpc_host=args.rpc_host, rpc_port=args.rpc_port, torch_threads=max(1, args.threads),
-                     dataset_dir=args.dataset_dir.resolve() if args.dataset_dir else None)
+                     dataset_dir=args.dataset_dir.resolve() if args.dataset_dir else None,
+                     keep_update_rounds=args.keep_update_rounds)
     config_path.write_text(dump_config(cfg))
     address = address_of(secret)
     role = "validator" if any(v.address == address for v in genesis.validators) else "follower"

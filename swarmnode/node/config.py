@@ -27,6 +27,7 @@ class NodeConfig:
     dataset_dir: Path | None = None  # where the task's dataset is looked for first
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
     log_level: str = "INFO"
+    keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
 
     @property
     def chain_dir(self) -> Path:
@@ -101,6 +102,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         dataset_dir=path(learning, "dataset_dir", "learning", required=False),
         validate_fraction=float(fraction),
         log_level=str(node.get("log_level", "INFO")).upper(),
+        keep_update_rounds=_int(node.get("keep_update_rounds", 16), "node.keep_update_rounds", 0, 2**31),
     )
 
 
@@ -121,7 +123,7 @@ def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
         learning["dataset_dir"] = str(cfg.dataset_dir)
     return {
         "node": {"data_dir": str(cfg.data_dir), "genesis": str(cfg.genesis), "key_file": str(cfg.key_file),
-                 "log_level": cfg.log_level},
+                 "log_level": cfg.log_level, "keep_update_rounds": cfg.keep_update_rounds},
         "p2p": {"listen": list(cfg.listen), "bootstrap": list(cfg.bootstrap)},
         "rpc": {"host": cfg.rpc_host, "port": cfg.rpc_port},
         "learning": learning,

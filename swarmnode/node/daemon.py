@@ -124,6 +124,7 @@ class Daemon:
         self.busy: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
         self.aggregates: dict[int, bytes] = {}
+        self._prune_lock = trio.Lock()
         self.history: dict[int, RoundRecord] = {}
         self.observation: rounds.RoundObservation | None = None
         self.client: ClientData | None = None
@@ -192,6 +193,7 @@ class Daemon:
                                        precommit=c.precommit_timeout_ms / 1000,
                                        precommit_delta=c.timeout_delta_ms / 1000),
                 block_interval=c.block_interval_ms / 1000,
+                empty_block_interval=c.empty_block_interval_ms / 1000,
             )
             record = SigningRecord.open(self.cfg.signing_record)
             self.driver = ConsensusDriver(dcfg, self.sapp, self.net, self.secret if is_validator else None, record)
@@ -241,7 +243,13 @@ class Daemon:
     # ---------------------------------------------------------------- transactions
 
     async def _gossip_tx(self, raw: bytes) -> None:
+        self._notify_driver()
         await self.p2p.gossip.publish(TX, raw)
+
+    def _notify_driver(self) -> None:
+        driver = getattr(self, "driver", None)
+        if driver is not None:
+            driver.notify_pending()
 
     async def _ingest_txs(self) -> None:
         """Gossiped transactions into the pool. A commitUpdate is admitted only once its update is held
@@ -263,6 +271,7 @@ class Daemon:
     async def _admit(self, raw: bytes) -> None:
         try:
             await self.service.run(submit_raw, self.chain, self.pool, raw)
+            self._notify_driver()
         except TxRejected as exc:
             log.debug("event=tx_rejected reason=%s", exc)
 
@@ -402,6 +411,38 @@ class Daemon:
             log.info("event=round_final round=%d model=0x%s agrees=true", round_, final.hex())
         rec.seconds = time.monotonic() - rec.started
         self._progress(rec)
+        if self.cfg.keep_update_rounds and self._nursery is not None:
+            self._nursery.start_soon(self._prune_updates, round_ - self.cfg.keep_update_rounds)
+
+    async def _prune_updates(self, through: int) -> None:
+        """Delete the update blobs of every round up to `through` not pruned yet (progress survives restarts
+        in <data_dir>/pruned.json). Final models are kept: `model export` and late joiners need them."""
+        try:
+            await self._prune_updates_locked(through)
+        except Exception as exc:  # housekeeping: a failure is logged and retried next round, never fatal
+            log.error("event=prune_failed through=%d error=%r", through, str(exc))
+
+    async def _prune_updates_locked(self, through: int) -> None:
+        async with self._prune_lock:
+            marker = self.cfg.data_dir / "pruned.json"
+            try:
+                start = int(json.loads(marker.read_text())["through"]) + 1
+            except (OSError, ValueError, KeyError, TypeError):
+                start = 0
+            if through < start:
+                return
+
+            def collect() -> list[bytes]:
+                return [h for q in range(start, through + 1) for h in views.update_hashes(self.chain, q)]
+
+            removed = 0
+            for cid in await self.service.run(collect):
+                removed += await trio.to_thread.run_sync(self.blobs.remove, cid)
+            tmp = marker.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"through": through}) + "\n")
+            os.replace(tmp, marker)
+            self.counters["update_blobs_pruned"] = self.counters.get("update_blobs_pruned", 0) + removed
+            log.info("event=pruned rounds=%d..%d update_blobs=%d", start, through, removed)
 
     def _local_view_stub(self) -> rounds.LocalView:
         return rounds.LocalView(has_base=True, num_clients=0, aggregates=tuple(self.aggregates.items()))

@@ -56,8 +56,9 @@ class LocalSwarm:
     """`nodes` daemons for a genesis with dev keys; node i uses dev key i (validators first)."""
 
     def __init__(self, base: Path, genesis: Path, keys_dir: Path, *, extra_env: dict[str, str] | None = None,
-                 run_args: tuple[str, ...] = ()) -> None:
+                 run_args: tuple[str, ...] = (), init_args: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.init_args = init_args
         self.genesis = genesis
         self.keys_dir = keys_dir
         self.nodes: dict[int, NodeProc] = {}
@@ -76,7 +77,7 @@ class LocalSwarm:
         port = free_port()
         key_args = [] if fresh_key else ["--key", str(key)]  # fresh: `init` creates a new key
         run_cli("init", "--genesis", str(self.genesis), "--data-dir", str(data_dir), *key_args,
-                "--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}")
+                "--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}", *self.init_args)
         node = NodeProc(i, data_dir, self.base / f"node{i}.log")
         node.listen = [f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(load_key(data_dir / 'node.key'))}"]
         self.nodes[i] = node

@@ -45,3 +45,13 @@ def final_hash(chain: ExecutionChain, round_: int) -> bytes | None:
     except CallFailed:
         return None
     return _b(info["finalHash"]) if info["finalized"] else None
+
+
+def update_hashes(chain: ExecutionChain, round_: int) -> list[bytes]:
+    """The update hashes committed in `round_` (empty for a round that does not exist)."""
+    v = SwarmViews(chain)
+    try:
+        info = v.call_view("SwarmRounds", "getRound", round_)
+    except CallFailed:
+        return []
+    return [_b(v.call_view("SwarmRounds", "getCommit", round_, i)["updateHash"]) for i in range(int(info["commitCount"]))]

@@ -31,6 +31,10 @@ class SerializedApplication(Application):
         with self._lock:
             return self.inner.validate_block(height, block_bytes)
 
+    def validate_certified_block(self, height: int, block_bytes: bytes) -> Verdict:
+        with self._lock:
+            return self.inner.validate_certified_block(height, block_bytes)
+
     def commit_block(self, height: int, block_bytes: bytes, certificate: CommitCertificate) -> None:
         with self._lock:
             self.inner.commit_block(height, block_bytes, certificate)
@@ -45,3 +49,6 @@ class SerializedApplication(Application):
     def committed_block(self, height: int) -> tuple[bytes, CommitCertificate] | None:
         with self._lock:
             return self.inner.committed_block(height)
+
+    def has_pending_transactions(self) -> bool:
+        return self.inner.has_pending_transactions()  # documented lock-free and cheap

@@ -33,6 +33,10 @@ class BlobStore(ABC):
     def put_verified(self, cid: bytes, blob: bytes) -> None:
         """Store bytes already known to hash to `cid`."""
 
+    def remove(self, cid: bytes) -> bool:
+        """Forget a blob; True if it was held. Stores that never forget return False."""
+        return False
+
     def put(self, blob: bytes) -> bytes:
         """Store a blob; returns its content id."""
         cid = content_id(blob)
@@ -55,6 +59,10 @@ class MemoryBlobStore(BlobStore):
         with self._lock:
             self._blobs[cid] = blob
 
+    def remove(self, cid: bytes) -> bool:
+        with self._lock:
+            return self._blobs.pop(cid, None) is not None
+
 
 class DirectoryBlobStore(BlobStore):
     """One file per blob, `<root>/<first 2 hex>/<64 hex>`, written atomically (tmp, fsync, rename)."""
@@ -71,6 +79,13 @@ class DirectoryBlobStore(BlobStore):
 
     def has(self, cid: bytes) -> bool:
         return self._path(cid).is_file()
+
+    def remove(self, cid: bytes) -> bool:
+        try:
+            self._path(cid).unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def get(self, cid: bytes) -> bytes | None:
         """The blob, re-verified against its id: a file damaged on disk is an error, not data."""

@@ -4,7 +4,7 @@
     response: envelope SYNC_HEADER [head_height, n], then n frames envelope SYNC_BLOCK [height, block, cert]
 
 The client verifies each certificate against the validator set in force at its height
-(consensus.certificate.verify_certificate), then the block itself (Application.validate_block), and
+(consensus.certificate.verify_certificate), then the block itself (Application.validate_certified_block), and
 only then commits it. A peer that serves anything invalid is skipped for the rest of the catch-up.
 """
 
@@ -38,7 +38,7 @@ def apply_certified(app: Application, chain_id: int, height: int, block: bytes, 
     if app.block_hash(block) != cert.block_hash:
         raise SyncError(f"block at height {height} does not match its certificate")
     verify_certificate(cert, app.validator_set(height), chain_id)
-    verdict = app.validate_block(height, block)
+    verdict = app.validate_certified_block(height, block)
     if not verdict.valid:
         raise SyncError(f"certified block at height {height} is invalid: {verdict.reason}")
     app.commit_block(height, block, cert)

@@ -218,3 +218,44 @@ async def test_bad_input_is_dropped_with_reasons(autojump_clock):
         assert dropped.get("non_validator", 0) + dropped.get("not_proposer", 0) + dropped.get("stale_height", 0) >= 2
         assert cluster.driver(i).statistics().evidence == 0
     assert address_of(outsider) not in cluster.validators.validators
+
+
+async def test_idle_chain_slows_to_the_empty_block_interval_and_wakes_for_transactions(autojump_clock):
+    from dataclasses import replace
+
+    from consensus.memapp import InMemoryApplication
+
+    class App(InMemoryApplication):
+        pending = False
+
+        def has_pending_transactions(self) -> bool:
+            return self.pending
+
+    config = replace(CONFIG, empty_block_interval=5.0)
+    cluster = Cluster(4, config, app_factory=lambda i, vset: App(vset))
+    async with cluster.run():
+        with trio.fail_after(120):
+            await cluster.wait_height(4)
+        idle = [cluster.driver(0).timeline[h]["commit"] for h in range(2, 5)]
+        # a transaction reaches one validator only: it starts the next height after block_interval and
+        # its proposal (or, if it is not the proposer, its votes after the propose timeout) pulls the idle
+        # ones along: slower than busy, faster than idle
+        cluster.apps[1].pending = True
+        cluster.driver(1).notify_pending()
+        start = trio.current_time()
+        with trio.fail_after(120):
+            await cluster.wait_height(10)
+        one_seconds = trio.current_time() - start
+        # gossip normally brings it to every validator: blocks come every block_interval
+        for i in range(4):
+            cluster.apps[i].pending = True
+            cluster.driver(i).notify_pending()
+        start = trio.current_time()
+        with trio.fail_after(120):
+            await cluster.wait_height(16)
+        all_seconds = trio.current_time() - start
+    assert_safe(cluster)
+    gaps = [b - a for a, b in zip(idle, idle[1:], strict=False)]
+    assert all(5.0 <= g < 6.0 for g in gaps), f"idle blocks should come every ~5 s: {gaps}"
+    assert one_seconds < 6 * 5.0, f"6 blocks with a transaction on one validator took {one_seconds:.1f} s"
+    assert all_seconds < 6 * 1.5, f"6 blocks with transactions everywhere took {all_seconds:.1f} s"

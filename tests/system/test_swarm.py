@@ -7,6 +7,8 @@ One swarm, in phases (each waits on a condition over JSON-RPC with a deadline, n
       aggregates every round itself, agreeing with the chain.
   3 rounds: every node holds the final model of every finalized round and agrees with the chain;
       `swarmnode chain rounds --json` shows them.
+  pruning: update blobs of rounds more than KEEP_ROUNDS behind the last final one are deleted; final
+      models are kept.
   kill -9 + restart of node 2 mid-round: the swarm keeps finalizing; node 2 catches up, commits again,
       and is never slashed (the signing record refuses to double-sign).
   corrupted model store on node 1 (its safetensors file and the blob copy it serves): detected by hash,
@@ -33,6 +35,7 @@ from swarmnode.node.store import ModelStore
 pytestmark = pytest.mark.slow
 
 ROUND_TIMEOUT = 90.0
+KEEP_ROUNDS = 3  # update blobs of rounds this far behind the last final one are deleted
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +43,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
     base = tmp_path_factory.mktemp("swarm")
     genesis, keys = make_genesis(base, 4, "tiny", commit_window=8)
     env = {"OMP_NUM_THREADS": "1", "SWARMNODE_DATA": os.environ.get("SWARMNODE_DATA", "/usr/share/datasets/fashion-mnist")}
-    s = LocalSwarm(base, genesis, keys, extra_env=env)
+    s = LocalSwarm(base, genesis, keys, extra_env=env, init_args=("--keep-update-rounds", str(KEEP_ROUNDS)))
     try:
         for i in range(4):
             s.init_node(i)
@@ -121,6 +124,23 @@ def test_three_rounds_same_model_everywhere(swarm: LocalSwarm) -> None:
     assert all(r["participants"] >= 3 for r in final[:3]), rows
     table = run_cli("chain", "rounds", "--rpc", swarm.nodes[1].rpc_url).stdout
     assert "global model hash" in table and hashes[0] in table
+
+
+def test_old_update_blobs_are_pruned(swarm: LocalSwarm) -> None:
+    wait_for(lambda: finalized_on(swarm, 0, KEEP_ROUNDS + 2), ROUND_TIMEOUT, f"{KEEP_ROUNDS + 2} final rounds")
+    wait_for(lambda: node_info(swarm, 0)["counters"].get("update_blobs_pruned"), ROUND_TIMEOUT, "pruning on node0")
+    blobs = swarm.nodes[0].data_dir / "blobs"
+
+    def held(r: int) -> list[bool]:
+        cids = [c["updateHash"][2:] for c in swarm.rpc(0, "swarm_getRound", r)["commits"]]
+        return [(blobs / cid[:2] / cid).is_file() for cid in cids]
+
+    assert not any(held(0)), "round 0's updates should have been pruned"
+    last = max(swarm.final_hashes(0))
+    assert held(last) and all(held(last)), f"round {last}'s updates must still be held"
+    assert json.loads((swarm.nodes[0].data_dir / "pruned.json").read_text())["through"] >= 0
+    final0 = swarm.final_hashes(0)[0][2:]
+    assert (blobs / final0[:2] / final0).is_file(), "final models are never pruned"
 
 
 def test_follower_with_a_new_key_syncs_and_verifies_the_latest_model(swarm: LocalSwarm) -> None:

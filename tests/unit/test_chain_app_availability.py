@@ -40,6 +40,10 @@ def test_validate_block_consults_the_availability_hook(tmp_path: Path) -> None:
         assert not verdict.valid and "unavailable" in verdict.reason
         assert seen == [[call]], "the hook must see the block's commitUpdate call"
         assert accepting.validate_block(1, block).valid
+        # a certified block (sync, catch-up) is final: the availability rule is not applied to it, so a
+        # node syncing old rounds never needs updates its peers have pruned
+        assert refusing.validate_certified_block(1, block).valid
+        assert len(seen) == 1, "the hook must not be consulted for a certified block"
     finally:
         for chain in chains:
             chain.close()

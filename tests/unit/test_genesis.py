@@ -57,6 +57,8 @@ def test_round_trip_preserves_every_field(tmp_path) -> None:
         (MINIMAL.replace(ADDR0, "0x1234"), "validators[0].address"),
         (MINIMAL + "\n[consensus]\nepoch_length = 0\n", "consensus.epoch_length"),
         (MINIMAL + "\n[consensus]\nbogus = 1\n", "consensus.bogus"),
+        (MINIMAL + "\n[consensus]\nempty_block_interval_ms = 500\n", "consensus.empty_block_interval_ms"),
+        (MINIMAL + "\n[consensus]\nempty_block_interval_ms = -1\n", "consensus.empty_block_interval_ms"),
         (MINIMAL + "\n[rounds]\ncommit_window = -3\n", "rounds.commit_window"),
         ('genesis_model_hash = "0xab"\n' + MINIMAL, "genesis_model_hash"),
         ("surprise = 1\n" + MINIMAL, "surprise"),
