@@ -74,35 +74,46 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
     try:
         for i in range(nodes):
             swarm.init_node(i)
-        swarm.start_all(list(range(nodes)), extra_args={0: ("--eval-test",)})
+        swarm.start_all(list(range(nodes)))  # no node scores the test set while timed: that comes after
         t_start, lo_start = time.monotonic(), loopback_bytes()
         finals: list[float] = []
         results = []
         for r in range(rounds):
             info = wait_for(lambda r=r: (x := swarm.try_rpc(0, "swarm_getRound", r)) and x["finalized"] and x,
-                            round_timeout, f"round {r} final", interval=0.1)
+                            round_timeout, f"round {r} final", interval=0.25)
             finals.append(time.monotonic())
             results.append({"round": r, "hash": info["finalHash"], "commits": len(info["commits"]),
                             "seconds": finals[-1] - (finals[-2] if r else t_start)})
             print(f"  swarm round {r}: {len(info['commits'])} commits, {results[-1]['seconds']:.1f} s", flush=True)
         lo_total = loopback_bytes() - lo_start
-        hist = {h["round"]: h for h in (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])}
-        for res in results:
-            try:
-                rec = wait_for(lambda r=res["round"]: next((h for h in (swarm.try_rpc(0, "swarm_node") or {})
-                                                            .get("history", []) if h["round"] == r
-                                                            and h["testAccuracy"] is not None), None), 30, "eval")
-                res["test_accuracy"] = rec["testAccuracy"]
-            except SwarmTimeout:
-                res["test_accuracy"] = hist.get(res["round"], {}).get("testAccuracy")
         fetched = [(swarm.try_rpc(i, "swarm_node") or {}).get("counters", {}).get("blob_bytes_fetched", 0)
                    for i in range(nodes)]
         pids = [json.loads((swarm.nodes[i].data_dir / "node.json").read_text())["pid"] for i in range(nodes)]
         rss = [peak_rss_mb(p) for p in pids]
-        return {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
-                "elapsed": time.monotonic() - t_start}
+        out = {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
+               "elapsed": time.monotonic() - t_start}
     finally:
         swarm.close()
+    score_final_models(genesis_path, swarm.nodes[0].data_dir / "store", results)
+    return out
+
+
+def score_final_models(genesis_path: Path, store_dir: Path, results: list[dict]) -> None:
+    """Global test accuracy of each round's final model as node 0 stored it, scored after the timed run."""
+    import torch
+
+    from swarmnode.learning.data import load_dataset
+    from swarmnode.learning.evaluate import evaluate
+    from swarmnode.learning.tasks import Task
+    from swarmnode.node.store import ModelStore
+
+    torch.set_num_threads(1)
+    task = Task.from_dict(load_genesis(genesis_path).task)
+    test = load_dataset(task.dataset).test
+    store = ModelStore(store_dir)
+    for res in results:
+        model = store.get_model(bytes.fromhex(res["hash"][2:]))  # re-verified against its hash on read
+        res["test_accuracy"] = evaluate(task.model, model.params, test).accuracy
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -118,6 +118,7 @@ class Daemon:
         self.address = address_of(self.secret)
         self.lock = threading.RLock()
         self.train_limiter = trio.CapacityLimiter(1)
+        self.eval_limiter = trio.CapacityLimiter(1)  # scoring never queues the next round's training
         self.models = ModelStore(cfg.store_dir)
         self.blobs = DirectoryBlobStore(cfg.blob_dir)
         self.height = 0
@@ -534,16 +535,22 @@ class Daemon:
         await self.p2p.gossip.publish(UPDATES, Announcement(action.round + 1, h, len(encoded)))
         rec = self.history.setdefault(action.round, RoundRecord(action.round, time.monotonic()))
         rec.local_hash = h
+        log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s", action.round,
+                 len(action.commits), excluded or "[]", h.hex())
+        assert self._nursery is not None
+        self._nursery.start_soon(self._score, action.round, new, rec)  # off the critical path
+
+    async def _score(self, round_: int, model: GlobalModel, rec: RoundRecord) -> None:
+        """Accuracy of the new model on this node's validation split (and the test set with --eval-test)."""
         mine = self._my_index()
         val = self.clients[mine].val if mine is not None else None
         if val is not None and len(val):
-            rec.val_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, new.params, val,
-                                                              limiter=self.train_limiter)).accuracy
+            rec.val_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, model.params, val,
+                                                              limiter=self.eval_limiter)).accuracy
         if self.test_split is not None:
-            rec.test_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, new.params, self.test_split,
-                                                               limiter=self.train_limiter)).accuracy
-        log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s val_acc=%s", action.round,
-                 len(action.commits), excluded or "[]", h.hex(), rec.val_accuracy)
+            rec.test_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, model.params,
+                                                               self.test_split, limiter=self.eval_limiter)).accuracy
+        log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
 
     def _my_index(self) -> int | None:
         obs = self.observation
