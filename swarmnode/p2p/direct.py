@@ -219,9 +219,8 @@ class DirectConsensusNetwork(Network):
 
     def _relay(self, source: ID, signer: Address, data: bytes) -> None:
         for peer_id in list(self._queues):
-            if peer_id == source or self.host.peer(peer_id) is None:
-                continue
-            if self.host.peer(peer_id).address == signer:  # type: ignore[union-attr]
+            status = self.host.peer(peer_id)
+            if peer_id == source or status is None or status.address == signer:
                 continue
             if self._knows_connected is not None and self._knows_connected(peer_id, signer):
                 continue

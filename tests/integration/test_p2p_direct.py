@@ -22,6 +22,15 @@ def vote_of(i: int, height: int = 1, block: bytes = b"\x11" * 32) -> bytes:
     return encode_consensus(VoteMessage(sign_vote(node_secret(i), TEST_CHAIN_ID, height, 0, STEP_PREVOTE, block)))
 
 
+async def until_closed(stream) -> None:  # noqa: ANN001
+    """Return once the peer has reset or closed `stream` (a read fails or hits the end)."""
+    try:
+        while await stream.read(65536):
+            pass
+    except Exception:  # a reset surfaces as an exception: that is the event waited for
+        return
+
+
 def policies_for(*signers: int) -> dict[str, TopicPolicy]:
     known = {address_of(node_secret(i)) for i in signers}
     return {CONSENSUS: TopicPolicy(wire.MAX_GOSSIP_BYTES, known_sender=known.__contains__)}
@@ -34,7 +43,10 @@ async def test_peer_exchange_turns_a_star_into_a_full_mesh() -> None:
                 await node.host.wait_peers(4)
         for node in nodes:
             assert {p.peer_id for p in node.peers()} == {n.peer_id for n in nodes if n is not node}
-        assert sum(n.peer_exchange.counters["dialed"] for n in nodes) >= 6  # the 6 spoke-to-spoke links
+        # spokes only know the hub (no mDNS): every spoke-to-spoke link above came from a peer listing.
+        # (Counting dials is not exact: when two spokes dial each other at once one dial may be refused.)
+        assert all(n.peer_exchange.counters["exchanges"] >= 1 for n in nodes)
+        assert sum(n.peer_exchange.counters["dialed"] for n in nodes[1:]) >= 1
 
 
 async def test_votes_reach_everyone_directly_and_are_not_relayed_in_a_full_mesh() -> None:
@@ -100,9 +112,10 @@ async def test_invalid_consensus_frames_never_reach_the_driver_and_a_spammer_is_
                 await wire.write_frame(spam, b"\xc1" + bytes([i]))
         except Exception:  # the victim resets the stream under us: that is the point
             pass
-        with trio.fail_after(10):
-            while victim.consensus.counters["streams_reset"] < 2:
-                await trio.sleep(0.05)  # polling a counter: no event for it
+        with trio.fail_after(10):  # each stream ends on the attacker's side once the victim resets it
+            await until_closed(stream)
+            await until_closed(spam)
+        assert victim.consensus.counters["streams_reset"] == 2, victim.consensus.statistics()
         assert victim.consensus.inbound.statistics().current_buffer_used == 0
 
         # nobody crashed: the attacker's regular transport still delivers to the victim
