@@ -1,0 +1,14 @@
+"""The chain: py-evm execution, the BFT engine and driver, the transaction pool, genesis and RPC."""
+
+import os as _os
+
+# eth-hash takes pycryptodome before pysha3 when both are installed, and pycryptodome's keccak costs
+# ~60 us per call against ~12 us for safe-pysha3's C one. py-evm hashes every trie key and node, so
+# block execution and contract reads spend a large share of their time here. The choice is made at the
+# first hash, so it must be set before anything hashes; an explicit ETH_HASH_BACKEND still wins.
+try:
+    import sha3 as _sha3  # noqa: F401  (safe-pysha3)
+except ImportError:
+    pass
+else:
+    _os.environ.setdefault("ETH_HASH_BACKEND", "pysha3")

@@ -44,8 +44,16 @@ def _jsonable(value: Any, param: dict[str, Any]) -> Any:
 class SwarmViews:
     """Calls to the contracts' view functions at the committed head. Chain-worker thread only."""
 
-    def __init__(self, chain: ExecutionChain) -> None:
+    def __init__(self, chain: ExecutionChain, cache_size: int = 512) -> None:
         self.chain = chain
+        # A view's result is a function of the committed state, so results are kept until the head moves:
+        # an eth_call costs ~6 ms in py-evm and a round is 1 + commitCount calls, which a client polling
+        # swarm_getRound several times a second would otherwise pay every time, holding the chain lock.
+        self._cache: dict[tuple[Any, ...], Any] = {}
+        self._cache_head = b""
+        self._cache_size = cache_size
+        self._deployed: dict[str, bool] | None = None
+        self._immutable: dict[tuple[Any, ...], Any] = {}
 
     @cached_property
     def _abis(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -60,17 +68,36 @@ class SwarmViews:
         return out
 
     def deployed(self) -> dict[str, bool]:
+        if self._deployed is not None:  # contracts cannot be removed: once both exist, they always will
+            return self._deployed
         state = self.chain.state_view()
-        return {"staking": bool(state.get_code(STAKING_ADDRESS)), "swarmRounds": bool(state.get_code(ROUNDS_ADDRESS))}
+        out = {"staking": bool(state.get_code(STAKING_ADDRESS)), "swarmRounds": bool(state.get_code(ROUNDS_ADDRESS))}
+        if all(out.values()):
+            self._deployed = out
+        return out
 
     def call_view(self, contract: str, fn: str, *args: Any) -> Any:
-        """Call `contract.fn(*args)` at the head; returns the JSON form of its single output."""
+        """Call `contract.fn(*args)` at the head; returns the JSON form of its single output (shared with
+        later calls at the same head: callers must not modify it)."""
+        head = self.chain.head
+        if head.hash != self._cache_head:
+            self._cache.clear()
+            self._cache_head = head.hash
+        key = (contract, fn, *args)
+        if key in self._cache:
+            return self._cache[key]
+        result = self._call_view(head, contract, fn, *args)
+        if len(self._cache) < self._cache_size:
+            self._cache[key] = result
+        return result
+
+    def _call_view(self, head: Any, contract: str, fn: str, *args: Any) -> Any:
         spec = self._abis[contract][fn]
         in_types = [_abi_type(p) for p in spec["inputs"]]
         selector = keccak(f"{fn}({','.join(in_types)})".encode())[:4]
         to = STAKING_ADDRESS if contract == "Staking" else ROUNDS_ADDRESS
         output = self.chain.reader.call(CallRequest(to=to, data=selector + abi_encode(in_types, list(args))),
-                                        self.chain.head)
+                                        head)
         decoded = abi_decode([_abi_type(p) for p in spec["outputs"]], output)
         values = [_jsonable(v, p) for v, p in zip(decoded, spec["outputs"], strict=True)]
         return values[0] if len(values) == 1 else values
@@ -86,8 +113,17 @@ class SwarmViews:
             info = self.call_view("SwarmRounds", "getRound", r)
         except CallFailed:
             return None
-        commits = [self.call_view("SwarmRounds", "getCommit", r, i) for i in range(int(info["commitCount"]))]
+        commits = [self._commit(r, i) for i in range(int(info["commitCount"]))]
         return {"round": r, **info, "commits": commits}
+
+    def _commit(self, r: int, i: int) -> Any:
+        """Commits are append-only: once read, one never changes, whatever the head."""
+        key = ("commit", r, i)
+        if key not in self._immutable:
+            if len(self._immutable) >= self._cache_size * 8:
+                self._immutable.clear()
+            self._immutable[key] = self.call_view("SwarmRounds", "getCommit", r, i)
+        return self._immutable[key]
 
     def history(self, start: int | None, count: int) -> list[dict[str, Any]]:
         """Up to `count` rounds from `start` (default: the latest `count` rounds), oldest first."""

@@ -1,0 +1,51 @@
+"""The swarm_* RPC views cache contract calls per committed head: repeated reads are served from the
+cache, and a new block is seen at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from consensus.chain import ExecutionChain
+from consensus.chain_app import ChainApplication
+from consensus.devtools import address_of, dev_genesis, dev_key
+from consensus.rpc_swarm import SwarmViews
+from consensus.txpool import TxPool
+from swarmnode.node import txs
+
+PEER_ID = "16Uiu2HAmFQfvhrGfw35jX2RuGUZ9DoiwS52fiokpejS559gsLcGb"
+
+
+def test_views_follow_the_head(tmp_path: Path) -> None:
+    genesis = dev_genesis(1, 2, chain_id=4545)
+    chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
+    try:
+        views = SwarmViews(chain)
+        calls: list[str] = []
+        real_call = views._call_view
+
+        def counting(head, contract, fn, *args):  # noqa: ANN001, ANN202
+            calls.append(fn)
+            return real_call(head, contract, fn, *args)
+
+        views._call_view = counting  # type: ignore[method-assign]
+        who = address_of(dev_key(1))
+        assert views.call_view("SwarmRounds", "participantCount") == 0
+        assert views.call_view("SwarmRounds", "isRegistered", who) is False
+        round0 = views.round(0)
+        assert round0 is not None and round0["commits"] == []
+        n = len(calls)
+        assert views.round(0) == round0 and views.call_view("SwarmRounds", "participantCount") == 0
+        assert len(calls) == n, "same head: served from the cache"
+
+        # a block in which account 1 registers as a participant
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        raw = txs.sign_call(dev_key(1), genesis.chain_id, 0, txs.register_data(PEER_ID), chain.next_base_fee())
+        pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+        block = ChainApplication(chain, address_of(dev_key(0)), pool=pool).propose_block(1, 0, genesis.genesis_time + 5)
+        chain.commit(chain.block_hash(block))
+
+        assert views.call_view("SwarmRounds", "participantCount") == 1, "a new head must not be served stale"
+        assert views.call_view("SwarmRounds", "isRegistered", who) is True
+        assert len(calls) == n + 2
+    finally:
+        chain.close()
