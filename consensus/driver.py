@@ -35,6 +35,7 @@ from consensus.votes import SignedVote, address_of, sign_vote, vote_signer
 from consensus.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
+_MARKS = ("proposal", "validated", "prevote", "precommit", "commit")
 
 
 @dataclass(frozen=True)
@@ -290,7 +291,7 @@ class ConsensusDriver:
             self._drop("block_mismatch", f"proposal at height {msg.vote.height} round {msg.vote.round}")
             return None
         self._blocks.setdefault(block_hash, msg.block)
-        self.timeline.setdefault(msg.vote.height, {"proposal": trio.current_time()})
+        self._mark(msg.vote.height, "proposal")
         return eng.ProposalInput(msg.vote, msg.valid_round, item.signer)
 
     def _buffer_future(self, item: _Authenticated) -> None:
@@ -354,6 +355,7 @@ class ConsensusDriver:
         vote = await self._sign(out.height, out.round, int(out.step), out.block_hash)
         if vote is None:
             return None
+        self._mark(out.height, "prevote" if out.step == eng.Step.PREVOTE else "precommit")
         await self._send_own((out.round, int(out.step)), encode(VoteMessage(vote)))
         return eng.VoteInput(vote, self.address)  # type: ignore[arg-type]
 
@@ -364,7 +366,7 @@ class ConsensusDriver:
         vote = await self._sign(out.height, out.round, 0, out.block_hash)
         if vote is None:
             return None
-        self.timeline.setdefault(out.height, {"proposal": trio.current_time()})
+        self._mark(out.height, "proposal")
         await self._send_own((out.round, 0), encode(ProposalMessage(vote, out.valid_round, block)))
         return eng.ProposalInput(vote, out.valid_round, self.address)  # type: ignore[arg-type]
 
@@ -381,6 +383,7 @@ class ConsensusDriver:
             verdict_ok = False
         else:
             verdict = await self._app(self.app.validate_block, height, block)
+            self._mark(height, "validated")
             verdict_ok = verdict.valid
             if not verdict.valid:
                 log.info("%s rejects block at height %d: %s", self._who, height, verdict.reason)
@@ -391,8 +394,12 @@ class ConsensusDriver:
         cert = CommitCertificate.from_precommits(out.precommits)
         await self._app(self.app.commit_block, out.height, block, cert)
         now = trio.current_time()
-        self.timeline.setdefault(out.height, {})["commit"] = now
-        self.timeline[out.height]["round"] = out.round
+        t = self.timeline.setdefault(out.height, {})
+        t["commit"] = now
+        t["round"] = out.round
+        if "start" in t:
+            log.info("%s event=committed height=%d round=%d ms=%s", self._who, out.height, out.round,
+                     ",".join(f"{k}:{1000 * (t[k] - t['start']):.0f}" for k in _MARKS if k in t))
         self._committed_height = out.height
         self._prune(out.height)
         self._progress.set()
@@ -419,6 +426,11 @@ class ConsensusDriver:
         return (height in self._synced or self.app.has_pending_transactions()
                 or any(item.message.vote.height == height for item in self._future))
 
+    def _mark(self, height: int, what: str) -> None:
+        """First time `what` happened at `height` (the timeline: start, proposal, validated, prevote,
+        precommit, commit; commit and round are overwritten by _commit)."""
+        self.timeline.setdefault(height, {}).setdefault(what, trio.current_time())
+
     def _prune(self, height: int, keep: int = 10_000) -> None:
         """Bound the per-height bookkeeping."""
         self.timeline.pop(height - keep, None)
@@ -428,6 +440,7 @@ class ConsensusDriver:
                     del book[h]
 
     async def _start_height(self, start: eng.StartHeight) -> None:
+        self._mark(start.height, "start")
         self._blocks.clear()
         self._own.clear()
         self._seen.clear()  # re-sends of messages dropped as "too far ahead" must get a second chance

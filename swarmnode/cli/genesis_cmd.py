@@ -56,6 +56,9 @@ def register(subparsers: Any) -> None:
     new.add_argument("--reward", default="1 ether", help="reward per learning round (default: 1 ether)")
     new.add_argument("--epoch-length", type=int, default=ConsensusParams().epoch_length, metavar="BLOCKS",
                      help=f"blocks per validator-set epoch (default: {ConsensusParams().epoch_length})")
+    new.add_argument("--block-interval-ms", type=int, default=ConsensusParams().block_interval_ms, metavar="MS",
+                     help="wait after a block before the next one starts while transactions are pending "
+                          f"(default: {ConsensusParams().block_interval_ms})")
     new.add_argument("--empty-block-interval-ms", type=int, default=DEFAULT_EMPTY_BLOCK_MS, metavar="MS",
                      help="longest gap between blocks while no transaction is pending; 0: an empty block every "
                           f"block interval (default: {DEFAULT_EMPTY_BLOCK_MS})")
@@ -73,7 +76,9 @@ def cmd_new(args: argparse.Namespace) -> int:
         raise CliError(f"--validators must be between 1 and 64, got {args.validators}")
     if not 1 <= args.chain_id < 2**53:
         raise CliError(f"--chain-id must be a positive integer below 2**53, got {args.chain_id}")
-    block_ms = ConsensusParams().block_interval_ms
+    block_ms = args.block_interval_ms
+    if not 1 <= block_ms <= 600_000:
+        raise CliError(f"--block-interval-ms must be between 1 and 600000, got {block_ms}")
     if args.empty_block_interval_ms != 0 and args.empty_block_interval_ms < block_ms:
         raise CliError(f"--empty-block-interval-ms must be 0 or at least the block interval ({block_ms}), "
                        f"got {args.empty_block_interval_ms}")
@@ -101,7 +106,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
         return Genesis(
             chain_id=args.chain_id, validators=validators,
             accounts=tuple(AccountSpec(v.address, balance) for v in validators),
-            consensus=ConsensusParams(epoch_length=args.epoch_length,
+            consensus=ConsensusParams(epoch_length=args.epoch_length, block_interval_ms=args.block_interval_ms,
                                       empty_block_interval_ms=args.empty_block_interval_ms),
             rounds=RoundsParams(commit_window=args.commit_window, reward_per_round=reward),
             task=task, genesis_model_hash=genesis_model_hash(task), genesis_time=args.genesis_time,
@@ -147,6 +152,7 @@ def _command_line(args: argparse.Namespace) -> str:
              "--chain-id", str(args.chain_id)]
     defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": "1 ether",
                 "commit_window": RoundsParams().commit_window, "epoch_length": ConsensusParams().epoch_length,
+                "block_interval_ms": ConsensusParams().block_interval_ms,
                 "empty_block_interval_ms": DEFAULT_EMPTY_BLOCK_MS, "genesis_time": 0}
     for name, default in defaults.items():
         if getattr(args, name) != default:

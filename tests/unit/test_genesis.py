@@ -128,3 +128,21 @@ def test_cli_regenerates_the_shipped_minimal_file_and_writes_private_keys(tmp_pa
     assert bytes.fromhex(key_file.read_text().strip()) == dev_key(0)
     assert main(command) == 2  # refuses to overwrite keys
     assert "exists" in capsys.readouterr().err
+
+
+def test_cli_block_intervals(tmp_path, capsys) -> None:
+    from swarmnode.cli.main import main
+
+    base = ["genesis", "new", "--validators", "1", "--task", "seed", "--dev-keys", "--keys-dir", str(tmp_path / "k"),
+            "--force"]
+    out = tmp_path / "g.toml"
+    assert main([*base, "--out", str(out), "--block-interval-ms", "500", "--empty-block-interval-ms", "2000"]) == 0
+    g = load_genesis(out)
+    assert (g.consensus.block_interval_ms, g.consensus.empty_block_interval_ms) == (500, 2000)
+    assert "--block-interval-ms 500" in out.read_text().splitlines()[0]  # the command that regenerates it
+    assert main([*base, "--out", str(out), "--block-interval-ms", "0"]) == 2
+    assert "--block-interval-ms" in capsys.readouterr().err
+    assert main([*base, "--out", str(out), "--block-interval-ms", "3000"]) == 0  # the default empty interval
+    capsys.readouterr()
+    assert main([*base, "--out", str(out), "--block-interval-ms", "6000"]) == 2  # but not below the block interval
+    assert "--empty-block-interval-ms" in capsys.readouterr().err
