@@ -27,6 +27,7 @@ class NodeConfig:
     dataset_dir: Path | None = None  # where the task's dataset is looked for first
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
     log_level: str = "INFO"
+    compute_niceness: int = 10  # training/aggregation/scoring threads run this much nicer (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
 
     @property
@@ -101,6 +102,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         torch_threads=threads,
         dataset_dir=path(learning, "dataset_dir", "learning", required=False),
         validate_fraction=float(fraction),
+        compute_niceness=_int(learning.get("compute_niceness", 10), "learning.compute_niceness", 0, 19),
         log_level=str(node.get("log_level", "INFO")).upper(),
         keep_update_rounds=_int(node.get("keep_update_rounds", 16), "node.keep_update_rounds", 0, 2**31),
     )
@@ -118,7 +120,8 @@ def load_config(path: Path | str) -> NodeConfig:
 
 
 def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
-    learning: dict[str, Any] = {"torch_threads": cfg.torch_threads, "validate_fraction": cfg.validate_fraction}
+    learning: dict[str, Any] = {"torch_threads": cfg.torch_threads, "validate_fraction": cfg.validate_fraction,
+                                "compute_niceness": cfg.compute_niceness}
     if cfg.dataset_dir is not None:
         learning["dataset_dir"] = str(cfg.dataset_dir)
     return {

@@ -34,6 +34,7 @@ from swarmnode.learning.data import load_dataset
 from swarmnode.learning.evaluate import evaluate
 from swarmnode.learning.tasks import Task, initial_params
 from swarmnode.node import rounds, txs, views
+from swarmnode.node.compute import ComputeThreads
 from swarmnode.node.config import NodeConfig
 from swarmnode.node.keys import address_of, load_key
 from swarmnode.node.store import CorruptObject, ModelStore, NotInStore, StoreError
@@ -57,7 +58,7 @@ progress_log = logging.getLogger("swarmnode.progress")
 T = TypeVar("T")
 
 BLOB_FETCH_TIMEOUT = 15.0  # one data-availability check or one model fetch, all providers
-POLL_INTERVAL = 0.25  # how often the round loop looks at the committed head
+POLL_INTERVAL = 0.25  # the round loop looks at the committed head on every commit, and at least this often
 
 
 class DaemonError(Exception):
@@ -119,6 +120,8 @@ class Daemon:
         self.lock = threading.RLock()
         self.train_limiter = trio.CapacityLimiter(1)
         self.eval_limiter = trio.CapacityLimiter(1)  # scoring never queues the next round's training
+        # training, aggregation and scoring run below the priority of consensus, libp2p and the chain
+        self.compute = ComputeThreads(workers=2, niceness=cfg.compute_niceness)
         self.models = ModelStore(cfg.store_dir)
         self.blobs = DirectoryBlobStore(cfg.blob_dir)
         self.height = 0
@@ -152,6 +155,7 @@ class Daemon:
                     await self._serve(root, task_status)
                     root.cancel_scope.cancel()
         finally:
+            self.compute.stop()
             with self.lock:
                 self.chain.close()
             log.info("event=stopped address=0x%s", self.address.hex())
@@ -374,13 +378,15 @@ class Daemon:
 
     async def _round_loop(self) -> None:
         last = -1
+        reader = views.RoundReader(self.address, self.genesis.genesis_model_hash)
         while True:
             self.height = await self.service.run(lambda: self.chain.height)
             if self.height != last:
                 last = self.height
-                obs = await self.service.run(views.observe, self.chain, self.address, self.genesis.genesis_model_hash)
+                obs = await self.service.run(reader.observe, self.chain)
                 self._on_observation(obs)
-            await trio.sleep(POLL_INTERVAL)
+            with trio.move_on_after(POLL_INTERVAL):  # woken by the driver's next commit; the timeout
+                await self.driver.wait_height(last + 1)  # covers heights that arrive by chain sync
 
     def _local_view(self, obs: rounds.RoundObservation) -> rounds.LocalView:
         return rounds.LocalView(
@@ -395,6 +401,9 @@ class Daemon:
         rec.participants, rec.commits = obs.participant_count, len(obs.commits)
         if prev is not None and obs.round > prev.round:
             self._on_finalized(obs.round - 1, obs.base_hash)
+        self._start_actions(obs)
+
+    def _start_actions(self, obs: rounds.RoundObservation) -> None:
         for action in rounds.decide(obs, self._local_view(obs)):
             self.busy.add(action.key)
             assert self._nursery is not None
@@ -468,6 +477,13 @@ class Daemon:
             elif isinstance(action, rounds.Attest):
                 await self._send_call(txs.attest_data(action.round, action.model_hash), f"attest:{action.round}")
             self.done.add(action.key)
+            if isinstance(action, rounds.Aggregate) and self.observation is not None:
+                # attesting our aggregate starts now rather than at the next block, which on an idle chain is
+                # empty_block_interval away. (Doing the same after FetchModel, so that training starts before
+                # the first block is observed, made the system test's first validator's transactions never
+                # be included: see README "Known gaps".)
+                self.busy.discard(action.key)
+                self._start_actions(self.observation)
         except CorruptObject as exc:  # our store is damaged: loud, and the next block refetches by hash
             log.error("event=CORRUPT_MODEL action=%s round=%d error=%r next=refetch_by_hash", type(action).__name__,
                       action.round, str(exc))
@@ -479,7 +495,34 @@ class Daemon:
             self.busy.discard(action.key)
 
     async def _load_model(self, h: bytes) -> GlobalModel:
-        return await trio.to_thread.run_sync(self.models.get_model, h)
+        try:
+            return await trio.to_thread.run_sync(self.models.get_model, h)
+        except CorruptObject:
+            # the same bytes are usually also in the blob store (served to peers): check that copy now, so
+            # that a damaged one is set aside before anyone asks for it; then get a good copy back from
+            # peers even if the swarm has moved on (final models serve `model export` and late joiners)
+            await trio.to_thread.run_sync(self._check_blob, h)
+            assert self._nursery is not None
+            self._nursery.start_soon(self._repair_model, h)
+            raise
+
+    async def _repair_model(self, h: bytes) -> None:
+        try:
+            (blob,) = await self._fetch_blobs([h])
+            got = await trio.to_thread.run_sync(self.models.put_model, decode_model(blob))
+        except (P2PError, StoreError, AggregationError, trio.TooSlowError) as exc:
+            log.warning("event=model_repair_failed model=0x%s error=%s: %s", h.hex(), type(exc).__name__, exc)
+            return
+        if got == h:
+            self.counters["models_fetched"] += 1
+            log.info("event=model_repaired model=0x%s source=peers", h.hex())
+
+    def _check_blob(self, cid: bytes) -> None:
+        try:
+            self.blobs.get(cid)
+        except BlobCorrupted as exc:
+            log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined", cid.hex(), str(exc))
+            self._quarantine_blob(cid)
 
     async def _fetch_model(self, round_: int, h: bytes) -> None:
         """G_r by hash: the genesis model is rebuilt locally; any other comes from peers, verified."""
@@ -502,7 +545,7 @@ class Daemon:
         model = await self._load_model(action.base_hash)
         data = self.clients[action.client_index].train
         t0 = time.monotonic()
-        upd = await trio.to_thread.run_sync(local_update, self.task, model.params, data, action.round,
+        upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                             action.client_index, limiter=self.train_limiter)
         cid = await self.p2p.announce_blob(action.round, upd.blob)
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
@@ -527,7 +570,7 @@ class Daemon:
             new, result = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), base, contribs)
             return new, result, excluded
 
-        new, _result, excluded = await trio.to_thread.run_sync(compute, limiter=self.train_limiter)
+        new, _result, excluded = await self.compute.run(compute, limiter=self.train_limiter)
         h = await trio.to_thread.run_sync(self.models.put_model, new)
         encoded = encode_model(new)
         await trio.to_thread.run_sync(self.blobs.put, encoded)
@@ -545,10 +588,10 @@ class Daemon:
         mine = self._my_index()
         val = self.clients[mine].val if mine is not None else None
         if val is not None and len(val):
-            rec.val_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, model.params, val,
+            rec.val_accuracy = (await self.compute.run(evaluate, self.task.model, model.params, val,
                                                               limiter=self.eval_limiter)).accuracy
         if self.test_split is not None:
-            rec.test_accuracy = (await trio.to_thread.run_sync(evaluate, self.task.model, model.params,
+            rec.test_accuracy = (await self.compute.run(evaluate, self.task.model, model.params,
                                                                self.test_split, limiter=self.eval_limiter)).accuracy
         log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
 

@@ -39,7 +39,7 @@ def test_fixed_point_clamps_nonsense() -> None:
 def test_config_roundtrip(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path / "d", genesis=tmp_path / "g.toml", key_file=tmp_path / "d" / "node.key",
                      bootstrap=("/ip4/127.0.0.1/tcp/1/p2p/x",), rpc_port=0, torch_threads=2,
-                     keep_update_rounds=5)
+                     keep_update_rounds=5, compute_niceness=3)
     path = tmp_path / "config.toml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
@@ -57,4 +57,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         load_config(path)
     path.write_text('[node]\ndata_dir = "d"\ngenesis = "g"\nkey_file = "k"\nkeep_update_rounds = -1\n')
     with pytest.raises(NodeConfigError, match="node.keep_update_rounds"):
+        load_config(path)
+    path.write_text('[node]\ndata_dir = "d"\ngenesis = "g"\nkey_file = "k"\n[learning]\ncompute_niceness = 20\n')
+    with pytest.raises(NodeConfigError, match="learning.compute_niceness"):
         load_config(path)

@@ -1,0 +1,44 @@
+"""The daemon's low-priority compute threads: results and errors come back, and the threads really run at
+a higher nice value than the event loop (Linux)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+import pytest
+import trio
+
+from swarmnode.node.compute import ComputeThreads
+
+
+def _nice_of_this_thread() -> tuple[str, int]:
+    return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_results_errors_and_priority() -> None:
+    pool = ComputeThreads(workers=2, niceness=5)
+    try:
+        assert await pool.run(sum, [1, 2, 3]) == 6
+        with pytest.raises(ZeroDivisionError):
+            await pool.run(lambda: 1 // 0)
+        name, nice = await pool.run(_nice_of_this_thread, limiter=trio.CapacityLimiter(1))
+        assert name.startswith("swarmnode-compute-")
+        if sys.platform.startswith("linux"):
+            loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            assert nice == min(19, loop_nice + 5)  # the compute thread only; the caller is untouched
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_nice
+    finally:
+        pool.stop()
+
+
+async def test_niceness_zero_leaves_priority_alone() -> None:
+    pool = ComputeThreads(workers=1, niceness=0)
+    try:
+        _, nice = await pool.run(_nice_of_this_thread)
+        if sys.platform.startswith("linux"):
+            assert nice == os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert pool.lowered == [False]
+    finally:
+        pool.stop()
