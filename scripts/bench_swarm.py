@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -47,6 +48,15 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, all its threads (including ones that exited)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     import torch
 
@@ -75,6 +85,8 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
         for i in range(nodes):
             swarm.init_node(i)
         swarm.start_all(list(range(nodes)))  # no node scores the test set while timed: that comes after
+        pids = [json.loads((swarm.nodes[i].data_dir / "node.json").read_text())["pid"] for i in range(nodes)]
+        cpu_start = [cpu_seconds(p) or 0.0 for p in pids]
         t_start, lo_start = time.monotonic(), loopback_bytes()
         finals: list[float] = []
         results = []
@@ -88,10 +100,10 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
         lo_total = loopback_bytes() - lo_start
         fetched = [(swarm.try_rpc(i, "swarm_node") or {}).get("counters", {}).get("blob_bytes_fetched", 0)
                    for i in range(nodes)]
-        pids = [json.loads((swarm.nodes[i].data_dir / "node.json").read_text())["pid"] for i in range(nodes)]
         rss = [peak_rss_mb(p) for p in pids]
+        cpu = [(c or 0.0) - c0 for c, c0 in zip((cpu_seconds(p) for p in pids), cpu_start, strict=True)]
         out = {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
-               "elapsed": time.monotonic() - t_start}
+               "cpu_seconds": cpu, "elapsed": time.monotonic() - t_start}
     finally:
         swarm.close()
     score_final_models(genesis_path, swarm.nodes[0].data_dir / "store", results)
@@ -168,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"blob bytes fetched per node per round: {per_node_round / 1e6:.2f} MB "
           f"(loopback, all traffic: {lo_per_node_round / 1e6:.2f} MB)")
     print(f"peak RSS per daemon (MB): {', '.join(f'{x:.0f}' for x in real['peak_rss_mb'] if x is not None)}")
+    busy = sum(real["cpu_seconds"]) / (real["elapsed"] * (os.cpu_count() or 1))
+    print(f"CPU seconds per daemon over the timed rounds: {', '.join(f'{x:.1f}' for x in real['cpu_seconds'])} "
+          f"(machine {100 * busy:.0f}% busy)")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
