@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-learning bench-chain bench-consensus bench-p2p lint clean
+.PHONY: setup test demo bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm lint clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,7 @@ demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm
 
 bench-learning: setup
 	$(PY) scripts/reproduce_seed.py --preset dominant --out-dir bench-results/dominant
@@ -37,6 +37,10 @@ bench-consensus: setup
 bench-p2p: setup
 	@mkdir -p bench-results
 	$(PY) scripts/bench_p2p.py --out bench-results/p2p.json
+
+bench-swarm: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 6 --out bench-results/swarm-seed10.json
 
 lint: setup
 	$(VENV)/bin/ruff check swarmnode consensus scripts tests

@@ -120,6 +120,7 @@ class Daemon:
         self.lock = threading.RLock()
         self.train_limiter = trio.CapacityLimiter(1)
         self.eval_limiter = trio.CapacityLimiter(1)  # scoring never queues the next round's training
+        self._score_wanted = -1  # the newest round whose model is waiting to be scored
         # training, aggregation and scoring run below the priority of consensus, libp2p and the chain
         self.compute = ComputeThreads(workers=2, niceness=cfg.compute_niceness)
         self.models = ModelStore(cfg.store_dir)
@@ -584,15 +585,21 @@ class Daemon:
         self._nursery.start_soon(self._score, action.round, new, rec)  # off the critical path
 
     async def _score(self, round_: int, model: GlobalModel, rec: RoundRecord) -> None:
-        """Accuracy of the new model on this node's validation split (and the test set with --eval-test)."""
-        mine = self._my_index()
-        val = self.clients[mine].val if mine is not None else None
-        if val is not None and len(val):
-            rec.val_accuracy = (await self.compute.run(evaluate, self.task.model, model.params, val,
-                                                              limiter=self.eval_limiter)).accuracy
-        if self.test_split is not None:
-            rec.test_accuracy = (await self.compute.run(evaluate, self.task.model, model.params,
-                                                               self.test_split, limiter=self.eval_limiter)).accuracy
+        """Accuracy of the new model on this node's validation split (and the test set with --eval-test).
+        Scoring runs at low priority off the critical path; when it falls behind, only the newest round
+        waiting is scored, so the backlog never grows."""
+        self._score_wanted = max(self._score_wanted, round_)
+        async with self.eval_limiter:
+            if round_ < self._score_wanted:
+                log.debug("event=score_skipped round=%d newer=%d", round_, self._score_wanted)
+                return
+            mine = self._my_index()
+            val = self.clients[mine].val if mine is not None else None
+            if val is not None and len(val):
+                rec.val_accuracy = (await self.compute.run(evaluate, self.task.model, model.params, val)).accuracy
+            if self.test_split is not None:
+                rec.test_accuracy = (await self.compute.run(evaluate, self.task.model, model.params,
+                                                            self.test_split)).accuracy
         log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
 
     def _my_index(self) -> int | None:
