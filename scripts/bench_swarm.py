@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from consensus.genesis import load_genesis  # noqa: E402
-from swarmnode.node.localnet import LocalSwarm, SwarmTimeout, dev_keys_for, wait_for  # noqa: E402
+from swarmnode.node.localnet import LocalSwarm, SwarmTimeout, dev_keys_for, test_accuracy_of, wait_for  # noqa: E402
 
 
 def loopback_bytes() -> int:
@@ -112,20 +112,8 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
 
 def score_final_models(genesis_path: Path, store_dir: Path, results: list[dict]) -> None:
     """Global test accuracy of each round's final model as node 0 stored it, scored after the timed run."""
-    import torch
-
-    from swarmnode.learning.data import load_dataset
-    from swarmnode.learning.evaluate import evaluate
-    from swarmnode.learning.tasks import Task
-    from swarmnode.node.store import ModelStore
-
-    torch.set_num_threads(1)
-    task = Task.from_dict(load_genesis(genesis_path).task)
-    test = load_dataset(task.dataset).test
-    store = ModelStore(store_dir)
     for res in results:
-        model = store.get_model(bytes.fromhex(res["hash"][2:]))  # re-verified against its hash on read
-        res["test_accuracy"] = evaluate(task.model, model.params, test).accuracy
+        res["test_accuracy"] = test_accuracy_of(genesis_path, store_dir, res["hash"])
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -255,3 +255,19 @@ def dev_keys_for(genesis: Path, base: Path, count: int) -> Path:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def test_accuracy_of(genesis: Path, store_dir: Path, model_hash: str) -> float:
+    """Test-set accuracy of a final model as a node stored it (re-verified against its hash on read)."""
+    import torch
+
+    from consensus.genesis import load_genesis
+    from swarmnode.learning.data import load_dataset
+    from swarmnode.learning.evaluate import evaluate
+    from swarmnode.learning.tasks import Task
+    from swarmnode.node.store import ModelStore
+
+    torch.set_num_threads(1)
+    task = Task.from_dict(load_genesis(genesis).task)
+    model = ModelStore(store_dir).get_model(bytes.fromhex(model_hash.removeprefix("0x")))
+    return evaluate(task.model, model.params, load_dataset(task.dataset).test).accuracy
