@@ -18,6 +18,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -63,10 +64,18 @@ class ComputeThreads:
             for t in self._threads:
                 t.start()
 
-    def stop(self) -> None:
-        if self._started:
-            for _ in self._threads:
-                self._jobs.put(_STOP)
+    def stop(self, timeout: float = 120.0) -> bool:
+        """Let each thread finish its current call, then end it. Blocks up to `timeout`: a thread still
+        inside torch when the interpreter exits can abort the process ("terminate called without an
+        active exception"). True if every thread ended."""
+        if not self._started:
+            return True
+        for _ in self._threads:
+            self._jobs.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     def _work(self) -> None:
         self.lowered.append(lower_thread_priority(self.niceness))

@@ -156,7 +156,8 @@ class Daemon:
                     await self._serve(root, task_status)
                     root.cancel_scope.cancel()
         finally:
-            self.compute.stop()
+            if not self.compute.stop():
+                log.warning("event=compute_threads_still_running (exiting anyway)")
             with self.lock:
                 self.chain.close()
             log.info("event=stopped address=0x%s", self.address.hex())

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
+from concurrent.futures import Future
 
 import pytest
 import trio
@@ -24,6 +26,7 @@ async def test_results_errors_and_priority() -> None:
         with pytest.raises(ZeroDivisionError):
             await pool.run(lambda: 1 // 0)
         name, nice = await pool.run(_nice_of_this_thread, limiter=trio.CapacityLimiter(1))
+        assert name in {t.name for t in threading.enumerate()}
         assert name.startswith("swarmnode-compute-")
         if sys.platform.startswith("linux"):
             loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -42,3 +45,19 @@ async def test_niceness_zero_leaves_priority_alone() -> None:
         assert pool.lowered == [False]
     finally:
         pool.stop()
+
+
+async def test_stop_waits_for_the_running_call() -> None:
+    pool = ComputeThreads(workers=1, niceness=0)
+    started, results = threading.Event(), []
+
+    def slow() -> None:
+        started.set()
+        time.sleep(0.3)
+        results.append("done")
+
+    pool.start()
+    pool._jobs.put((slow, (), Future()))
+    assert started.wait(5)
+    assert pool.stop(timeout=10) is True, "the thread must end after its call"
+    assert results == ["done"], "stop() must wait for the call in progress"
