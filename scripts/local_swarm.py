@@ -79,18 +79,19 @@ def main(argv: list[str] | None = None) -> int:
             r = wait_for(next_final, args.round_timeout, f"round {shown + 1} to finalize (see {base}/node0.log)")
             shown += 1
 
-            def scored(want: int = shown) -> dict | None:
+            def newest_score(upto: int = shown) -> tuple[float, int] | None:
+                """node0's newest test score of a round <= upto, with that round."""
                 hist = (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])
-                return next((h for h in hist if h["round"] == want and h["testAccuracy"] is not None), None)
+                done = [h for h in hist if h["testAccuracy"] is not None and h["round"] <= upto]
+                return (done[-1]["testAccuracy"], done[-1]["round"]) if done else None
 
             # node0 scores at low priority and, when behind, only the newest round: wait briefly for this
             # round's score, else show the newest one it has, marked with its round
             try:
-                acc, of = wait_for(scored, 3, f"node0's evaluation of round {shown}")["testAccuracy"], shown
+                acc, of = wait_for(lambda want=shown: (x := newest_score(want)) and x[1] == want and x, 3,
+                                   f"node0's evaluation of round {shown}")
             except SwarmTimeout:
-                hist = (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])
-                done = [h for h in hist if h["testAccuracy"] is not None and h["round"] <= shown]
-                acc, of = (done[-1]["testAccuracy"], done[-1]["round"]) if done else (None, None)
+                acc, of = newest_score() or (None, None)
             test = "-" if acc is None else f"{acc * 100:.1f}%" + ("" if of == shown else f" (r{of})")
             accs = [int(c["localAccuracy"]) / 1e6 for c in r["commits"]]
             mean = f"{sum(accs) / len(accs) * 100:.1f}%" if accs else "-"

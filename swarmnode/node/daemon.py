@@ -484,7 +484,6 @@ class Daemon:
                 # empty_block_interval away. (Doing the same after FetchModel, so that training starts before
                 # the first block is observed, made the system test's first validator's transactions never
                 # be included: see README "Known gaps".)
-                self.busy.discard(action.key)
                 self._start_actions(self.observation)
         except CorruptObject as exc:  # our store is damaged: loud, and the next block refetches by hash
             log.error("event=CORRUPT_MODEL action=%s round=%d error=%r next=refetch_by_hash", type(action).__name__,
@@ -510,14 +509,9 @@ class Daemon:
 
     async def _repair_model(self, h: bytes) -> None:
         try:
-            (blob,) = await self._fetch_blobs([h])
-            got = await trio.to_thread.run_sync(self.models.put_model, decode_model(blob))
-        except (P2PError, StoreError, AggregationError, trio.TooSlowError) as exc:
+            await self._fetch_model(None, h)
+        except (P2PError, StoreError, AggregationError, DaemonError, trio.TooSlowError) as exc:
             log.warning("event=model_repair_failed model=0x%s error=%s: %s", h.hex(), type(exc).__name__, exc)
-            return
-        if got == h:
-            self.counters["models_fetched"] += 1
-            log.info("event=model_repaired model=0x%s source=peers", h.hex())
 
     def _check_blob(self, cid: bytes) -> None:
         try:
@@ -526,9 +520,10 @@ class Daemon:
             log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined", cid.hex(), str(exc))
             self._quarantine_blob(cid)
 
-    async def _fetch_model(self, round_: int, h: bytes) -> None:
-        """G_r by hash: the genesis model is rebuilt locally; any other comes from peers, verified."""
-        if round_ == 0 and h == self.genesis.genesis_model_hash:
+    async def _fetch_model(self, round_: int | None, h: bytes) -> None:
+        """G_r by hash (round None: a stored model being repaired): the genesis model is rebuilt locally;
+        any other comes from peers, verified."""
+        if h == self.genesis.genesis_model_hash:
             model = GlobalModel(initial_params(self.task))
         else:
             (blob,) = await self._fetch_blobs([h])
@@ -537,8 +532,8 @@ class Daemon:
         got = await trio.to_thread.run_sync(self.models.put_model, model)
         if got != h:
             raise DaemonError(f"model for round {round_} hashes to 0x{got.hex()}, expected 0x{h.hex()}")
-        log.info("event=model_obtained round=%d model=0x%s source=%s", round_, h.hex(),
-                 "genesis" if round_ == 0 else "peers")
+        log.info("event=model_obtained round=%s model=0x%s source=%s", round_, h.hex(),
+                 "genesis" if h == self.genesis.genesis_model_hash else "peers")
 
     async def _train(self, action: rounds.Train) -> None:
         if action.round in self._trained:
@@ -548,7 +543,7 @@ class Daemon:
         data = self.clients[action.client_index].train
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
-                                            action.client_index, limiter=self.train_limiter)
+                                     action.client_index, limiter=self.train_limiter)
         cid = await self.p2p.announce_blob(action.round, upd.blob)
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
                  action.round, cid.hex(), len(upd.blob), upd.result.num_samples, upd.result.loss,

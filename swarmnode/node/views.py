@@ -63,11 +63,6 @@ class RoundReader:
         )
 
 
-def observe(chain: ExecutionChain, me: bytes, genesis_model_hash: bytes) -> RoundObservation:
-    """One observation with nothing remembered (RoundReader.observe is the cheaper way to repeat it)."""
-    return RoundReader(me, genesis_model_hash).observe(chain)
-
-
 def final_hash(chain: ExecutionChain, round_: int) -> bytes | None:
     """The finalized global model hash of `round_`, or None while it is not final."""
     try:

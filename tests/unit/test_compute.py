@@ -7,7 +7,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future
 
 import pytest
 import trio
@@ -53,11 +52,10 @@ async def test_stop_waits_for_the_running_call() -> None:
 
     def slow() -> None:
         started.set()
-        time.sleep(0.3)
+        time.sleep(0.3)  # the work in progress when stop() is called (not a synchronization)
         results.append("done")
 
-    pool.start()
-    pool._jobs.put((slow, (), Future()))
+    threading.Thread(target=pool.call, args=(slow,), daemon=True).start()
     assert started.wait(5)
     assert pool.stop(timeout=10) is True, "the thread must end after its call"
     assert results == ["done"], "stop() must wait for the call in progress"
