@@ -133,6 +133,7 @@ async def message_cpu(messages: int) -> tuple[float, float]:
     votes = [encode(VoteMessage(sign_vote(secret, TEST_CHAIN_ID, 1, r, 1, os.urandom(32)))) for r in range(messages)]
     policies = {CONSENSUS: TopicPolicy(MAX_GOSSIP_BYTES, known_sender={address_of(secret)}.__contains__)}
     async with full_mesh(2, policies=policies) as (a, b):
+        await a.host.wait_peers(1)  # a broadcasts only to peers it has verified
         await b.host.wait_peers(1)
         await a.consensus.broadcast(votes[0])  # warm up: opens the stream
         await b.consensus.inbound.receive()

@@ -49,7 +49,8 @@ class DirectConsensusNetwork(Network):
 
     def __init__(self, host: P2PHost, policy: TopicPolicy, *, knows_connected: KnowsConnected | None = None,
                  capacity: int = 4096, peer_queue: int = 1024, batch_bytes: int = 256 * 1024,
-                 max_invalid: int = 32, seen_window: int = 16384, write_timeout: float = 10.0) -> None:
+                 max_invalid: int = 32, seen_window: int = 16384, write_timeout: float = 10.0,
+                 verify_wait: float = 5.0) -> None:
         self.host = host
         self.chain_id = host.config.chain_id
         self.policy = policy
@@ -60,6 +61,8 @@ class DirectConsensusNetwork(Network):
         self._max_invalid = max_invalid
         self._seen_window = seen_window
         self._write_timeout = write_timeout
+        self._verify_wait = verify_wait
+        self._nursery: trio.Nursery | None = None
         self._queues: dict[ID, trio.MemorySendChannel[bytes]] = {}
         self._scopes: dict[ID, trio.CancelScope] = {}
         self._seen: dict[bytes, None] = {}
@@ -78,6 +81,7 @@ class DirectConsensusNetwork(Network):
             return
         self._remember(data)
         self.counters["sent"] += 1
+        self._sync_peers()  # a peer verified a moment ago gets this message too
         for peer_id in list(self._queues):
             self._enqueue(peer_id, data)
         await trio.lowlevel.checkpoint()
@@ -90,19 +94,29 @@ class DirectConsensusNetwork(Network):
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             task_status.started()
-            while True:
-                current = {p.peer_id for p in self.host.peers()}
-                for peer_id in current - self._queues.keys():
-                    send, recv = trio.open_memory_channel[bytes](self._peer_queue)
-                    self._queues[peer_id] = send
-                    self._scopes[peer_id] = trio.CancelScope()
-                    nursery.start_soon(self._writer, peer_id, recv, self._scopes[peer_id])
-                for peer_id in self._queues.keys() - current:
-                    del self._queues[peer_id]
-                    self._scopes.pop(peer_id).cancel()
-                    self._invalid.pop(peer_id, None)
-                await self.host.wait_change()
+            try:
+                while True:
+                    self._sync_peers()
+                    await self.host.wait_change()
+            finally:
+                self._nursery = None
+
+    def _sync_peers(self) -> None:
+        """One queue and writer per verified peer: start the new ones, stop the ones that left."""
+        if self._nursery is None:
+            return
+        current = {p.peer_id for p in self.host.peers()}
+        for peer_id in current - self._queues.keys():
+            send, recv = trio.open_memory_channel[bytes](self._peer_queue)
+            self._queues[peer_id] = send
+            self._scopes[peer_id] = trio.CancelScope()
+            self._nursery.start_soon(self._writer, peer_id, recv, self._scopes[peer_id])
+        for peer_id in self._queues.keys() - current:
+            del self._queues[peer_id]
+            self._scopes.pop(peer_id).cancel()
+            self._invalid.pop(peer_id, None)
 
     def _enqueue(self, peer_id: ID, data: bytes) -> None:
         queue = self._queues.get(peer_id)
@@ -154,6 +168,11 @@ class DirectConsensusNetwork(Network):
 
     async def _on_stream(self, stream: INetStream) -> None:
         peer_id = stream.muxed_conn.peer_id
+        # The handshake finishes on the two ends at slightly different times: a peer that has verified us
+        # may open its stream before we have verified it. Its frames wait for our side of the handshake
+        # (they used to be reset, and the first votes after a connection were lost).
+        with trio.move_on_after(self._verify_wait):
+            await self.host.wait_peer(peer_id)
         if self.host.peer(peer_id) is None:
             self.counters["unverified_stream"] += 1
             await wire.reset_quietly(stream, "consensus")
