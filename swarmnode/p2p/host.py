@@ -28,6 +28,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.votes import Address
+from swarmnode.p2p import yamux_credit
 from swarmnode.p2p.config import P2PConfig
 from swarmnode.p2p.errors import ConfigError, HandshakeError, IdentityError, P2PError
 from swarmnode.p2p.handshake import HANDSHAKE_PROTOCOL, Hello, exchange
@@ -35,12 +36,12 @@ from swarmnode.p2p.identity import address_of_peer, key_pair_of
 
 log = logging.getLogger(__name__)
 
-# py-libp2p's yamux sends a WINDOW_UPDATE frame after every read by default ("release on read"), which
-# for small consensus frames doubles the frames on the wire. Off, credit is returned in batches, once an
-# eighth of the window is consumed (go-yamux waits for half; an eighth keeps 8 MB blob fetches as fast as
-# release-on-read): the same flow control, 25-45% fewer frames. py-libp2p reads both at call time.
-os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+# py-libp2p's yamux returns flow-control credit after (nearly) every read, which for small consensus
+# frames doubles the frames on the wire. yamux_credit returns it in batches instead, once an eighth of
+# the window is consumed (go-yamux waits for half; an eighth keeps 8 MB blob fetches as fast).
+# py-libp2p reads the divisor at call time.
 os.environ.setdefault("PY_YAMUX_BATCH_THRESHOLD_DIV", "8")
+yamux_credit.install()
 
 # meshsub 1.1: 1.2+ adds an IDONTWANT control message per received message, pure overhead here
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]

@@ -122,3 +122,45 @@ async def test_invalid_consensus_frames_never_reach_the_driver_and_a_spammer_is_
         await attacker.consensus.broadcast(vote_of(1, height=2))
         with trio.fail_after(10):
             assert await victim.consensus.inbound.receive() == vote_of(1, height=2)
+
+
+async def test_the_first_vote_after_a_connection_is_not_lost() -> None:
+    """The two ends finish the handshake at slightly different times. A vote sent the moment the sender
+    has verified its peer must still arrive: the receiver holds the new stream until it has verified the
+    sender too, and the sender's queue for a just-verified peer exists before the vote is queued."""
+    for attempt in range(3):
+        async with full_mesh(2, policies=policies_for(0)) as (a, b):
+            with trio.fail_after(JOIN_TIMEOUT):
+                await a.host.wait_peers(1)
+            await a.consensus.broadcast(vote_of(0, height=1 + attempt))
+            with trio.fail_after(5):
+                assert await b.consensus.inbound.receive() == vote_of(0, height=1 + attempt)
+            assert b.consensus.counters["unverified_stream"] == 0
+
+
+async def test_small_frames_do_not_each_cost_a_window_update(monkeypatch) -> None:  # noqa: ANN001
+    """yamux credit goes back in batches (swarmnode.p2p.yamux_credit), not one WINDOW_UPDATE per read."""
+    from libp2p.stream_muxer.yamux.yamux import YamuxStream
+
+    updates = []
+    original = YamuxStream.send_window_update
+
+    async def counting(self, increment: int, skip_lock: bool = False) -> None:  # noqa: ANN001
+        updates.append(increment)
+        await original(self, increment, skip_lock)
+
+    monkeypatch.setattr(YamuxStream, "send_window_update", counting)
+    votes = [vote_of(0, height=h) for h in range(1, 41)]
+    async with full_mesh(2, policies=policies_for(0)) as (a, b):
+        with trio.fail_after(JOIN_TIMEOUT):
+            await a.host.wait_peers(1)
+            await b.host.wait_peers(1)
+        await a.consensus.broadcast(votes[0])
+        with trio.fail_after(5):
+            await b.consensus.inbound.receive()
+        before = len(updates)
+        for vote in votes[1:]:  # one at a time: every vote is its own frame and its own read
+            await a.consensus.broadcast(vote)
+            with trio.fail_after(5):
+                assert await b.consensus.inbound.receive() == vote
+        assert len(updates) - before <= 2, updates[before:]
