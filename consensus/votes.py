@@ -16,7 +16,6 @@ from typing import NewType
 
 import coincurve
 from eth_keys import keys
-from eth_keys.exceptions import BadSignature, ValidationError
 from eth_utils import keccak
 
 from consensus.errors import InvalidSignature
@@ -82,11 +81,11 @@ def recover_address(digest: bytes, signature: bytes) -> Address:
     v = signature[64]
     if v not in (27, 28):
         raise InvalidSignature(f"signature v must be 27 or 28, got {v}")
-    try:
-        sig = keys.Signature(vrs=(v - 27, int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:64], "big")))
-        return Address(sig.recover_public_key_from_msg_hash(digest).to_canonical_address())
-    except (BadSignature, ValidationError, ValueError) as exc:
+    try:  # libsecp256k1 directly, as eth_keys' coincurve backend does, without its per-call validation layers
+        public = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes([v - 27]), digest, hasher=None)
+    except (ValueError, TypeError) as exc:  # r or s out of range, no point recovers, digest not 32 bytes
         raise InvalidSignature(f"cannot recover signer: {exc}") from exc
+    return Address(keccak(public.format(compressed=False)[1:])[-20:])
 
 
 def sign_vote(private_key: bytes, chain_id: int, height: int, round_: int, step: int, block_hash: bytes) -> SignedVote:

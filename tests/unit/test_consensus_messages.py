@@ -114,3 +114,25 @@ def test_vote_digest_rejects_out_of_range_fields():
         vote_digest(-1, 1, 0, 1, b"\x00" * 32)
     with pytest.raises(ValueError, match="uint256"):
         vote_digest(2**256, 1, 0, 1, b"\x00" * 32)
+
+
+def test_recover_address_equals_eth_keys_and_rejects_bad_signatures():
+    """recover_address calls libsecp256k1 directly; it must agree with eth_keys, and anything it cannot
+    recover is an InvalidSignature (never a bare ValueError from the library)."""
+    from eth_keys import keys
+
+    from consensus.votes import recover_address, sign_digest
+
+    n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+    for i in range(4):
+        digest = bytes([i + 1]) * 32
+        sig = sign_digest(validator_key(i), digest)
+        ref = keys.Signature(vrs=(sig[64] - 27, int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:64], "big")))
+        assert recover_address.__wrapped__(digest, sig) == ref.recover_public_key_from_msg_hash(digest).to_canonical_address()
+        assert recover_address.__wrapped__(digest, sig) == address_of(validator_key(i))
+    for bad in (b"\x00" * 64 + b"\x1b", n.to_bytes(32, "big") + b"\x01" * 32 + b"\x1b", b"\x01" * 64 + b"\x1d",
+                b"\x01" * 64):
+        with pytest.raises(InvalidSignature):
+            recover_address.__wrapped__(H, bad)
+    with pytest.raises(InvalidSignature):
+        recover_address.__wrapped__(b"short", sign_digest(KEY, H))
