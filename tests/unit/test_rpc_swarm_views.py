@@ -49,3 +49,34 @@ def test_views_follow_the_head(tmp_path: Path) -> None:
         assert len(calls) == n + 2
     finally:
         chain.close()
+
+
+def test_calls_share_one_state_per_head_and_leave_it_untouched(tmp_path: Path) -> None:
+    """ChainReader.call keeps one costless state per head: a call that writes (register, run as
+    eth_call) must not be visible to the next call, and a new head gets a fresh state."""
+    from consensus.chain_reads import CallRequest
+    from consensus.genesis_block import ROUNDS_ADDRESS
+
+    genesis = dev_genesis(1, 2, chain_id=4546)
+    chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
+    try:
+        views = SwarmViews(chain)
+        who = address_of(dev_key(1))
+        head = chain.head
+        chain.reader.call(CallRequest(to=ROUNDS_ADDRESS, data=txs.register_data(PEER_ID), sender=who), head)
+        state = chain.reader._call_state(head)
+        assert views._call_view(head, "SwarmRounds", "participantCount") == 0, "a call's writes leaked"
+        assert views._call_view(head, "SwarmRounds", "isRegistered", who) is False
+        assert chain.reader._call_state(head) is state, "same head: the state is reused"
+
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        raw = txs.sign_call(dev_key(1), genesis.chain_id, 0, txs.register_data(PEER_ID), chain.next_base_fee())
+        pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+        block = ChainApplication(chain, address_of(dev_key(0)), pool=pool).propose_block(1, 0, genesis.genesis_time + 5)
+        chain.commit(chain.block_hash(block))
+        assert chain.reader._call_state(chain.head) is not state
+        assert views._call_view(chain.head, "SwarmRounds", "participantCount") == 1
+        # the old head still answers from its own state
+        assert views._call_view(head, "SwarmRounds", "participantCount") == 0
+    finally:
+        chain.close()
