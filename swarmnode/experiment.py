@@ -86,11 +86,13 @@ def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, ro
     return LocalUpdate(result, blob, content_id(blob))
 
 
-def contribution_from_blob(blob: bytes, num_samples: int, params: Mapping[str, torch.Tensor], max_norm: float) -> Contribution:
-    """Decode and validate an update blob received from anywhere; raises UpdateRejected or MalformedBlob."""
+def contribution_from_blob(blob: bytes, num_samples: int, params: Mapping[str, torch.Tensor], max_norm: float,
+                           update_id: bytes | None = None) -> Contribution:
+    """Decode and validate an update blob received from anywhere; raises UpdateRejected or MalformedBlob.
+    `update_id`: the blob's content id when the caller has already verified the bytes against it."""
     update = decode_update(blob)
     validate_update(update, params, Fraction(str(max_norm)))
-    return Contribution(content_id(blob), num_samples, update)
+    return Contribution(update_id if update_id is not None else content_id(blob), num_samples, update)
 
 
 class Swarm:

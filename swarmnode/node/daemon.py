@@ -26,7 +26,7 @@ from consensus.rpc import RpcServer
 from consensus.service import ChainService, make_pool, submit_raw
 from consensus.signing_record import SigningRecord
 from consensus.txpool import TxRejected
-from swarmnode.aggregation.codec import GlobalModel, decode_model, encode_model, model_hash
+from swarmnode.aggregation.codec import GlobalModel, content_id, decode_model, encode_model, model_hash
 from swarmnode.aggregation.errors import AggregationError
 from swarmnode.aggregation.rules import RuleSpec, aggregate
 from swarmnode.experiment import ClientData, build_clients, contribution_from_blob, local_update
@@ -544,7 +544,7 @@ class Daemon:
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, limiter=self.train_limiter)
-        cid = await self.p2p.announce_blob(action.round, upd.blob)
+        cid = await self.p2p.announce_blob(action.round, upd.blob, upd.update_id)
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
                  action.round, cid.hex(), len(upd.blob), upd.result.num_samples, upd.result.loss,
                  upd.result.accuracy, time.monotonic() - t0)
@@ -557,20 +557,22 @@ class Daemon:
         base = await self._load_model(action.base_hash)
         blobs = await self._fetch_blobs([c.update_hash for c in action.commits])
 
-        def compute() -> tuple[GlobalModel, Any, list[str]]:
+        def compute() -> tuple[GlobalModel, list[str], bytes, bytes]:
             contribs, excluded = [], []
             for c, blob in zip(action.commits, blobs, strict=True):
                 try:
-                    contribs.append(contribution_from_blob(blob, c.num_samples, base.params, self.task.max_update_norm))
+                    # each blob was verified against c.update_hash on arrival or on its read from the store
+                    contribs.append(contribution_from_blob(blob, c.num_samples, base.params, self.task.max_update_norm,
+                                                           update_id=c.update_hash))
                 except AggregationError as exc:
                     excluded.append(f"0x{c.update_hash.hex()[:12]}:{exc}")
-            new, result = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), base, contribs)
-            return new, result, excluded
+            new, _result = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), base, contribs)
+            encoded = encode_model(new)  # encoded and hashed once: the model and blob stores share them
+            return new, excluded, encoded, content_id(encoded)
 
-        new, _result, excluded = await self.compute.run(compute, limiter=self.train_limiter)
-        h = await trio.to_thread.run_sync(self.models.put_model, new)
-        encoded = encode_model(new)
-        await trio.to_thread.run_sync(self.blobs.put, encoded)
+        new, excluded, encoded, h = await self.compute.run(compute, limiter=self.train_limiter)
+        await trio.to_thread.run_sync(self.models.put_model, new, h)
+        await trio.to_thread.run_sync(self.blobs.put_verified, h, encoded)
         self.aggregates[action.round] = h
         await self.p2p.gossip.publish(UPDATES, Announcement(action.round + 1, h, len(encoded)))
         rec = self.history.setdefault(action.round, RoundRecord(action.round, time.monotonic()))

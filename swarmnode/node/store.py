@@ -2,8 +2,9 @@
 
 Models are kept as safetensors, never pickled: parameters as float32 tensors, aggregation-rule state as
 int64 tensors under a `~server/` prefix with their fixed-point exponents in the file's metadata. The file
-name is the model's id (keccak256 of its canonical bytes); every read re-derives the id and refuses a
-file whose content does not match, so a corrupted store is detected and the model fetched again.
+name is the model's id (keccak256 of its canonical bytes); a read re-derives the id and refuses a file
+whose content does not match, so a corrupted store is detected and the model fetched again. A file is
+not re-hashed while it is unchanged since it last verified (same inode, size and mtime: VerifiedStamps).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from swarmnode.aggregation.codec import SERVER_PREFIX, GlobalModel, QTensor, content_id, encode_model
+from swarmnode.p2p.blobstore import VerifiedStamps, read_with_stat
 
 
 class StoreError(Exception):
@@ -72,18 +74,21 @@ def _metadata(raw: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes) -> os.stat_result:
+    """Write, fsync, rename into place; returns the stat of the file written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+        st = os.fstat(f.fileno())
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    return st
 
 
 class ModelStore:
@@ -96,12 +101,16 @@ class ModelStore:
         self.quarantine = self.root / "corrupt"
         for d in (self.models, self.updates):
             d.mkdir(parents=True, exist_ok=True)
+        self._verified = VerifiedStamps()
 
-    def put_model(self, model: GlobalModel) -> bytes:
-        model_id = content_id(encode_model(model))
+    def put_model(self, model: GlobalModel, model_id: bytes | None = None) -> bytes:
+        """Store `model`; returns its id. A caller that has just encoded the model may pass the id
+        (content_id(encode_model(model))) instead of having it computed again."""
+        if model_id is None:
+            model_id = content_id(encode_model(model))
         path = self.models / f"{model_id.hex()}.safetensors"
         if not path.exists():
-            _atomic_write(path, model_to_safetensors(model))
+            self._verified.record(path.name, _atomic_write(path, model_to_safetensors(model)))
         return model_id
 
     def has_model(self, model_id: bytes) -> bool:
@@ -113,7 +122,13 @@ class ModelStore:
         if not path.exists():
             raise NotInStore(f"model {model_id.hex()} is not in {self.models}")
         try:
-            model = model_from_safetensors(path.read_bytes())
+            raw, st = read_with_stat(path)
+        except FileNotFoundError:
+            raise NotInStore(f"model {model_id.hex()} is not in {self.models}") from None
+        try:
+            model = model_from_safetensors(raw)
+            if self._verified.known_good(path.name, st):
+                return model
             actual = content_id(encode_model(model))
         except CorruptObject as exc:
             self._quarantine(path)
@@ -121,6 +136,7 @@ class ModelStore:
         if actual != model_id:
             self._quarantine(path)
             raise CorruptObject(f"model file {path.name} hashes to {actual.hex()}, not its name")
+        self._verified.record(path.name, st)
         return model
 
     def put_blob(self, blob: bytes) -> bytes:
@@ -141,5 +157,6 @@ class ModelStore:
         return blob
 
     def _quarantine(self, path: Path) -> None:
+        self._verified.forget(path.name)
         self.quarantine.mkdir(exist_ok=True)
         os.replace(path, self.quarantine / path.name)

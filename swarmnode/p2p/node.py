@@ -79,9 +79,13 @@ class P2PNode:
             "peer_exchange": self.peer_exchange.statistics(),
         }
 
-    async def announce_blob(self, round_: int, blob: bytes) -> bytes:
-        """Store `blob`, serve it, and announce it on the updates topic; returns its content id."""
-        cid = await trio.to_thread.run_sync(self.blobs.store.put, blob)
+    async def announce_blob(self, round_: int, blob: bytes, cid: bytes | None = None) -> bytes:
+        """Store `blob`, serve it, and announce it on the updates topic; returns its content id (pass
+        `cid` when it is already computed: it must be content_id(blob))."""
+        if cid is None:
+            cid = await trio.to_thread.run_sync(self.blobs.store.put, blob)
+        else:
+            await trio.to_thread.run_sync(self.blobs.store.put_verified, cid, blob)
         await self.gossip.publish(UPDATES, Announcement(round_, cid, len(blob)))
         return cid
 

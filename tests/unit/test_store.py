@@ -51,3 +51,64 @@ def test_missing_and_corrupt_blobs(tmp_path):
     (tmp_path / "updates" / f"{bid.hex()}.bin").write_bytes(b"hello updatE")
     with pytest.raises(CorruptObject):
         store.get_blob(bid)
+
+
+def _age(path, seconds=10.0):
+    import os
+    import time
+    old = time.time() - seconds
+    os.utime(path, (old, old))
+
+
+def test_an_unchanged_verified_file_is_not_hashed_again_and_a_rewrite_is(tmp_path, monkeypatch):
+    import swarmnode.node.store as store_mod
+
+    store = ModelStore(tmp_path)
+    mid = store.put_model(_model())
+    path = tmp_path / "models" / f"{mid.hex()}.safetensors"
+    _age(path)
+    hashes = []
+    real = store_mod.content_id
+    monkeypatch.setattr(store_mod, "content_id", lambda b: hashes.append(1) or real(b))
+    store.get_model(mid)
+    store.get_model(mid)
+    assert len(hashes) == 1  # verified once; the second read trusts the unchanged file
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x40  # damaged in place: same inode, same size, new mtime
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptObject, match="hashes to"):
+        store.get_model(mid)
+
+
+def test_a_file_rewritten_right_after_it_was_stored_is_still_caught(tmp_path):
+    # the rewrite may land in the same timestamp tick as the write: a fresh file is never trusted
+    store = ModelStore(tmp_path)
+    for _ in range(5):
+        mid = store.put_model(_model())
+        path = tmp_path / "models" / f"{mid.hex()}.safetensors"
+        store.get_model(mid)
+        raw = bytearray(path.read_bytes())
+        raw[-1] ^= 0x40
+        path.write_bytes(bytes(raw))
+        with pytest.raises(CorruptObject):
+            store.get_model(mid)
+
+
+def test_blob_store_trusts_only_unchanged_files(tmp_path, monkeypatch):
+    import swarmnode.p2p.blobstore as blobstore
+    from swarmnode.p2p.errors import BlobCorrupted
+
+    store = blobstore.DirectoryBlobStore(tmp_path)
+    blob = b"an update" * 1000
+    cid = store.put(blob)
+    path = tmp_path / cid.hex()[:2] / cid.hex()
+    assert store.get(cid) == blob  # fresh: verified
+    _age(path)
+    hashes = []
+    real = blobstore.content_id
+    monkeypatch.setattr(blobstore, "content_id", lambda b: hashes.append(1) or real(b))
+    assert store.get(cid) == blob and store.get(cid) == blob and store.get(cid) == blob
+    assert len(hashes) == 1
+    path.write_bytes(blob[:-1] + b"X")
+    with pytest.raises(BlobCorrupted):
+        store.get(cid)
