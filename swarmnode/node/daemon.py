@@ -42,7 +42,6 @@ from swarmnode.p2p import (
     CONSENSUS,
     TX,
     UPDATES,
-    Announcement,
     DirectoryBlobStore,
     P2PConfig,
     P2PError,
@@ -574,7 +573,9 @@ class Daemon:
         await trio.to_thread.run_sync(self.models.put_model, new, h)
         await trio.to_thread.run_sync(self.blobs.put_verified, h, encoded)
         self.aggregates[action.round] = h
-        await self.p2p.gossip.publish(UPDATES, Announcement(action.round + 1, h, len(encoded)))
+        # Not announced: every honest node computes and serves the same model, and a node that needs it
+        # (mismatch, late join, repair) asks every peer (_providers). Ten identical announcements per
+        # round cost each node ~10 gossip copies apiece for nothing (DESIGN: models by hash from any peer).
         rec = self.history.setdefault(action.round, RoundRecord(action.round, time.monotonic()))
         rec.local_hash = h
         log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s", action.round,
