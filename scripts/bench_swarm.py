@@ -69,9 +69,10 @@ def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     sim = Swarm(task, load_dataset(task.dataset))
     out = []
     for _ in range(rounds):
+        cpu0 = time.process_time()
         rep = sim.run_round()
         out.append({"round": rep.round, "hash": "0x" + rep.model_hash.hex(), "test_accuracy": rep.global_test.accuracy,
-                    "seconds": rep.seconds})
+                    "seconds": rep.seconds, "cpu_seconds": time.process_time() - cpu0})
         print(f"  simulation round {rep.round}: test acc {rep.global_test.accuracy * 100:.1f}%  {rep.seconds:.1f} s",
               flush=True)
     return out
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     busy = sum(real["cpu_seconds"]) / (real["elapsed"] * (os.cpu_count() or 1))
     print(f"CPU seconds per daemon over the timed rounds: {', '.join(f'{x:.1f}' for x in real['cpu_seconds'])} "
           f"(machine {100 * busy:.0f}% busy)")
+    sim_cpu = sum(s["cpu_seconds"] for s in sim) / len(sim)
+    print(f"CPU seconds per round: swarm {sum(real['cpu_seconds']) / args.rounds:.1f} (all daemons), "
+          f"simulation {sim_cpu:.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
