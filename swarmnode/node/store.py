@@ -74,21 +74,18 @@ def _metadata(raw: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}))
 
 
-def _atomic_write(path: Path, data: bytes) -> os.stat_result:
-    """Write, fsync, rename into place; returns the stat of the file written."""
+def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-        st = os.fstat(f.fileno())
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return st
 
 
 class ModelStore:
@@ -110,7 +107,7 @@ class ModelStore:
             model_id = content_id(encode_model(model))
         path = self.models / f"{model_id.hex()}.safetensors"
         if not path.exists():
-            self._verified.record(path.name, _atomic_write(path, model_to_safetensors(model)))
+            _atomic_write(path, model_to_safetensors(model))  # verified (and stamped) on a later read
         return model_id
 
     def has_model(self, model_id: bytes) -> bool:
@@ -119,8 +116,6 @@ class ModelStore:
     def get_model(self, model_id: bytes) -> GlobalModel:
         """Load and verify; a file whose content does not hash to `model_id` is quarantined."""
         path = self.models / f"{model_id.hex()}.safetensors"
-        if not path.exists():
-            raise NotInStore(f"model {model_id.hex()} is not in {self.models}")
         try:
             raw, st = read_with_stat(path)
         except FileNotFoundError:
