@@ -12,6 +12,7 @@ from consensus.messages import encode as encode_consensus
 from consensus.votes import STEP_PREVOTE, address_of, sign_vote
 from swarmnode.p2p import wire
 from swarmnode.p2p.direct import CONSENSUS_PROTOCOL
+from swarmnode.p2p.identity import address_of_peer
 from swarmnode.p2p.testing import TEST_CHAIN_ID, full_mesh, node_secret, star
 from swarmnode.p2p.topics import CONSENSUS, TopicPolicy
 
@@ -43,10 +44,15 @@ async def test_peer_exchange_turns_a_star_into_a_full_mesh() -> None:
                 await node.host.wait_peers(4)
         for node in nodes:
             assert {p.peer_id for p in node.peers()} == {n.peer_id for n in nodes if n is not node}
-        # spokes only know the hub (no mDNS): every spoke-to-spoke link above came from a peer listing.
-        # (Counting dials is not exact: when two spokes dial each other at once one dial may be refused.)
+        # Spokes are configured with the hub only (no mDNS); the hub's listing is what names the other spokes.
+        # Who performs each spoke-to-spoke dial is a race: our peer exchange, or py-libp2p's own auto
+        # connector once the peer is in its peer store (it was counted as "dialed", which failed ~1 run in 6
+        # with the mesh complete). So check the listings themselves.
+        hub = nodes[0]
         assert all(n.peer_exchange.counters["exchanges"] >= 1 for n in nodes)
-        assert sum(n.peer_exchange.counters["dialed"] for n in nodes[1:]) >= 1
+        for node in nodes[1:]:
+            others = {address_of_peer(n.peer_id) for n in nodes[1:] if n is not node}
+            assert others <= node.peer_exchange.neighbours[hub.peer_id], "the hub's listing must name every other spoke"
 
 
 async def test_votes_reach_everyone_directly_and_are_not_relayed_in_a_full_mesh() -> None:
