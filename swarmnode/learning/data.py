@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +98,17 @@ def _install_into_cache(name: str, files: dict[str, Path], cache: Path) -> Path:
         dst = raw / stem
         if dst.is_file() and dst.stat().st_mtime >= src.stat().st_mtime:
             continue
-        tmp = dst.with_suffix(".tmp")
+        # A temporary name of its own: several daemons on one machine may install the same files at once,
+        # and each rename then atomically puts a complete copy in place.
+        fd, tmp_name = tempfile.mkstemp(dir=raw, prefix=f".{stem}.", suffix=".tmp")
+        tmp = Path(tmp_name)
         opener = gzip.open if src.suffix == ".gz" else open
-        with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        tmp.replace(dst)
+        try:
+            with opener(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+            tmp.replace(dst)
+        finally:
+            tmp.unlink(missing_ok=True)
     return cache
 
 

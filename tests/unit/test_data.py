@@ -69,3 +69,39 @@ def test_missing_dataset_names_every_place_searched(isolated, monkeypatch):
 def test_unknown_dataset_name():
     with pytest.raises(UnknownName, match="cifar"):
         load_dataset("cifar", allow_download=False)
+
+
+def test_daemons_installing_the_same_dataset_at_once_do_not_collide(isolated, monkeypatch):
+    """Ten daemons started together on a fresh machine all copy the IDX files into the shared cache: each
+    copy goes through a temporary file of its own (a shared one is renamed away under the others)."""
+    import threading
+
+    _write_idx(isolated / "mine")
+    workers = 3
+    both_copying = threading.Barrier(workers, timeout=10)
+    real_copy = data.shutil.copyfileobj
+
+    def copy_in_step(fin, fout, *args):
+        real_copy(fin, fout, *args)
+        both_copying.wait()  # every installer has written its copy before any renames it into place
+
+    monkeypatch.setattr(data.shutil, "copyfileobj", copy_in_step)
+    errors: list[BaseException] = []
+
+    def install():
+        try:
+            data._install_into_cache("fashion-mnist", data._raw_files_in(isolated / "mine"), isolated / "cache")
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+            both_copying.abort()
+
+    threads = [threading.Thread(target=install) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    raw = isolated / "cache" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(data._IDX_FILES)  # no temporary file left behind
+    ds = load_dataset("fashion-mnist", isolated / "mine", cache_dir=isolated / "cache", allow_download=False)
+    assert len(ds.train) == 20
