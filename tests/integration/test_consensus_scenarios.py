@@ -48,6 +48,24 @@ async def test_n4f0_liveness_same_blocks_everywhere(autojump_clock):
     assert all(CONFIG.block_interval <= g < CONFIG.block_interval + 1.0 for g in gaps), gaps
 
 
+
+async def test_block_interval_is_the_block_time_whatever_consensus_takes(autojump_clock):
+    """With 0.1-0.2 s per message a height takes ~0.5 s from start to commit; the next one still starts
+    block_interval after this one started, so blocks come block_interval apart, not interval + latency."""
+    net = MemNetwork(4, min_delay=0.1, max_delay=0.2, seed=5)
+    cluster = Cluster(4, CONFIG, net=net)
+    async with cluster.run():
+        with trio.fail_after(120):
+            await cluster.wait_height(12)
+    assert_safe(cluster)
+    node = next(i for i in range(4) if cluster.driver(i).counters["synced_blocks"] == 0)
+    timeline = cluster.driver(node).timeline
+    took = [timeline[h]["commit"] - timeline[h]["start"] for h in range(3, 12)]
+    assert min(took) > 0.2, took  # consensus really took a while
+    starts = [timeline[h]["start"] for h in range(3, 12)]
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert all(CONFIG.block_interval <= g < CONFIG.block_interval + 0.1 for g in gaps), gaps
+
 async def test_n7f2_silent_with_delay_and_loss(autojump_clock):
     net = MemNetwork(7, min_delay=0.005, max_delay=0.05, loss=0.05, seed=2)
     cluster = Cluster(7, CONFIG, net=net)
