@@ -28,7 +28,7 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.votes import Address
-from swarmnode.p2p import yamux_credit
+from swarmnode.p2p import pubsub_records, yamux_credit
 from swarmnode.p2p.config import P2PConfig
 from swarmnode.p2p.errors import ConfigError, HandshakeError, IdentityError, P2PError
 from swarmnode.p2p.handshake import HANDSHAKE_PROTOCOL, Hello, exchange
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 # py-libp2p reads the divisor at call time.
 os.environ.setdefault("PY_YAMUX_BATCH_THRESHOLD_DIV", "8")
 yamux_credit.install()
+# pubsub checks each peer's signed record once per record, not on every RPC (pubsub_records.py)
+pubsub_records.install()
 
 # meshsub 1.1: 1.2+ adds an IDONTWANT control message per received message, pure overhead here
 GOSSIPSUB_PROTOCOLS = [TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")]

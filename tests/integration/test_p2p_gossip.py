@@ -200,3 +200,53 @@ async def test_bootstrap_peer_is_redialed_after_a_disconnect() -> None:
             await spoke.host.wait_until(redialed)
             await hub.host.wait_peer(spoke.peer_id)
         assert old not in network.get_connections(hub.peer_id)
+
+
+async def test_signed_peer_records_are_checked_once_per_peer_not_on_every_rpc() -> None:
+    """py-libp2p attaches the sender's signed record to every pubsub RPC; pubsub_records checks a record
+    once and accepts the identical bytes from the same peer afterwards."""
+    from swarmnode.p2p import pubsub_records
+
+    async with star(3) as nodes:
+        with trio.fail_after(JOIN_TIMEOUT):
+            await nodes[0].host.wait_peers(2)
+            await wait_meshed(nodes, TX)
+        before = dict(pubsub_records.stats)
+        for i in range(10):
+            await nodes[1].gossip.publish(TX, f"tx {i}".encode())
+        with trio.fail_after(10):
+            got = sorted(m.body for m in await collect(nodes[2], TX, 10))
+        assert got == sorted(f"tx {i}".encode() for i in range(10))
+        checked = pubsub_records.stats["records_checked"] - before["records_checked"]
+        reused = pubsub_records.stats["records_reused"] - before["records_reused"]
+        built = pubsub_records.stats["envelopes_built"] - before["envelopes_built"]
+        # 10 messages, each forwarded hub -> spoke: at least 20 RPCs carried a record
+        assert reused >= 15 and checked <= 2, (checked, reused)
+        assert built <= 3, built
+
+
+def test_a_changed_or_forged_signed_record_is_always_checked() -> None:
+    from libp2p import new_host
+    from libp2p.crypto.secp256k1 import create_new_key_pair
+    from libp2p.peer.peerstore import issue_and_cache_local_record
+
+    from swarmnode.p2p import pubsub_records
+
+    sender, receiver, other = (new_host(key_pair=create_new_key_pair(bytes([i]) * 32)) for i in (1, 2, 3))
+    record = issue_and_cache_local_record(sender)
+
+    def consume(blob: bytes, claimed=None) -> bool:  # noqa: ANN001
+        rpc = rpc_pb2.RPC()
+        rpc.senderRecord = blob
+        return pubsub_records.consume_signed_record(rpc, receiver, claimed or sender.get_id())
+
+    checked = pubsub_records.stats["records_checked"]
+    assert consume(record) and consume(record)
+    assert pubsub_records.stats["records_checked"] == checked + 1, "identical bytes from the same peer: one check"
+    forged = bytearray(record)
+    forged[-5] ^= 0xFF  # inside the signature
+    assert not consume(bytes(forged)), "a forged record must be rejected"
+    assert not consume(record, claimed=other.get_id()), "another peer's record must be rejected"
+    checked = pubsub_records.stats["records_checked"]
+    assert consume(record), "after a failure the good record is checked again, then cached"
+    assert pubsub_records.stats["records_checked"] == checked + 1
