@@ -22,7 +22,7 @@ class RoundObservation:
     base_hash: bytes  # G_r: the final hash of round r-1 (the genesis model hash for round 0)
     window_open: bool  # commits still accepted in the next block
     commits: tuple[CommitInfo, ...]
-    participant_count: int
+    participant_count: int  # participants registered when the round opened
     participant_index: int | None  # our position in the registry (None: not registered)
     committed: bool  # we committed to this round
     attested: bool  # we attested this round
