@@ -79,13 +79,36 @@ class LockedChainService(ChainService):
 
         return await trio.to_thread.run_sync(locked, limiter=self.limiter)
 
+    async def run_quick(self, fn: Callable[..., T], *args: Any) -> T:
+        """`run` for calls of well under a millisecond (the head's height, decoding a transaction): on the
+        event loop when the lock is free, in a worker thread only when another thread holds it. A trip to a
+        worker thread and back costs more than such calls, and far more on a loaded machine."""
+        if self.lock.acquire(blocking=False):
+            try:
+                return fn(*args)
+            finally:
+                self.lock.release()
+        return await self.run(fn, *args)
+
 
 class SharedLockApplication(SerializedApplication):
-    """SerializedApplication around a lock we also hand to the RPC service (one lock for the chain)."""
+    """SerializedApplication around a lock we also hand to the RPC service (one lock for the chain).
 
-    def __init__(self, inner: ChainApplication, lock: threading.RLock) -> None:
+    `awaiting()` says whether transactions have arrived that wait only for their data (a commit is
+    admitted to the pool once its update is held). They count as pending: on an idle chain a proposer
+    that has not finished fetching the update would otherwise wait out the empty-block interval while the
+    validators that had it started the height, and the height would go on only at their propose timeout
+    (seen: a 2.7 s proposal in a 10-node swarm). A peer can make us expect work this way only for as long
+    as its fetch may take (BLOB_FETCH_TIMEOUT), and the cost is empty blocks at block_interval."""
+
+    def __init__(self, inner: ChainApplication, lock: threading.RLock,
+                 awaiting: Callable[[], bool] = lambda: False) -> None:
         super().__init__(inner)
         self._lock = lock
+        self._awaiting = awaiting
+
+    def has_pending_transactions(self) -> bool:
+        return self.inner.has_pending_transactions() or self._awaiting()
 
 
 @dataclass
@@ -122,9 +145,14 @@ class Daemon:
         self._score_wanted = -1  # the newest round whose model is waiting to be scored
         # training, aggregation and scoring run below the priority of consensus, libp2p and the chain
         self.compute = ComputeThreads(workers=2, niceness=cfg.compute_niceness)
+        # scoring is for people (the progress line), never on the round's critical path: one thread at the
+        # lowest priority, so that it takes only what training and aggregation leave (it ran next to the
+        # aggregation of slower nodes, delaying their attestations and with them the round's final block)
+        self.scoring = ComputeThreads(workers=1, niceness=19 if cfg.compute_niceness else 0)
         self.models = ModelStore(cfg.store_dir)
         self.blobs = DirectoryBlobStore(cfg.blob_dir)
         self.height = 0
+        self._awaiting_data = 0  # gossiped commits whose update is still being fetched
         self.busy: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
         self.aggregates: dict[int, bytes] = {}
@@ -155,7 +183,8 @@ class Daemon:
                     await self._serve(root, task_status)
                     root.cancel_scope.cancel()
         finally:
-            if not self.compute.stop():
+            stopped = [pool.stop() for pool in (self.compute, self.scoring)]
+            if not all(stopped):
                 log.warning("event=compute_threads_still_running (exiting anyway)")
             with self.lock:
                 self.chain.close()
@@ -169,7 +198,7 @@ class Daemon:
     async def _serve(self, root: trio.Nursery, task_status: trio.TaskStatus[None]) -> None:
         pool = make_pool(self.chain)
         self.app = ChainApplication(self.chain, self.address, pool=pool, availability=self._availability)
-        self.sapp = SharedLockApplication(self.app, self.lock)
+        self.sapp = SharedLockApplication(self.app, self.lock, awaiting=lambda: self._awaiting_data > 0)
         self.service = LockedChainService(self.chain, self.lock, pool=pool, on_transaction=self._gossip_tx)
         self.pool = pool
         self.height = await self.service.run(lambda: self.chain.height)
@@ -264,7 +293,7 @@ class Daemon:
         async with trio.open_nursery() as nursery:
             async for msg in self.p2p.gossip.channel(TX):
                 try:
-                    tx = await self.service.run(self.chain.decode_transaction, msg.body)
+                    tx = await self.service.run_quick(self.chain.decode_transaction, msg.body)
                 except Exception as exc:  # py-evm/rlp raise many types for malformed bytes: drop the message
                     log.debug("event=tx_undecodable from=%s error=%r", msg.sender, str(exc))
                     continue
@@ -282,13 +311,18 @@ class Daemon:
             log.debug("event=tx_rejected reason=%s", exc)
 
     async def _admit_when_available(self, raw: bytes, cids: list[bytes], limiter: trio.CapacityLimiter) -> None:
-        async with limiter:
-            try:
-                await self._fetch_blobs(cids)
-            except (P2PError, trio.TooSlowError) as exc:
-                log.warning("event=commit_dropped reason=update_unavailable error=%r", str(exc))
-                return
-        await self._admit(raw)
+        self._awaiting_data += 1  # pending work for the driver from now on (SharedLockApplication)
+        self._notify_driver()
+        try:
+            async with limiter:
+                try:
+                    await self._fetch_blobs(cids)
+                except (P2PError, trio.TooSlowError) as exc:
+                    log.warning("event=commit_dropped reason=update_unavailable error=%r", str(exc))
+                    return
+            await self._admit(raw)
+        finally:
+            self._awaiting_data -= 1
 
     async def _drain_updates(self) -> None:
         """Announcements register providers inside P2PNode; the channel itself must still be drained."""
@@ -349,19 +383,37 @@ class Daemon:
         random.shuffle(others)
         return announced + others
 
+    def _read_held(self, cids: list[bytes]) -> dict[bytes, bytes]:
+        """The blobs among `cids` this node holds intact (a damaged copy is quarantined and left out)."""
+        found: dict[bytes, bytes] = {}
+        for cid in cids:
+            try:
+                blob = self.blobs.get(cid)
+            except BlobCorrupted as exc:
+                log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined_and_refetching", cid.hex(), str(exc))
+                self._quarantine_blob(cid)
+                continue
+            if blob is not None:
+                found[cid] = blob
+        return found
+
     async def _fetch_blobs(self, cids: list[bytes], timeout: float = BLOB_FETCH_TIMEOUT) -> list[bytes]:
         """Every blob, verified; a blob no provider holds yet is asked for again (its committer's neighbours
         may still be fetching it) until `timeout`, then the last BlobNotFound propagates."""
+        held = await trio.to_thread.run_sync(self._read_held, cids)  # one trip to a worker thread, not 2 per blob
         out: list[bytes] = []
         deadline = trio.current_time() + timeout
         for cid in cids:
+            if cid in held:
+                out.append(held[cid])
+                continue
             delay = 0.2
             while True:
                 try:
-                    held = await trio.to_thread.run_sync(self.blobs.has, cid)
+                    had = await trio.to_thread.run_sync(self.blobs.has, cid)
                     with trio.fail_after(max(0.1, deadline - trio.current_time())):
                         out.append(await self.p2p.blobs.fetch(cid, providers=self._providers(cid)))
-                    if not held:
+                    if not had:
                         self.counters["blob_bytes_fetched"] += len(out[-1])
                     break
                 except BlobCorrupted as exc:  # our own copy is damaged on disk: set it aside, fetch again
@@ -381,7 +433,7 @@ class Daemon:
         last = -1
         reader = views.RoundReader(self.address, self.genesis.genesis_model_hash)
         while True:
-            self.height = await self.service.run(lambda: self.chain.height)
+            self.height = await self.service.run_quick(lambda: self.chain.height)
             if self.height != last:
                 last = self.height
                 obs = await self.service.run(reader.observe, self.chain)
@@ -402,6 +454,8 @@ class Daemon:
         rec.participants, rec.commits = obs.participant_count, len(obs.commits)
         if prev is not None and obs.round > prev.round:
             self._on_finalized(obs.round - 1, obs.base_hash)
+        if not obs.window_open and (prev is None or prev.round != obs.round or prev.window_open):
+            log.info("event=window_closed round=%d height=%d commits=%d", obs.round, obs.height, len(obs.commits))
         self._start_actions(obs)
 
     def _start_actions(self, obs: rounds.RoundObservation) -> None:
@@ -553,8 +607,11 @@ class Daemon:
         await self._send_call(txs.commit_data(call), f"commit:{action.round}")
 
     async def _aggregate(self, action: rounds.Aggregate) -> None:
+        t0 = time.monotonic()
         base = await self._load_model(action.base_hash)
+        t_base = time.monotonic()
         blobs = await self._fetch_blobs([c.update_hash for c in action.commits])
+        t_fetch = time.monotonic()
 
         def compute() -> tuple[GlobalModel, list[str], bytes, bytes]:
             contribs, excluded = [], []
@@ -570,16 +627,22 @@ class Daemon:
             return new, excluded, encoded, content_id(encoded)
 
         new, excluded, encoded, h = await self.compute.run(compute, limiter=self.train_limiter)
-        await trio.to_thread.run_sync(self.models.put_model, new, h)
-        await trio.to_thread.run_sync(self.blobs.put_verified, h, encoded)
+        t_compute = time.monotonic()
+        def store() -> None:
+            self.models.put_model(new, h)
+            self.blobs.put_verified(h, encoded)
+
+        await trio.to_thread.run_sync(store)
+        t_store = time.monotonic()
         self.aggregates[action.round] = h
         # Not announced: every honest node computes and serves the same model, and a node that needs it
         # (mismatch, late join, repair) asks every peer (_providers). Ten identical announcements per
         # round cost each node ~10 gossip copies apiece for nothing (DESIGN: models by hash from any peer).
         rec = self.history.setdefault(action.round, RoundRecord(action.round, time.monotonic()))
         rec.local_hash = h
-        log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s", action.round,
-                 len(action.commits), excluded or "[]", h.hex())
+        log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s ms=base:%.0f,updates:%.0f,compute:%.0f,"
+                 "store:%.0f", action.round, len(action.commits), excluded or "[]", h.hex(), 1000 * (t_base - t0),
+                 1000 * (t_fetch - t_base), 1000 * (t_compute - t_fetch), 1000 * (t_store - t_compute))
         assert self._nursery is not None
         self._nursery.start_soon(self._score, action.round, new, rec)  # off the critical path
 
@@ -595,9 +658,9 @@ class Daemon:
             mine = self._my_index()
             val = self.clients[mine].val if mine is not None else None
             if val is not None and len(val):
-                rec.val_accuracy = (await self.compute.run(evaluate, self.task.model, model.params, val)).accuracy
+                rec.val_accuracy = (await self.scoring.run(evaluate, self.task.model, model.params, val)).accuracy
             if self.test_split is not None:
-                rec.test_accuracy = (await self.compute.run(evaluate, self.task.model, model.params,
+                rec.test_accuracy = (await self.scoring.run(evaluate, self.task.model, model.params,
                                                             self.test_split)).accuracy
         log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
 

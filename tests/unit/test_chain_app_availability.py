@@ -47,3 +47,28 @@ def test_validate_block_consults_the_availability_hook(tmp_path: Path) -> None:
     finally:
         for chain in chains:
             chain.close()
+
+
+def test_commits_waiting_for_their_update_count_as_pending_work(tmp_path: Path) -> None:
+    """A proposer still fetching a gossiped commit's update must not idle toward the empty-block interval
+    while the validators that hold it have started the height (the driver asks has_pending_transactions)."""
+    import threading
+
+    from swarmnode.node.daemon import SharedLockApplication
+
+    genesis = dev_genesis(1, 2, chain_id=4545)
+    chain = ExecutionChain.open(tmp_path / "a", genesis, sync_writes=False)
+    try:
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        waiting = [0]
+        app = SharedLockApplication(ChainApplication(chain, address_of(dev_key(0)), pool=pool), threading.RLock(),
+                                    awaiting=lambda: waiting[0] > 0)
+        assert not app.has_pending_transactions()
+        waiting[0] = 1
+        assert app.has_pending_transactions(), "a commit whose update is being fetched is pending work"
+        waiting[0] = 0
+        raw = txs.sign_call(dev_key(1), genesis.chain_id, 0, txs.attest_data(0, b"\x01" * 32), chain.next_base_fee())
+        pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+        assert app.has_pending_transactions(), "a pooled transaction is pending work"
+    finally:
+        chain.close()
