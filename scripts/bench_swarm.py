@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: the real swarm (daemon processes on loopback) against the in-process simulation.
 
-Same genesis task, seeds and participants, so both must produce the same global model hashes. Prints per
-round: global test accuracy (simulation vs swarm), hash equality, wall clock; then the overhead ratio,
+Same genesis task, seeds and participants, so both must produce the same global model hashes. The
+simulation runs before and after the swarm (round times averaged). Prints per round: global test accuracy
+(simulation vs swarm), hash equality, wall clock; then the overhead ratio,
 blob bytes fetched per node per round, loopback bytes per node per round, and peak RSS per daemon. JSON
 goes to --out.
 
@@ -135,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     genesis = load_genesis(args.genesis)
     nodes = args.nodes or len(genesis.validators)
     base = args.base_dir or Path(tempfile.mkdtemp(prefix="bench-swarm-"))
+    # The simulation runs before and after the swarm and its round times are averaged: this VM's speed
+    # drifts over minutes (the same simulation has taken 5.0 to 11 s per round), and timing it on one
+    # side only put that drift into the ratio.
     print(f"simulation: {args.rounds} rounds of {args.genesis.name} in-process, 1 thread", flush=True)
-    sim = simulate(args.genesis, args.rounds)
+    sim_before = simulate(args.genesis, args.rounds)
     print(f"swarm: {nodes} daemons, logs in {base}", flush=True)
     try:
         real = run_swarm(args.genesis, nodes, args.rounds, base, args.round_timeout)
@@ -146,11 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     except (SwarmTimeout, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"\n{'round':>5}  {'sim acc':>8}  {'swarm acc':>9}  {'same hash':>9}  {'sim s':>6}  {'swarm s':>7}")
+    print("simulation again, after the swarm", flush=True)
+    sim_after = simulate(args.genesis, args.rounds)
+    if [s["hash"] for s in sim_before] != [s["hash"] for s in sim_after]:
+        print("error: the simulation is not deterministic (hashes differ between its two runs)", file=sys.stderr)
+        return 1
+    sim = [{**a, "seconds": (a["seconds"] + b["seconds"]) / 2, "cpu_seconds": (a["cpu_seconds"] + b["cpu_seconds"]) / 2,
+            "seconds_before": a["seconds"], "seconds_after": b["seconds"]} for a, b in zip(sim_before, sim_after, strict=True)]
+    print(f"\n{'round':>5}  {'sim acc':>8}  {'swarm acc':>9}  {'same hash':>9}  {'sim s (before/after)':>20}  "
+          f"{'swarm s':>7}")
     for s, w in zip(sim, real["rounds"], strict=True):
         acc = f"{w['test_accuracy'] * 100:.1f}%" if w.get("test_accuracy") is not None else "-"
+        both = f"{s['seconds']:.1f} ({s['seconds_before']:.1f}/{s['seconds_after']:.1f})"
         print(f"{s['round']:>5}  {s['test_accuracy'] * 100:>7.1f}%  {acc:>9}  {str(s['hash'] == w['hash']):>9}  "
-              f"{s['seconds']:>6.1f}  {w['seconds']:>7.1f}")
+              f"{both:>20}  {w['seconds']:>7.1f}")
     steady = real["rounds"][1:] or real["rounds"]
     sim_steady = sim[1:] or sim
     ratio = (sum(w["seconds"] for w in steady) / len(steady)) / (sum(s["seconds"] for s in sim_steady) / len(sim_steady))
@@ -165,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": real["peak_rss_mb"], "simulation": sim, "swarm": real,
     }
     print(f"\nhashes equal every round: {summary['hashes_equal']}")
-    print(f"wall clock overhead (rounds >= 1, swarm / simulation): {ratio:.2f}x")
+    mean_before = sum(s["seconds_before"] for s in sim_steady) / len(sim_steady)
+    mean_after = sum(s["seconds_after"] for s in sim_steady) / len(sim_steady)
+    summary["simulation_round_seconds_before_after"] = [mean_before, mean_after]
+    print(f"wall clock overhead (rounds >= 1, swarm / simulation): {ratio:.2f}x "
+          f"(simulation {mean_before:.1f} s per round before the swarm, {mean_after:.1f} s after)")
     print(f"blob bytes fetched per node per round: {per_node_round / 1e6:.2f} MB "
           f"(loopback, all traffic: {lo_per_node_round / 1e6:.2f} MB)")
     print(f"peak RSS per daemon (MB): {', '.join(f'{x:.0f}' for x in real['peak_rss_mb'] if x is not None)}")
