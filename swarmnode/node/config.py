@@ -27,7 +27,7 @@ class NodeConfig:
     dataset_dir: Path | None = None  # where the task's dataset is looked for first
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
     log_level: str = "INFO"
-    compute_niceness: int = 10  # training/aggregation/scoring threads run this much nicer (Linux; 0: off)
+    compute_niceness: int = 10  # training threads run this much nicer, scoring at 19 (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
 
     @property

@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -56,6 +57,7 @@ log = logging.getLogger("swarmnode.node")
 progress_log = logging.getLogger("swarmnode.progress")
 T = TypeVar("T")
 
+RECENT_BLOB_BYTES = 32 * 1024 * 1024  # a round of updates is ~8 MB with the seed task and 10 participants
 BLOB_FETCH_TIMEOUT = 15.0  # one data-availability check or one model fetch, all providers
 POLL_INTERVAL = 0.25  # the round loop looks at the committed head on every commit, and at least this often
 
@@ -143,16 +145,23 @@ class Daemon:
         self.train_limiter = trio.CapacityLimiter(1)
         self.eval_limiter = trio.CapacityLimiter(1)  # scoring never queues the next round's training
         self._score_wanted = -1  # the newest round whose model is waiting to be scored
-        # training, aggregation and scoring run below the priority of consensus, libp2p and the chain
+        # training runs below the priority of consensus, libp2p and the chain
         self.compute = ComputeThreads(workers=2, niceness=cfg.compute_niceness)
         # scoring is for people (the progress line), never on the round's critical path: one thread at the
         # lowest priority, so that it takes only what training and aggregation leave (it ran next to the
         # aggregation of slower nodes, delaying their attestations and with them the round's final block)
         self.scoring = ComputeThreads(workers=1, niceness=19 if cfg.compute_niceness else 0)
+        # aggregating is short (~0.1 s of CPU) and every validator's attestation waits for it, and the round's
+        # final block for those: it runs at normal priority
+        self.aggregating = ComputeThreads(workers=1, niceness=0)
         self.models = ModelStore(cfg.store_dir)
         self.blobs = DirectoryBlobStore(cfg.blob_dir)
         self.height = 0
         self._awaiting_data = 0  # gossiped commits whose update is still being fetched
+        # updates verified in this process (fetched, or trained here), newest last: aggregation reads the
+        # round's updates from here rather than re-reading and re-hashing files written a moment ago
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self._recent_bytes = 0
         self.busy: set[tuple[str, int]] = set()
         self.done: set[tuple[str, int]] = set()
         self.aggregates: dict[int, bytes] = {}
@@ -183,7 +192,7 @@ class Daemon:
                     await self._serve(root, task_status)
                     root.cancel_scope.cancel()
         finally:
-            stopped = [pool.stop() for pool in (self.compute, self.scoring)]
+            stopped = [pool.stop() for pool in (self.compute, self.scoring, self.aggregating)]
             if not all(stopped):
                 log.warning("event=compute_threads_still_running (exiting anyway)")
             with self.lock:
@@ -383,6 +392,17 @@ class Daemon:
         random.shuffle(others)
         return announced + others
 
+    def _remember(self, cid: bytes, blob: bytes) -> None:
+        """Keep verified bytes for the aggregation that follows (at most RECENT_BLOB_BYTES, oldest out)."""
+        if cid in self._recent:
+            self._recent.move_to_end(cid)
+            return
+        self._recent[cid] = blob
+        self._recent_bytes += len(blob)
+        while self._recent_bytes > RECENT_BLOB_BYTES and len(self._recent) > 1:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
+
     def _read_held(self, cids: list[bytes]) -> dict[bytes, bytes]:
         """The blobs among `cids` this node holds intact (a damaged copy is quarantined and left out)."""
         found: dict[bytes, bytes] = {}
@@ -400,7 +420,10 @@ class Daemon:
     async def _fetch_blobs(self, cids: list[bytes], timeout: float = BLOB_FETCH_TIMEOUT) -> list[bytes]:
         """Every blob, verified; a blob no provider holds yet is asked for again (its committer's neighbours
         may still be fetching it) until `timeout`, then the last BlobNotFound propagates."""
-        held = await trio.to_thread.run_sync(self._read_held, cids)  # one trip to a worker thread, not 2 per blob
+        # verified in this process a moment ago (memory), else from the store in one trip to a worker thread
+        held = {cid: self._recent[cid] for cid in cids if cid in self._recent}
+        if len(held) < len(cids):
+            held.update(await trio.to_thread.run_sync(self._read_held, [c for c in cids if c not in held]))
         out: list[bytes] = []
         deadline = trio.current_time() + timeout
         for cid in cids:
@@ -413,6 +436,7 @@ class Daemon:
                     had = await trio.to_thread.run_sync(self.blobs.has, cid)
                     with trio.fail_after(max(0.1, deadline - trio.current_time())):
                         out.append(await self.p2p.blobs.fetch(cid, providers=self._providers(cid)))
+                    self._remember(cid, out[-1])  # verified: on arrival, or by the store's read
                     if not had:
                         self.counters["blob_bytes_fetched"] += len(out[-1])
                     break
@@ -598,6 +622,7 @@ class Daemon:
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, limiter=self.train_limiter)
         cid = await self.p2p.announce_blob(action.round, upd.blob, upd.update_id)
+        self._remember(cid, upd.blob)
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
                  action.round, cid.hex(), len(upd.blob), upd.result.num_samples, upd.result.loss,
                  upd.result.accuracy, time.monotonic() - t0)
@@ -626,7 +651,7 @@ class Daemon:
             encoded = encode_model(new)  # encoded and hashed once: the model and blob stores share them
             return new, excluded, encoded, content_id(encoded)
 
-        new, excluded, encoded, h = await self.compute.run(compute, limiter=self.train_limiter)
+        new, excluded, encoded, h = await self.aggregating.run(compute, limiter=self.train_limiter)
         t_compute = time.monotonic()
         def store() -> None:
             self.models.put_model(new, h)
