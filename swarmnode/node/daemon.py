@@ -403,6 +403,11 @@ class Daemon:
             _, old = self._recent.popitem(last=False)
             self._recent_bytes -= len(old)
 
+    def _set_aside(self, cid: bytes, exc: BlobCorrupted) -> None:
+        """Our stored copy of `cid` is damaged: quarantine it (the caller fetches it again from peers)."""
+        log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined_and_refetching", cid.hex(), str(exc))
+        self._quarantine_blob(cid)
+
     def _read_held(self, cids: list[bytes]) -> dict[bytes, bytes]:
         """The blobs among `cids` this node holds intact (a damaged copy is quarantined and left out)."""
         found: dict[bytes, bytes] = {}
@@ -410,8 +415,7 @@ class Daemon:
             try:
                 blob = self.blobs.get(cid)
             except BlobCorrupted as exc:
-                log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined_and_refetching", cid.hex(), str(exc))
-                self._quarantine_blob(cid)
+                self._set_aside(cid, exc)
                 continue
             if blob is not None:
                 found[cid] = blob
@@ -441,8 +445,7 @@ class Daemon:
                         self.counters["blob_bytes_fetched"] += len(out[-1])
                     break
                 except BlobCorrupted as exc:  # our own copy is damaged on disk: set it aside, fetch again
-                    log.error("event=CORRUPT_BLOB cid=0x%s error=%r action=quarantined_and_refetching", cid.hex(), str(exc))
-                    await trio.to_thread.run_sync(self._quarantine_blob, cid)
+                    await trio.to_thread.run_sync(self._set_aside, cid, exc)
                     continue
                 except P2PError:
                     if trio.current_time() + delay >= deadline:
