@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class LyingStore(BlobStore):
         self.served_wrong = 0
         self.announced = 0
         self.report = report
+        self._report_lock = threading.Lock()
 
     def has(self, cid: bytes) -> bool:
         return True
@@ -57,9 +59,11 @@ class LyingStore(BlobStore):
         self.wrong = self.wrong or blob
 
     def write_report(self) -> None:
-        tmp = self.report.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"served_wrong": self.served_wrong, "announced": self.announced}))
-        os.replace(tmp, self.report)
+        # get() runs in worker threads, several at once when peers ask together: one writer at a time
+        with self._report_lock:
+            tmp = self.report.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"served_wrong": self.served_wrong, "announced": self.announced}))
+            os.replace(tmp, self.report)
 
 
 async def main(args: argparse.Namespace) -> None:
