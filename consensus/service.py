@@ -54,7 +54,9 @@ class ChainService:
         """`on_transaction(raw)` is awaited for every transaction admitted through
         submit_raw_transaction (e.g. the daemon gossips it)."""
         self.chain = chain
-        self.pool = pool or make_pool(chain)
+        # `is None`, not `or`: a TxPool has __len__, so an empty pool is falsy and `pool or ...` silently
+        # gave the service a second pool that no proposer selected from and no commit pruned
+        self.pool = pool if pool is not None else make_pool(chain)
         self.on_transaction = on_transaction
         self.limiter = trio.CapacityLimiter(1)
         self.clock = clock
