@@ -13,9 +13,11 @@ from eth_account import Account
 from eth_keys import keys
 from eth_utils import keccak, to_checksum_address
 
-from consensus.genesis import AccountSpec, Genesis, ValidatorSpec
+from consensus.genesis import AccountSpec, Genesis, RoundsParams, ValidatorSpec
 
 DEV_KEY_PREFIX = b"swarmnode-dev-key-"
+# Dev chains admit participants without a bond, so a test registers with a plain call (no value).
+DEV_ROUNDS = RoundsParams(participant_bond=0)
 
 
 def dev_key(i: int) -> bytes:
@@ -42,8 +44,13 @@ def sign_tx(secret: bytes, chain_id: int, nonce: int, *, to: bytes | None, value
 
 
 def dev_genesis(n_validators: int = 1, n_accounts: int = 4, *, chain_id: int = 7331, genesis_time: int = 1_000,
-                balance: int = 10**24, stake: int = 32 * 10**18) -> Genesis:
-    """Validators are dev keys 0..n-1; accounts are dev keys 0..max(n_validators, n_accounts)-1."""
+                balance: int = 10**24, stake: int = 32 * 10**18, rounds: RoundsParams = DEV_ROUNDS,
+                genesis_model_hash: bytes = b"\x00" * 32) -> Genesis:
+    """Validators are dev keys 0..n-1; accounts are dev keys 0..max(n_validators, n_accounts)-1.
+
+    `rounds` defaults to DEV_ROUNDS (no participant bond); a `rounds` with under_min = "skip" needs a
+    non-zero `genesis_model_hash`."""
     validators = tuple(ValidatorSpec(address_of(dev_key(i)), stake) for i in range(n_validators))
     accounts = tuple(AccountSpec(address_of(dev_key(i)), balance) for i in range(max(n_validators, n_accounts)))
-    return Genesis(chain_id=chain_id, validators=validators, accounts=accounts, genesis_time=genesis_time)
+    return Genesis(chain_id=chain_id, validators=validators, accounts=accounts, genesis_time=genesis_time,
+                   rounds=rounds, genesis_model_hash=genesis_model_hash)

@@ -17,8 +17,16 @@ are used when writing because TOML integers stop at 2**63):
     epoch_length = 100
     empty_block_interval_ms = 5000     # idle: one empty block per 5 s (0: every block_interval_ms)
 
-    [rounds]                           # configures the SwarmRounds contract
-    commit_window = 20                 # blocks
+    [rounds]                           # configures the SwarmRounds contract; times are block-timestamp seconds
+    commit_window_s = 60               # the longest a round waits for commits
+    straggler_grace_pct = 100          # once 2/3 of the expected participants committed, the rest get
+                                       # this % of the time taken so far (0: off)
+    min_grace_s = 2                    # ... but at least this many seconds
+    min_participants = 1               # fewest commits a round aggregates
+    under_min = "extend"               # or "skip": what a round below min_participants does at its deadline
+    absent_rounds = 3                  # missing this many rounds in a row leaves the expected set (0: never)
+    admission = "stake"                # or "allowlist": register with participant_bond, or with validator approvals
+    participant_bond = "1 ether"       # refunded on leave (stake admission only)
     reward_per_round = "1 ether"
 
     [task]                             # opaque to consensus: the learning layer interprets it
@@ -62,58 +70,6 @@ class GenesisError(ConsensusError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"genesis field '{field}': {message}")
         self.field = field
-
-
-@dataclass(frozen=True)
-class ValidatorSpec:
-    address: bytes  # 20 bytes
-    stake: int  # wei
-    peer_id: str | None = None
-
-
-@dataclass(frozen=True)
-class AccountSpec:
-    address: bytes  # 20 bytes
-    balance: int  # wei
-
-
-@dataclass(frozen=True)
-class ConsensusParams:
-    block_interval_ms: int = 1000
-    propose_timeout_ms: int = 3000
-    prevote_timeout_ms: int = 1000
-    precommit_timeout_ms: int = 1000
-    timeout_delta_ms: int = 500
-    epoch_length: int = 100
-    # the longest gap between blocks while no transaction is pending; 0: an empty block every
-    # block_interval_ms. Blocks still come block_interval_ms apart whenever transactions wait.
-    empty_block_interval_ms: int = 0
-
-
-@dataclass(frozen=True)
-class RoundsParams:
-    commit_window: int = 20  # blocks
-    reward_per_round: int = 10**18  # wei
-
-
-@dataclass(frozen=True)
-class Genesis:
-    chain_id: int
-    validators: tuple[ValidatorSpec, ...]
-    accounts: tuple[AccountSpec, ...] = ()
-    consensus: ConsensusParams = ConsensusParams()
-    rounds: RoundsParams = RoundsParams()
-    task: dict[str, Any] = field(default_factory=dict, hash=False)  # opaque: the learning layer reads it
-    genesis_model_hash: bytes = b"\x00" * 32
-    genesis_time: int = 0
-    block_gas_limit: int = DEFAULT_GAS_LIMIT
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "task", dict(self.task))  # a private copy of the caller's table
-
-    @property
-    def total_stake(self) -> int:
-        return sum(v.stake for v in self.validators)
 
 
 # ---------------------------------------------------------------- parsing helpers (each names its field)
@@ -160,6 +116,94 @@ def parse_int(value: Any, name: str, minimum: int = 0, maximum: int = 2**63 - 1)
     if not minimum <= value <= maximum:
         raise GenesisError(name, f"must be in [{minimum}, {maximum}], got {value}")
     return value
+
+
+@dataclass(frozen=True)
+class ValidatorSpec:
+    address: bytes  # 20 bytes
+    stake: int  # wei
+    peer_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    address: bytes  # 20 bytes
+    balance: int  # wei
+
+
+@dataclass(frozen=True)
+class ConsensusParams:
+    block_interval_ms: int = 1000
+    propose_timeout_ms: int = 3000
+    prevote_timeout_ms: int = 1000
+    precommit_timeout_ms: int = 1000
+    timeout_delta_ms: int = 500
+    epoch_length: int = 100
+    # the longest gap between blocks while no transaction is pending; 0: an empty block every
+    # block_interval_ms. Blocks still come block_interval_ms apart whenever transactions wait.
+    empty_block_interval_ms: int = 0
+
+
+UNDER_MIN_CHOICES = ("extend", "skip")
+ADMISSION_CHOICES = ("stake", "allowlist")
+MAX_REWARD_PER_ROUND = 2**128  # SwarmRounds bounds it so payout arithmetic cannot overflow
+_ROUNDS_RANGES = {  # inclusive bounds of the integer [rounds] fields
+    "commit_window_s": (1, 86_400),
+    "straggler_grace_pct": (0, 1_000),
+    "min_grace_s": (0, 3_600),
+    "min_participants": (1, 128),
+    "absent_rounds": (0, 1_000_000),
+}
+_ROUNDS_CHOICES = {"under_min": UNDER_MIN_CHOICES, "admission": ADMISSION_CHOICES}
+
+
+@dataclass(frozen=True)
+class RoundsParams:
+    """The [rounds] table: how SwarmRounds times rounds and admits participants. Times are block-timestamp
+    seconds. Built only valid: a bad value raises GenesisError naming `rounds.<field>`."""
+
+    commit_window_s: int = 60  # the longest a round waits for commits
+    straggler_grace_pct: int = 100  # once 2/3 of the expected committed, the rest get this % of the time so far
+    min_grace_s: int = 2  # the straggler grace is at least this long
+    min_participants: int = 1  # fewest commits a round aggregates
+    under_min: str = "extend"  # "extend": wait for min_participants; "skip": finalize on the base model
+    absent_rounds: int = 3  # consecutive missed rounds that drop a participant from the expected set; 0: never
+    admission: str = "stake"  # "stake": register pays participant_bond; "allowlist": > 2/3 of stake approves
+    participant_bond: int = 10**18  # wei, refunded on leave (stake admission)
+    reward_per_round: int = 10**18  # wei
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in _ROUNDS_RANGES.items():
+            parse_int(getattr(self, name), f"rounds.{name}", minimum=low, maximum=high)
+        for name, choices in _ROUNDS_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise GenesisError(f"rounds.{name}", f"expected one of {', '.join(map(repr, choices))}, "
+                                                     f"got {getattr(self, name)!r}")
+        parse_int(self.participant_bond, "rounds.participant_bond", maximum=2**256 - 1)
+        parse_int(self.reward_per_round, "rounds.reward_per_round", maximum=MAX_REWARD_PER_ROUND)
+
+
+@dataclass(frozen=True)
+class Genesis:
+    chain_id: int
+    validators: tuple[ValidatorSpec, ...]
+    accounts: tuple[AccountSpec, ...] = ()
+    consensus: ConsensusParams = ConsensusParams()
+    rounds: RoundsParams = RoundsParams()
+    task: dict[str, Any] = field(default_factory=dict, hash=False)  # opaque: the learning layer reads it
+    genesis_model_hash: bytes = b"\x00" * 32
+    genesis_time: int = 0
+    block_gas_limit: int = DEFAULT_GAS_LIMIT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", dict(self.task))  # a private copy of the caller's table
+        if self.rounds.under_min == "skip" and not any(self.genesis_model_hash):
+            # a skipped round finalizes on its base model, which for round 0 is this hash
+            raise GenesisError("rounds.under_min", 'under_min = "skip" needs a non-zero genesis_model_hash')
+
+    @property
+    def total_stake(self) -> int:
+        return sum(v.stake for v in self.validators)
 
 
 def _table(raw: Mapping[str, Any], name: str, required: bool = False) -> Mapping[str, Any]:
@@ -223,15 +267,22 @@ def _parse_consensus(raw: Mapping[str, Any]) -> ConsensusParams:
     return ConsensusParams(**values)
 
 
+_ROUNDS_AMOUNTS = ("participant_bond", "reward_per_round")
+
+
 def _parse_rounds(raw: Mapping[str, Any]) -> RoundsParams:
     table = _table(raw, "rounds")
-    _reject_unknown(table, {"commit_window", "reward_per_round"}, "rounds.")
+    if "commit_window" in table:
+        raise GenesisError("rounds.commit_window",
+                           "replaced by commit_window_s (seconds of block time, not blocks); "
+                           f"the default is commit_window_s = {RoundsParams().commit_window_s}")
     defaults = RoundsParams()
-    return RoundsParams(
-        commit_window=parse_int(table.get("commit_window", defaults.commit_window), "rounds.commit_window", 1),
-        reward_per_round=parse_amount(table.get("reward_per_round", defaults.reward_per_round),
-                                      "rounds.reward_per_round"),
-    )
+    known = set(defaults.__dataclass_fields__)
+    _reject_unknown(table, known, "rounds.")
+    values = {k: table.get(k, getattr(defaults, k)) for k in known}
+    for name in _ROUNDS_AMOUNTS:
+        values[name] = parse_amount(values[name], f"rounds.{name}")
+    return RoundsParams(**values)  # checks every range and choice
 
 
 def _check_unique(items: tuple[Any, ...], name: str) -> None:
@@ -295,14 +346,18 @@ def genesis_to_dict(g: Genesis) -> dict[str, Any]:
         "block_gas_limit": g.block_gas_limit,
         "genesis_model_hash": "0x" + g.genesis_model_hash.hex(),
         "consensus": {k: getattr(g.consensus, k) for k in g.consensus.__dataclass_fields__},
-        "rounds": {"commit_window": g.rounds.commit_window,
-                   "reward_per_round": format_amount(g.rounds.reward_per_round)},
+        "rounds": _rounds_to_dict(g.rounds),
         "task": dict(g.task),
         "validators": [_validator_to_dict(v) for v in g.validators],
         "accounts": [{"address": _checksum(a.address), "balance": format_amount(a.balance)}
                      for a in g.accounts],
     }
     return doc
+
+
+def _rounds_to_dict(r: RoundsParams) -> dict[str, Any]:
+    return {k: format_amount(getattr(r, k)) if k in _ROUNDS_AMOUNTS else getattr(r, k)
+            for k in r.__dataclass_fields__}
 
 
 def _validator_to_dict(v: ValidatorSpec) -> dict[str, Any]:

@@ -95,10 +95,20 @@ def _contract_alloc(g: Genesis) -> dict[bytes, dict[str, Any]] | None:
 
 def _contract_params(params_cls: Any, g: Genesis) -> Any:
     """Fill the contract parameters we know from the genesis; the rest keep the class defaults."""
+    r = g.rounds
     known = {
         "epoch_length": g.consensus.epoch_length,
-        "commit_window": g.rounds.commit_window,
-        "reward_per_round": g.rounds.reward_per_round,
+        "genesis_model_hash": g.genesis_model_hash,
+        "genesis_time": g.genesis_time,  # round 0 opens at block 0's timestamp
+        "commit_window_s": r.commit_window_s,
+        "straggler_grace_pct": r.straggler_grace_pct,
+        "min_grace_s": r.min_grace_s,
+        "min_participants": r.min_participants,
+        "skip_under_min": r.under_min == "skip",
+        "absent_rounds": r.absent_rounds,
+        "admission_mode": 1 if r.admission == "allowlist" else 0,  # SwarmRounds.admissionMode
+        "participant_bond": r.participant_bond,
+        "reward_per_round": r.reward_per_round,
     }
     fields = getattr(params_cls, "__dataclass_fields__", {})
     return params_cls(**{k: v for k, v in known.items() if k in fields})

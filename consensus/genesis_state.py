@@ -5,10 +5,10 @@
 addresses, with their storage exactly as their constructors would have left it.
 
 How the storage is obtained: each constructor (the committed init bytecode plus ABI-encoded arguments)
-is executed once in a scratch, in-memory Prague state whose execution context is block 0 and our chain
-id. A `PragueState` subclass records every slot written by SSTORE; after the deployment the final value
-of each written slot is read back from the state, zeros are dropped, and the runtime code returned by
-the constructor is taken as the account's code. The result depends only on the arguments and the
+is executed once in a scratch, in-memory Prague state whose execution context is block 0 at the genesis
+timestamp (round 0 of SwarmRounds opens then) and our chain id. A `PragueState` subclass records every
+slot written by SSTORE; after the deployment the final value of each written slot is read back from the
+state, zeros are dropped, and the runtime code returned by the constructor is taken as the account's code. The result depends only on the arguments and the
 committed artifacts, so every node derives the same genesis. Nothing in a constructor refers to the
 contract's own (scratch) address, which is what makes moving code + storage to the fixed address sound.
 """
@@ -52,7 +52,20 @@ _ERROR_SELECTOR = bytes.fromhex("08c379a0")
 _STAKING_INIT_TYPES = [
     "address", "uint256", "uint256", "uint256", "uint256", "uint256", "address[]", "uint256[]",
 ]
-_ROUNDS_INIT_TYPES = ["address", "uint256", "uint256", "uint256", "uint256", "address[]", "string[]"]
+_ROUNDS_INIT_TYPES = [
+    "address",  # staking
+    "bytes32",  # genesisModelHash
+    "uint256", "uint256", "uint256", "uint256",  # commitWindowSecs, stragglerGracePct, minGraceSecs, minParticipants
+    "bool",  # skipUnderMin
+    "uint256", "uint256", "uint256",  # absentRounds, admissionMode, participantBond
+    "uint256", "uint256", "uint256",  # rewardPerRound, contributorShareBps, mismatchPenaltyBps
+    "address[]", "string[]",  # initialParticipants, initialPeerIds
+]
+ADMISSION_STAKE = 0  # SwarmRounds.admissionMode: register pays participant_bond
+ADMISSION_ALLOWLIST = 1  # register carries approvals by > 2/3 of stake
+MAX_GRACE_PCT = 1_000  # SwarmRounds.vy MAX_GRACE_PCT
+MAX_DURATION = 2**40  # SwarmRounds.vy MAX_DURATION (seconds)
+MAX_REWARD_PER_ROUND = 2**128  # SwarmRounds.vy MAX_REWARD
 
 
 class GenesisError(ConsensusError):
@@ -67,22 +80,47 @@ class ContractParams:
     unbonding_blocks: int = 100  # delay between requestWithdraw and withdraw
     slash_fraction_bps: int = 1_000  # stake burned per proven double vote
     min_stake: int = 1 * ETHER  # bonded stake is 0 or >= this
-    commit_window: int = 20  # blocks a round accepts commits (SwarmRounds.commitWindow)
+    genesis_model_hash: bytes = b"\x00" * 32  # round 0's base model (SwarmRounds.genesisModelHash)
+    genesis_time: int = 0  # block 0's timestamp: round 0 opens then
+    commit_window_s: int = 60  # the longest a round waits for commits, in block-timestamp seconds
+    straggler_grace_pct: int = 100  # once 2/3 of the expected committed: the rest get this % of the time so far
+    min_grace_s: int = 2  # the straggler grace is at least this long
+    min_participants: int = 1  # fewest commits a round aggregates
+    skip_under_min: bool = False  # at the deadline below min_participants: skip the round (else wait)
+    absent_rounds: int = 3  # consecutive missed rounds that leave the expected set; 0: never
+    admission_mode: int = ADMISSION_STAKE  # or ADMISSION_ALLOWLIST
+    participant_bond: int = 1 * ETHER  # paid by register in stake mode, refunded by leave
     reward_per_round: int = 1 * ETHER  # paid from the pool at each finalization
     contributor_share_bps: int = 7_000  # part of reward_per_round for contributors (rest: attesters)
     mismatch_penalty_bps: int = 500  # stake burned for attesting a non-final hash
     reward_pool: int = 1_000 * ETHER  # wei held by Staking for rewards, on top of the stake
 
     def __post_init__(self) -> None:
-        for name in ("epoch_length", "commit_window", "min_stake"):
+        for name in ("epoch_length", "commit_window_s", "min_stake", "min_participants"):
             if getattr(self, name) <= 0:
                 raise GenesisError(f"contract param {name} must be > 0, got {getattr(self, name)}")
-        for name in ("unbonding_blocks", "reward_per_round", "reward_pool"):
+        for name in ("unbonding_blocks", "reward_per_round", "reward_pool", "genesis_time", "min_grace_s",
+                     "absent_rounds", "participant_bond", "straggler_grace_pct"):
             if getattr(self, name) < 0:
                 raise GenesisError(f"contract param {name} must be >= 0, got {getattr(self, name)}")
         for name in ("slash_fraction_bps", "contributor_share_bps", "mismatch_penalty_bps"):
             if not 0 <= getattr(self, name) <= BPS:
                 raise GenesisError(f"contract param {name} must be in [0, {BPS}], got {getattr(self, name)}")
+        self._check_rounds()
+
+    def _check_rounds(self) -> None:
+        """The bounds SwarmRounds' constructor enforces, reported before running it."""
+        if not isinstance(self.genesis_model_hash, bytes) or len(self.genesis_model_hash) != 32:
+            raise GenesisError(f"contract param genesis_model_hash must be 32 bytes, got {self.genesis_model_hash!r}")
+        limits = {"commit_window_s": MAX_DURATION, "min_grace_s": MAX_DURATION, "straggler_grace_pct": MAX_GRACE_PCT,
+                  "min_participants": MAX_PARTICIPANTS, "reward_per_round": MAX_REWARD_PER_ROUND}
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise GenesisError(f"contract param {name} must be <= {limit}, got {getattr(self, name)}")
+        if self.admission_mode not in (ADMISSION_STAKE, ADMISSION_ALLOWLIST):
+            raise GenesisError(f"contract param admission_mode must be 0 or 1, got {self.admission_mode}")
+        if self.skip_under_min and not any(self.genesis_model_hash):
+            raise GenesisError("contract param skip_under_min needs a non-zero genesis_model_hash")
 
 
 # ---------------------------------------------------------------- input validation
@@ -156,7 +194,15 @@ def swarm_rounds_constructor_args(validators: Sequence[GenesisValidator], params
         _ROUNDS_INIT_TYPES,
         [
             STAKING_ADDRESS,
-            params.commit_window,
+            params.genesis_model_hash,
+            params.commit_window_s,
+            params.straggler_grace_pct,
+            params.min_grace_s,
+            params.min_participants,
+            params.skip_under_min,
+            params.absent_rounds,
+            params.admission_mode,
+            params.participant_bond,
             params.reward_per_round,
             params.contributor_share_bps,
             params.mismatch_penalty_bps,
@@ -183,10 +229,10 @@ class _RecordingState(PragueState):
 _RecordingVM = PragueVM.configure(__name__="GenesisRecordingVM", _state_class=_RecordingState)
 
 
-def _scratch_state(chain_id: int) -> _RecordingState:
+def _scratch_state(chain_id: int, timestamp: int) -> _RecordingState:
     header = PragueVM.create_genesis_header(
         gas_limit=_SCRATCH_GAS_LIMIT,
-        timestamp=0,
+        timestamp=timestamp,
         difficulty=0,
         nonce=b"\x00" * 8,
         mix_hash=b"\x00" * 32,
@@ -231,7 +277,7 @@ def contract_genesis_accounts(
     chain_id: int, validators: Sequence[GenesisValidator], params: ContractParams
 ) -> dict[bytes, dict[str, Any]]:
     """Staking and SwarmRounds as initialized genesis accounts at their fixed addresses (balance 0)."""
-    state = _scratch_state(chain_id)
+    state = _scratch_state(chain_id, params.genesis_time)
     staking_init = code_bytes(load_artifact("Staking")) + staking_constructor_args(validators, params)
     rounds_init = code_bytes(load_artifact("SwarmRounds")) + swarm_rounds_constructor_args(validators, params)
     return {

@@ -2,6 +2,8 @@
 
 Each `transact` mines exactly one block holding one transaction, so `head_number + 1` is the
 block.number the next transaction sees, and `mine_until` advances the chain with empty blocks.
+A block's timestamp is its parent's + 1 unless the caller picks it (`timestamp=` on `transact`,
+`send_raw` and `mine`); `call` runs as if in the next block, at `head_timestamp + 1` unless told.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from eth_keys import keys
 from eth_utils import keccak
 
 GAS_LIMIT = 30_000_000
-TX_GAS = 8_000_000
+TX_GAS = 15_000_000
+GENESIS_TIME = 1_700_000_000
 GAS_PRICE = 10**9
 _ERROR_SELECTOR = bytes.fromhex("08c379a0")
 
@@ -75,7 +78,11 @@ class Contract:
 
     def __init__(self, address: bytes, abi: list[dict[str, Any]]) -> None:
         self.address = address
-        self.functions = {e["name"]: e for e in abi if e["type"] == "function"}
+        self.overloads: dict[str, list[dict[str, Any]]] = {}  # a Vyper default argument makes two entries
+        for e in abi:
+            if e["type"] == "function":
+                self.overloads.setdefault(e["name"], []).append(e)
+        self.functions = {name: entries[0] for name, entries in self.overloads.items()}
         self.events = {}
         for e in abi:
             if e["type"] == "event":
@@ -83,7 +90,8 @@ class Contract:
                 self.events[keccak(text=signature)] = e
 
     def encode(self, fn: str, *args: Any) -> bytes:
-        entry = self.functions[fn]
+        """Calldata for `fn`; among overloads, the one taking len(args) arguments."""
+        entry = next((e for e in self.overloads[fn] if len(e["inputs"]) == len(args)), self.functions[fn])
         types = [abi_type(i) for i in entry["inputs"]]
         selector = keccak(text=f"{fn}({','.join(types)})")[:4]
         return selector + abi_encode(types, list(args))
@@ -114,7 +122,8 @@ class Contract:
 class EvmHarness:
     """A Prague MiningChain built from a genesis alloc; one block per transaction."""
 
-    def __init__(self, chain_id: int, alloc: dict[bytes, dict[str, Any]], contracts: list[Contract]) -> None:
+    def __init__(self, chain_id: int, alloc: dict[bytes, dict[str, Any]], contracts: list[Contract],
+                 genesis_time: int = GENESIS_TIME) -> None:
         chain_class = MiningChain.configure(
             __name__="HarnessChain", vm_configuration=((0, PragueVM),), chain_id=chain_id
         )
@@ -123,7 +132,7 @@ class EvmHarness:
             "nonce": b"\x00" * 8,
             "mix_hash": b"\x00" * 32,
             "gas_limit": GAS_LIMIT,
-            "timestamp": 1_700_000_000,
+            "timestamp": genesis_time,
             "base_fee_per_gas": 7,
         }
         self.chain_id = chain_id
@@ -137,18 +146,31 @@ class EvmHarness:
     def balance(self, address: bytes) -> int:
         return self.chain.get_vm().state.get_balance(address)
 
+    @property
+    def head_timestamp(self) -> int:
+        return self.chain.get_canonical_head().timestamp
+
     def storage(self, address: bytes, slot: int) -> int:
         return self.chain.get_vm().state.get_storage(address, slot)
 
-    def _prepare_header(self) -> None:
+    def _prepare_header(self, timestamp: int | None = None) -> None:
         parent = self.chain.get_canonical_head()
-        self.chain.header = self.chain.header.copy(timestamp=parent.timestamp + 1, gas_limit=GAS_LIMIT)
+        if timestamp is None:
+            timestamp = parent.timestamp + 1
+        if timestamp <= parent.timestamp:
+            raise ValueError(f"block timestamp {timestamp} must exceed the head's {parent.timestamp}")
+        self.chain.header = self.chain.header.copy(timestamp=timestamp, gas_limit=GAS_LIMIT)
+
+    def mine(self, timestamp: int | None = None) -> int:
+        """Mine one empty block (at `timestamp`, default head + 1 s); returns its number."""
+        self._prepare_header(timestamp)
+        self.chain.mine_all([])
+        return self.head_number
 
     def mine_until(self, block_number: int) -> None:
         """Mine empty blocks until the head is `block_number`."""
         while self.head_number < block_number:
-            self._prepare_header()
-            self.chain.mine_all([])
+            self.mine()
 
     def _signed_tx(self, key: keys.PrivateKey, to: bytes, data: bytes, value: int) -> Any:
         vm = self.chain.get_vm()
@@ -168,15 +190,16 @@ class EvmHarness:
                 events.append(event)
         return events
 
-    def transact(self, key: keys.PrivateKey, contract: Contract, fn: str, *args: Any, value: int = 0) -> TxResult:
+    def transact(self, key: keys.PrivateKey, contract: Contract, fn: str, *args: Any, value: int = 0,
+                 timestamp: int | None = None) -> TxResult:
         data = contract.encode(fn, *args)
-        return self.send_raw(key, contract.address, data, value, contract, fn)
+        return self.send_raw(key, contract.address, data, value, contract, fn, timestamp=timestamp)
 
     def send_raw(
         self, key: keys.PrivateKey, to: bytes, data: bytes, value: int,
-        contract: Contract | None = None, fn: str | None = None,
+        contract: Contract | None = None, fn: str | None = None, *, timestamp: int | None = None,
     ) -> TxResult:
-        self._prepare_header()
+        self._prepare_header(timestamp)
         tx = self._signed_tx(key, to, data, value)
         number = self.chain.header.block_number
         _, receipts, computations = self.chain.mine_all([tx])
@@ -186,17 +209,28 @@ class EvmHarness:
         output = contract.decode_output(fn, computation.output) if contract and fn else computation.output
         return TxResult(number, True, None, output, self._events(receipt), receipt.gas_used)
 
-    def call(self, contract: Contract, fn: str, *args: Any, sender: bytes = b"\x00" * 20) -> Any:
-        """eth_call against the head state (block.number = head + 1); raises CallReverted."""
-        vm = self.chain.get_vm()
+    def call(self, contract: Contract, fn: str, *args: Any, sender: bytes = b"\x00" * 20,
+             timestamp: int | None = None) -> Any:
+        """eth_call against the head state, as in the next block (block.number = head + 1, block.timestamp =
+        `timestamp`, default head + 1 s: not the wall clock py-evm would use); raises CallReverted."""
+        head = self.chain.get_canonical_head()
+        header = self.chain.header.copy(
+            timestamp=head.timestamp + 1 if timestamp is None else timestamp, gas_limit=GAS_LIMIT,
+            base_fee_per_gas=0,
+        )
+        vm = self.chain.get_vm(header)
+        state = vm.state
         unsigned = vm.create_unsigned_transaction(
-            nonce=vm.state.get_nonce(sender), gas_price=0, gas=TX_GAS, to=contract.address, value=0,
+            nonce=state.get_nonce(sender), gas_price=0, gas=TX_GAS, to=contract.address, value=0,
             data=contract.encode(fn, *args),
         )
+        snapshot = state.snapshot()
         try:
-            output = self.chain.get_transaction_result(
-                SpoofTransaction(unsigned, from_=sender), self.chain.get_canonical_head()
-            )
-        except Revert as exc:
-            raise CallReverted(revert_reason(exc.args[0])) from exc
-        return contract.decode_output(fn, output)
+            computation = state.costless_execute_transaction(SpoofTransaction(unsigned, from_=sender))
+        finally:
+            state.revert(snapshot)
+        if computation.is_error:
+            if isinstance(computation.error, Revert):
+                raise CallReverted(revert_reason(computation.output))
+            raise CallReverted(f"{type(computation.error).__name__}: {computation.error}")
+        return contract.decode_output(fn, computation.output)

@@ -1,23 +1,78 @@
 # pragma version ~=0.4.3
 """
 @title SwarmRounds: participant registry, per-round update commits, aggregate attestations, rewards
-@notice Round 0 opens at deployment (genesis); round r+1 opens in the block where round r finalizes.
-        Commits are accepted while block.number < closeBlock (= openBlock + commitWindow), or until
-        every registered participant has committed (the window then closes early, closeBlock = that
-        block). Validators (per Staking) attest once block.number >= closeBlock. A round finalizes when
-        the stake that attested one hash is more than 2/3 of Staking.totalStake().
-        Fixed point: localLoss and localAccuracy are value * 1e6; accuracy must be <= 1e6.
-        Rewards: rewardPerRound * contributorShareBps / 10000 goes to contributors by sample count
-        (nothing when the round has no commits), the rest to the validators that attested the final
-        hash, by attested stake. Validators that attested another hash get nothing and lose
-        mismatchPenaltyBps of their stake. Integer-division dust stays in the Staking reward pool.
+@notice Time. Every deadline is a block timestamp in seconds, never a block count: an idle chain that
+        makes one empty block per 5 s closes a window as soon as one that makes a block per second.
+        Rounds. Round 0 opens at deployment (the genesis block); round r+1 opens in the block where
+        round r finalizes. A round opens with openTime = block.timestamp, closeTime = openTime +
+        commitWindowSecs and baseHash = genesisModelHash (r = 0) or finalHash of r-1.
+        Commit window, as seen by the current block: closed once finalized; OPEN while fewer than
+        minParticipants committed unless skipUnderMin (the round is extended, whatever the time);
+        else closed if closedEarly; else open iff block.timestamp < closeTime.
+        Restart: a round whose first commit comes at or after its closeTime (only possible when
+        extended) restarts its clock there: openTime = now, closeTime = now + commitWindowSecs
+        (WindowRestarted). Otherwise a network started long after its genesis time, or a swarm back
+        from an outage, would close the round on the first update that arrives.
+        Expected set. When round r opens, every active participant with missed < absentRounds (any
+        missed when absentRounds = 0) is expected in r (expectedRound = r + 1). Someone who registers
+        mid-round is expected from the next round. rejoin() (a dropped participant back online: its
+        commits alone could never get in, since the window closes early once the expected have
+        committed) resets missed to 0 as well. Any commit resets the committer's missed to 0, so
+        a dropped participant that commits again is expected from the next round on.
+        Early close: the commit (or leave) after which every participant still expected has committed
+        and commitCount >= minParticipants closes the window in that block.
+        Straggler grace (stragglerGracePct > 0): the first time commitCount reaches
+        quorum = max(minParticipants, ceil(2 * expectedCount / 3)) while the window is still open,
+        closeTime = min(closeTime, now + max(minGraceSecs, (now - openTime) * stragglerGracePct / 100)).
+        It is applied at most once per round (a later application could only give a later deadline);
+        DeadlineShortened is emitted only when closeTime actually moves.
+        Skipped round (only with skipUnderMin): its window closed with commitCount < minParticipants.
+        Validators must attest exactly its baseHash; it finalizes with skipped = true, its commits are
+        not included and not paid, and the validators get only their usual share (so censoring commits
+        to force a skip never pays a proposer more).
+        Absence. At the finalization of r, every participant expected in r that neither committed nor
+        left gets missed += 1 and is listed in getAbsent(r); when missed reaches absentRounds it is
+        dropped from the expected set (ParticipantDropped). Leaving while expected is not an absence.
+        Each round keeps its expected set as a bitmap over registry indices, so getAbsent(r) is derived
+        from it and the commits instead of being written out participant by participant.
+        Membership. The registry is append-only: an address keeps its index (its data partition) for
+        ever. admissionMode 0 (stake): register pays exactly participantBond, held here and refunded
+        by leave. admissionMode 1 (allow-list): no value; approvals are 65-byte signatures r || s || v
+        (v in {27, 28}) by validators over keccak256(abi_encode(keccak256("swarmnode-admit"), chain.id,
+        this contract, participant)), sorted by strictly increasing signer address, each signer with
+        stake > 0, together more than 2/3 of Staking.totalStake(). As in Staking.slash, s is not
+        required to be low: signers are deduplicated by recovered address, so a malleated signature
+        gains nothing. An approval admits an address, not one registration: after leave the same
+        approvals admit it again while their signers still hold > 2/3 of the stake. A participant
+        that left may register again (same index, its own peer id or a free one; a peer id stays
+        reserved to its last owner until that owner registers under another one). Genesis
+        participants are registered with no bond and are expected in round 0.
+        Attestations: validators (stake > 0 in Staking) attest once the window is closed; a round
+        finalizes when the stake that attested one hash is more than 2/3 of Staking.totalStake().
+        Fixed point and bounds: localLoss and localAccuracy are value * 1e6; accuracy <= 1e6;
+        numSamples and localLoss <= 2**64 and rewardPerRound <= 2**128, so payouts cannot overflow.
+        Rewards: rewardPerRound * contributorShareBps / 10000 goes to the contributors of a round that
+        is not skipped, by sample count; the rest to the validators that attested the final hash, by
+        attested stake. Validators that attested another hash get nothing and lose mismatchPenaltyBps
+        of their stake. Undistributed amounts and integer-division dust stay in the Staking pool.
+        roundReward(r, account) is derived from the round's commits and attestations; only what
+        Staking could not credit (its pool ran dry) is stored. Finalizing with 128 contributors and
+        64 validators costs about 7.6M gas (measured in tests/unit/test_contracts.py).
 """
 
 MAX_PARTICIPANTS: constant(uint256) = 128
 MAX_ATTESTATIONS: constant(uint256) = 128
+MAX_APPROVALS: constant(uint256) = 64  # Staking.MAX_VALIDATORS
 MAX_PEER_ID: constant(uint256) = 64
 BPS: constant(uint256) = 10000
 FIXED_ONE: constant(uint256) = 1000000
+MAX_GRACE_PCT: constant(uint256) = 1000
+MAX_DURATION: constant(uint256) = 2**40  # seconds; bounds deadline arithmetic
+MAX_REPORTED: constant(uint256) = 2**64  # numSamples, localLoss
+MAX_REWARD: constant(uint256) = 2**128
+ADMISSION_STAKE: constant(uint256) = 0
+ADMISSION_ALLOWLIST: constant(uint256) = 1
+ADMIT_TAG: constant(bytes32) = keccak256("swarmnode-admit")
 
 interface IStaking:
     def stakeOf(account: address) -> uint256: view
@@ -27,15 +82,31 @@ interface IStaking:
 
 struct RoundInfo:
     openBlock: uint256
-    closeBlock: uint256
+    openTime: uint256  # when its clock started: at opening, or at a first commit past the deadline
+    closeTime: uint256
+    closeBlock: uint256  # early close: the commit's block; else the first attestation's block
     finalBlock: uint256
+    baseHash: bytes32
     finalHash: bytes32
     commitCount: uint256
     totalSamples: uint256
     attestationCount: uint256
-    participantCount: uint256
+    participantCount: uint256  # active participants at open
+    expectedCount: uint256
+    expectedCommitted: uint256
+    absentCount: uint256
     closedEarly: bool
+    skipped: bool
     finalized: bool
+
+struct ParticipantInfo:
+    peerId: String[MAX_PEER_ID]
+    index: uint256  # position in the registry, for ever
+    registered: bool  # ever
+    active: bool  # registered and not left
+    missed: uint256  # consecutive rounds expected and not committed
+    expectedRound: uint256  # r + 1 when expected in round r; 0: never
+    bond: uint256  # wei held for it, refunded by leave
 
 struct Commit:
     participant: address
@@ -54,11 +125,24 @@ struct Attestation:
 event Registered:
     participant: indexed(address)
     peerId: String[MAX_PEER_ID]
+    index: uint256
+    bond: uint256
+
+event Left:
+    participant: indexed(address)
+
+event Rejoined:
+    participant: indexed(address)
+    round: indexed(uint256)
 
 event RoundOpened:
     round: indexed(uint256)
     openBlock: uint256
-    closeBlock: uint256
+    openTime: uint256
+    closeTime: uint256
+    baseHash: bytes32
+    participantCount: uint256
+    expectedCount: uint256
 
 event UpdateCommitted:
     round: indexed(uint256)
@@ -74,11 +158,24 @@ event WindowClosedEarly:
     closeBlock: uint256
     commitCount: uint256
 
+event DeadlineShortened:
+    round: indexed(uint256)
+    closeTime: uint256
+
+event WindowRestarted:
+    round: indexed(uint256)
+    openTime: uint256
+    closeTime: uint256
+
 event AggregateAttested:
     round: indexed(uint256)
     validator: indexed(address)
     modelHash: bytes32
     stake: uint256
+
+event RoundSkipped:
+    round: indexed(uint256)
+    commitCount: uint256
 
 event RoundFinalized:
     round: indexed(uint256)
@@ -104,31 +201,66 @@ event AttestationMismatch:
     finalHash: bytes32
     penalty: uint256
 
+event ParticipantAbsent:
+    round: indexed(uint256)
+    participant: indexed(address)
+    missed: uint256
+
+event ParticipantDropped:
+    round: indexed(uint256)
+    participant: indexed(address)
+
+# ---------------------------------------------------------------- parameters (fixed at genesis)
 staking: public(address)
-commitWindow: public(uint256)
+genesisModelHash: public(bytes32)
+commitWindowSecs: public(uint256)
+stragglerGracePct: public(uint256)
+minGraceSecs: public(uint256)
+minParticipants: public(uint256)
+skipUnderMin: public(bool)
+absentRounds: public(uint256)
+admissionMode: public(uint256)
+participantBond: public(uint256)
 rewardPerRound: public(uint256)
 contributorShareBps: public(uint256)
 mismatchPenaltyBps: public(uint256)
+initialParticipantCount: public(uint256)  # the first entries of the registry
+initialPeerIds: DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS]
 
+# ---------------------------------------------------------------- rounds
 currentRound: public(uint256)
 rounds: HashMap[uint256, RoundInfo]
+graceApplied: public(HashMap[uint256, bool])
 commits: HashMap[uint256, HashMap[uint256, Commit]]
 committed: HashMap[uint256, HashMap[address, bool]]
+updateSeen: HashMap[uint256, HashMap[bytes32, bool]]
+expectedSet: HashMap[uint256, uint256]  # round -> bit i set: registry[i] expected (cleared if it left uncommitted)
 attestations: HashMap[uint256, HashMap[uint256, Attestation]]
 attestedHash: HashMap[uint256, HashMap[address, bytes32]]
 attestedStake: public(HashMap[uint256, HashMap[bytes32, uint256]])
 mismatched: HashMap[uint256, HashMap[address, bool]]
-roundReward: public(HashMap[uint256, HashMap[address, uint256]])
+shortfall: HashMap[uint256, HashMap[address, uint256]]  # credited below its share: Staking's pool ran dry
 
-peerIdOf: public(HashMap[address, String[MAX_PEER_ID]])
-peerIdOwner: public(HashMap[bytes32, address])  # keccak256(peerId) -> participant
-participants: DynArray[address, MAX_PARTICIPANTS]
+# ---------------------------------------------------------------- participants
+members: HashMap[address, ParticipantInfo]
+peerIdOwner: public(HashMap[bytes32, address])  # keccak256(peerId) -> its (last) owner
+registry: DynArray[address, MAX_PARTICIPANTS]  # append-only: an index never changes
+activeCount: uint256
+totalBonds: public(uint256)  # wei held for active participants; equals this contract's balance
 
 
 @deploy
 def __init__(
     staking: address,
-    commitWindow: uint256,
+    genesisModelHash: bytes32,
+    commitWindowSecs: uint256,
+    stragglerGracePct: uint256,
+    minGraceSecs: uint256,
+    minParticipants: uint256,
+    skipUnderMin: bool,
+    absentRounds: uint256,
+    admissionMode: uint256,
+    participantBond: uint256,
     rewardPerRound: uint256,
     contributorShareBps: uint256,
     mismatchPenaltyBps: uint256,
@@ -136,127 +268,362 @@ def __init__(
     initialPeerIds: DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS],
 ):
     assert staking != empty(address), "init: zero Staking address"
-    assert commitWindow > 0, "init: zero commit window"
+    assert commitWindowSecs > 0, "init: zero commit window"
+    assert commitWindowSecs <= MAX_DURATION, "init: commit window above 2**40 s"
+    assert stragglerGracePct <= MAX_GRACE_PCT, "init: straggler grace above 1000 pct"
+    assert minGraceSecs <= MAX_DURATION, "init: min grace above 2**40 s"
+    assert minParticipants >= 1, "init: min participants below 1"
+    assert minParticipants <= MAX_PARTICIPANTS, "init: min participants above 128"
+    assert not skipUnderMin or genesisModelHash != empty(bytes32), "init: skipping needs a genesis model hash"
+    assert admissionMode <= ADMISSION_ALLOWLIST, "init: admission mode is not 0 or 1"
+    assert rewardPerRound <= MAX_REWARD, "init: reward per round above 2**128"
     assert contributorShareBps <= BPS, "init: contributor share above 10000 bps"
     assert mismatchPenaltyBps <= BPS, "init: mismatch penalty above 10000 bps"
     assert len(initialParticipants) == len(initialPeerIds), "init: participants and peer ids differ in length"
     self.staking = staking
-    self.commitWindow = commitWindow
+    self.genesisModelHash = genesisModelHash
+    self.commitWindowSecs = commitWindowSecs
+    self.stragglerGracePct = stragglerGracePct
+    self.minGraceSecs = minGraceSecs
+    self.minParticipants = minParticipants
+    self.skipUnderMin = skipUnderMin
+    self.absentRounds = absentRounds
+    self.admissionMode = admissionMode
+    self.participantBond = participantBond
     self.rewardPerRound = rewardPerRound
     self.contributorShareBps = contributorShareBps
     self.mismatchPenaltyBps = mismatchPenaltyBps
+    self.initialParticipantCount = len(initialParticipants)
+    self.initialPeerIds = initialPeerIds
     for i: uint256 in range(len(initialParticipants), bound=MAX_PARTICIPANTS):
-        self._register(initialParticipants[i], initialPeerIds[i])
-    self._openRound(0)
+        assert initialParticipants[i] != empty(address), "init: zero participant address"
+        self._register(initialParticipants[i], initialPeerIds[i], 0)
+    self._openRound(0, genesisModelHash)
 
 
-# ---------------------------------------------------------------- internal
+# ---------------------------------------------------------------- internal: membership
 
 @internal
-def _register(participant: address, peerId: String[MAX_PEER_ID]):
+def _register(participant: address, peerId: String[MAX_PEER_ID], bond: uint256):
+    """Admit `participant` (new, or back after leave) under `peerId`; the caller checked admission."""
     assert len(peerId) > 0, "register: empty peer id"
-    assert len(self.peerIdOf[participant]) == 0, "register: already registered"
+    assert not self.members[participant].active, "register: already registered"
     key: bytes32 = keccak256(peerId)
-    assert self.peerIdOwner[key] == empty(address), "register: peer id already taken"
-    assert len(self.participants) < MAX_PARTICIPANTS, "register: participant registry full"
-    self.peerIdOf[participant] = peerId
+    owner: address = self.peerIdOwner[key]
+    assert owner == empty(address) or owner == participant, "register: peer id already taken"
+    index: uint256 = 0
+    if self.members[participant].registered:
+        index = self.members[participant].index
+        old: String[MAX_PEER_ID] = self.members[participant].peerId
+        if keccak256(old) != key:
+            self.peerIdOwner[keccak256(old)] = empty(address)
+    else:
+        index = len(self.registry)
+        assert index < MAX_PARTICIPANTS, "register: participant registry full"
+        self.registry.append(participant)
     self.peerIdOwner[key] = participant
-    self.participants.append(participant)
-    log Registered(participant=participant, peerId=peerId)
+    self.members[participant] = ParticipantInfo(
+        peerId=peerId, index=index, registered=True, active=True, missed=0, expectedRound=0, bond=bond
+    )
+    self.activeCount += 1
+    self.totalBonds += bond
+    log Registered(participant=participant, peerId=peerId, index=index, bond=bond)
 
 
 @internal
-def _openRound(r: uint256):
-    closeBlock: uint256 = block.number + self.commitWindow
+@view
+def _checkApprovals(participant: address, approvals: DynArray[Bytes[65], MAX_APPROVALS]):
+    """Reverts unless the approvals admit `participant`: valid, sorted, validators, > 2/3 of stake."""
+    digest: bytes32 = keccak256(abi_encode(ADMIT_TAG, chain.id, self, participant))
+    previous: uint256 = 0
+    approved: uint256 = 0
+    for sig: Bytes[65] in approvals:
+        assert len(sig) == 65, "register: approval is not 65 bytes"
+        v: uint256 = convert(slice(sig, 64, 1), uint256)
+        assert v == 27 or v == 28, "register: approval v is not 27 or 28"
+        signer: address = ecrecover(digest, v, extract32(sig, 0), extract32(sig, 32))
+        assert signer != empty(address), "register: approval signature is invalid"
+        assert convert(signer, uint256) > previous, "register: approval signers not strictly increasing"
+        previous = convert(signer, uint256)
+        stake: uint256 = staticcall IStaking(self.staking).stakeOf(signer)
+        assert stake > 0, "register: approval signer is not a validator"
+        approved += stake
+    total: uint256 = staticcall IStaking(self.staking).totalStake()
+    assert approved * 3 > total * 2, "register: approvals hold at most 2/3 of stake"
+
+
+# ---------------------------------------------------------------- internal: rounds
+
+@internal
+def _openRound(r: uint256, baseHash: bytes32):
+    """Open round r: deadline from now, and the expected set from the registry."""
+    absentRounds: uint256 = self.absentRounds
+    expected: uint256 = 0
+    bits: uint256 = 0
+    for i: uint256 in range(len(self.registry), bound=MAX_PARTICIPANTS):
+        p: address = self.registry[i]
+        if not self.members[p].active:
+            continue
+        if absentRounds == 0 or self.members[p].missed < absentRounds:
+            self.members[p].expectedRound = r + 1
+            bits |= 1 << i
+            expected += 1
+    self.expectedSet[r] = bits
+    closeTime: uint256 = block.timestamp + self.commitWindowSecs
+    active: uint256 = self.activeCount
     self.currentRound = r
     self.rounds[r].openBlock = block.number
-    self.rounds[r].closeBlock = closeBlock
-    self.rounds[r].participantCount = len(self.participants)
-    log RoundOpened(round=r, openBlock=block.number, closeBlock=closeBlock)
+    self.rounds[r].openTime = block.timestamp
+    self.rounds[r].closeTime = closeTime
+    self.rounds[r].baseHash = baseHash
+    self.rounds[r].participantCount = active
+    self.rounds[r].expectedCount = expected
+    log RoundOpened(round=r, openBlock=block.number, openTime=block.timestamp, closeTime=closeTime, baseHash=baseHash, participantCount=active, expectedCount=expected)
 
 
 @internal
 @view
 def _windowOpen(r: uint256) -> bool:
-    return not self.rounds[r].closedEarly and block.number < self.rounds[r].closeBlock
+    if self.rounds[r].finalized:
+        return False
+    if not self.skipUnderMin and self.rounds[r].commitCount < self.minParticipants:
+        return True  # extended until enough commits arrive
+    if self.rounds[r].closedEarly:
+        return False
+    return block.timestamp < self.rounds[r].closeTime
+
+
+@internal
+def _restartClock(r: uint256):
+    closeTime: uint256 = block.timestamp + self.commitWindowSecs
+    self.rounds[r].openTime = block.timestamp
+    self.rounds[r].closeTime = closeTime
+    log WindowRestarted(round=r, openTime=block.timestamp, closeTime=closeTime)
+
+
+@internal
+def _afterProgress(r: uint256):
+    """After a commit or a leave in open round r: close early if complete, else maybe shorten the deadline."""
+    commitCount: uint256 = self.rounds[r].commitCount
+    expectedCount: uint256 = self.rounds[r].expectedCount
+    minParticipants: uint256 = self.minParticipants
+    if commitCount < minParticipants:
+        return
+    if self.rounds[r].expectedCommitted >= expectedCount:
+        self.rounds[r].closedEarly = True
+        self.rounds[r].closeBlock = block.number
+        log WindowClosedEarly(round=r, closeBlock=block.number, commitCount=commitCount)
+        return
+    pct: uint256 = self.stragglerGracePct
+    if pct == 0 or self.graceApplied[r]:
+        return
+    if commitCount < max(minParticipants, (2 * expectedCount + 2) // 3):
+        return
+    self.graceApplied[r] = True
+    elapsed: uint256 = block.timestamp - self.rounds[r].openTime
+    deadline: uint256 = block.timestamp + max(self.minGraceSecs, elapsed * pct // 100)
+    if deadline < self.rounds[r].closeTime:
+        self.rounds[r].closeTime = deadline
+        log DeadlineShortened(round=r, closeTime=deadline)
+
+
+@internal
+def _credit(r: uint256, account: address, amount: uint256) -> uint256:
+    """Credit `amount` through Staking; only a shortfall is stored (roundReward derives the rest)."""
+    paid: uint256 = extcall IStaking(self.staking).creditReward(account, amount)
+    if paid < amount:
+        self.shortfall[r][account] += amount - paid
+    return paid
 
 
 @internal
 def _payContributors(r: uint256, pool: uint256):
-    info: RoundInfo = self.rounds[r]
-    for i: uint256 in range(info.commitCount, bound=MAX_PARTICIPANTS):
-        c: Commit = self.commits[r][i]
-        amount: uint256 = pool * c.numSamples // info.totalSamples
-        paid: uint256 = extcall IStaking(self.staking).creditReward(c.participant, amount)
-        self.roundReward[r][c.participant] += paid
-        log ContributorRewarded(round=r, participant=c.participant, amount=paid)
+    count: uint256 = self.rounds[r].commitCount
+    totalSamples: uint256 = self.rounds[r].totalSamples
+    for i: uint256 in range(count, bound=MAX_PARTICIPANTS):
+        participant: address = self.commits[r][i].participant
+        amount: uint256 = pool * self.commits[r][i].numSamples // totalSamples
+        paid: uint256 = self._credit(r, participant, amount)
+        log ContributorRewarded(round=r, participant=participant, amount=paid)
 
 
 @internal
 def _settleValidators(r: uint256, finalHash: bytes32, pool: uint256):
     """Reward the attesters of `finalHash` by stake; record and penalize the others."""
-    info: RoundInfo = self.rounds[r]
+    count: uint256 = self.rounds[r].attestationCount
     winningStake: uint256 = self.attestedStake[r][finalHash]
     penaltyBps: uint256 = self.mismatchPenaltyBps
-    for i: uint256 in range(info.attestationCount, bound=MAX_ATTESTATIONS):
-        a: Attestation = self.attestations[r][i]
-        if a.modelHash == finalHash:
-            amount: uint256 = pool * a.stake // winningStake
-            paid: uint256 = extcall IStaking(self.staking).creditReward(a.validator, amount)
-            self.roundReward[r][a.validator] += paid
-            log ValidatorRewarded(round=r, validator=a.validator, amount=paid)
+    for i: uint256 in range(count, bound=MAX_ATTESTATIONS):
+        validator: address = self.attestations[r][i].validator
+        attested: bytes32 = self.attestations[r][i].modelHash
+        if attested == finalHash:
+            amount: uint256 = pool * self.attestations[r][i].stake // winningStake
+            paid: uint256 = self._credit(r, validator, amount)
+            log ValidatorRewarded(round=r, validator=validator, amount=paid)
         else:
-            self.mismatched[r][a.validator] = True
-            penalty: uint256 = extcall IStaking(self.staking).penalize(a.validator, penaltyBps)
-            log AttestationMismatch(round=r, validator=a.validator, attestedHash=a.modelHash, finalHash=finalHash, penalty=penalty)
+            self.mismatched[r][validator] = True
+            penalty: uint256 = extcall IStaking(self.staking).penalize(validator, penaltyBps)
+            log AttestationMismatch(round=r, validator=validator, attestedHash=attested, finalHash=finalHash, penalty=penalty)
 
 
 @internal
-def _finalize(r: uint256, modelHash: bytes32):
+def _recordAbsentees(r: uint256):
+    """Every participant expected in r that did not commit (and did not leave) missed round r."""
+    bits: uint256 = self.expectedSet[r]
+    absentRounds: uint256 = self.absentRounds
+    count: uint256 = 0
+    for i: uint256 in range(len(self.registry), bound=MAX_PARTICIPANTS):
+        if bits & (1 << i) == 0:
+            continue
+        p: address = self.registry[i]
+        if self.committed[r][p]:
+            continue
+        missed: uint256 = self.members[p].missed + 1
+        self.members[p].missed = missed
+        count += 1
+        log ParticipantAbsent(round=r, participant=p, missed=missed)
+        if missed == absentRounds:
+            log ParticipantDropped(round=r, participant=p)
+    self.rounds[r].absentCount = count
+
+
+@internal
+def _finalize(r: uint256, modelHash: bytes32, skipped: bool):
     self.rounds[r].finalized = True
     self.rounds[r].finalHash = modelHash
     self.rounds[r].finalBlock = block.number
     total: uint256 = self.rewardPerRound
-    contributorPool: uint256 = 0
-    if self.rounds[r].commitCount > 0:
-        contributorPool = total * self.contributorShareBps // BPS
+    contributorPool: uint256 = total * self.contributorShareBps // BPS
+    commitCount: uint256 = self.rounds[r].commitCount
+    if skipped:
+        self.rounds[r].skipped = True
+        log RoundSkipped(round=r, commitCount=commitCount)
+    else:
         self._payContributors(r, contributorPool)
     self._settleValidators(r, modelHash, total - contributorPool)
-    log RoundFinalized(round=r, modelHash=modelHash, finalBlock=block.number, commitCount=self.rounds[r].commitCount, attestedStake=self.attestedStake[r][modelHash])
-    self._openRound(r + 1)
+    self._recordAbsentees(r)
+    log RoundFinalized(round=r, modelHash=modelHash, finalBlock=block.number, commitCount=commitCount, attestedStake=self.attestedStake[r][modelHash])
+    self._openRound(r + 1, modelHash)
 
 
 # ---------------------------------------------------------------- participants
 
 @external
-def register(peerId: String[MAX_PEER_ID]):
-    """Register the sender as a learning participant under its libp2p peer id."""
-    self._register(msg.sender, peerId)
+@payable
+def register(peerId: String[MAX_PEER_ID], approvals: DynArray[Bytes[65], MAX_APPROVALS] = []):
+    """Register the sender under its libp2p peer id (again after leave: same index), per admissionMode."""
+    if self.admissionMode == ADMISSION_STAKE:
+        assert len(approvals) == 0, "register: approvals are for allow-list admission only"
+        assert msg.value == self.participantBond, "register: value is not the participant bond"
+    else:
+        assert msg.value == 0, "register: allow-list admission takes no value"
+        self._checkApprovals(msg.sender, approvals)
+    self._register(msg.sender, peerId, msg.value)
+
+
+@external
+@nonreentrant
+def leave():
+    """Stop participating: refund the bond; if expected and not committed yet, stop being waited for."""
+    assert self.members[msg.sender].active, "leave: sender is not an active participant"
+    r: uint256 = self.currentRound
+    bond: uint256 = self.members[msg.sender].bond
+    wasExpected: bool = self.members[msg.sender].expectedRound == r + 1
+    self.members[msg.sender].active = False
+    self.members[msg.sender].expectedRound = 0
+    self.members[msg.sender].bond = 0
+    self.activeCount -= 1
+    self.totalBonds -= bond
+    if wasExpected and not self.committed[r][msg.sender]:
+        self.expectedSet[r] &= ~(1 << self.members[msg.sender].index)  # not waited for, not absent
+        self.rounds[r].expectedCount -= 1
+        if self._windowOpen(r):
+            self._afterProgress(r)
+    log Left(participant=msg.sender)
+    if bond > 0:
+        raw_call(msg.sender, b"", value=bond)
+
+
+@external
+def rejoin():
+    """A participant dropped from the expected set (missed absentRounds rounds in a row) is back: it is
+    expected again from the next round, so windows wait for it as for everyone else."""
+    assert self.members[msg.sender].active, "rejoin: sender is not an active participant"
+    assert self.members[msg.sender].missed != 0, "rejoin: sender has missed no round"
+    self.members[msg.sender].missed = 0
+    log Rejoined(participant=msg.sender, round=self.currentRound)
 
 
 @external
 @view
 def isRegistered(account: address) -> bool:
-    return len(self.peerIdOf[account]) > 0
+    """True while `account` is an active participant."""
+    return self.members[account].active
+
+
+@external
+@view
+def isExpected(account: address) -> bool:
+    """True if the current round waits for `account`'s commit (committed or not)."""
+    return self.members[account].expectedRound == self.currentRound + 1
 
 
 @external
 @view
 def participantCount() -> uint256:
-    return len(self.participants)
+    """Active participants."""
+    return self.activeCount
+
+
+@external
+@view
+def registrySize() -> uint256:
+    """Every address ever registered, active or not."""
+    return len(self.registry)
 
 
 @external
 @view
 def getParticipants() -> DynArray[address, MAX_PARTICIPANTS]:
-    return self.participants
+    """The whole registry in index order (indices are stable; see isRegistered for who is active)."""
+    return self.registry
 
 
 @external
 @view
 def participantAt(index: uint256) -> address:
-    assert index < len(self.participants), "participantAt: index out of range"
-    return self.participants[index]
+    assert index < len(self.registry), "participantAt: index out of range"
+    return self.registry[index]
+
+
+@external
+@view
+def getParticipant(account: address) -> ParticipantInfo:
+    return self.members[account]
+
+
+@external
+@view
+def peerIdOf(account: address) -> String[MAX_PEER_ID]:
+    """The peer id `account` last registered under (kept after leave)."""
+    return self.members[account].peerId
+
+
+@external
+@view
+def getInitialParticipants() -> DynArray[address, MAX_PARTICIPANTS]:
+    """The genesis participants (the constructor's initialParticipants)."""
+    out: DynArray[address, MAX_PARTICIPANTS] = []
+    for i: uint256 in range(self.initialParticipantCount, bound=MAX_PARTICIPANTS):
+        out.append(self.registry[i])
+    return out
+
+
+@external
+@view
+def getInitialPeerIds() -> DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS]:
+    """The constructor's initialPeerIds."""
+    return self.initialPeerIds
 
 
 # ---------------------------------------------------------------- commits
@@ -264,14 +631,19 @@ def participantAt(index: uint256) -> address:
 @external
 def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, localLoss: uint256, localAccuracy: uint256):
     """Commit the hash of the sender's update for the current round, once, inside the window."""
-    assert len(self.peerIdOf[msg.sender]) > 0, "commitUpdate: sender not registered"
+    assert self.members[msg.sender].active, "commitUpdate: sender not registered"
     assert round == self.currentRound, "commitUpdate: wrong round"
     assert self._windowOpen(round), "commitUpdate: commit window closed"
     assert not self.committed[round][msg.sender], "commitUpdate: already committed this round"
     assert updateHash != empty(bytes32), "commitUpdate: empty update hash"
+    assert not self.updateSeen[round][updateHash], "commitUpdate: duplicate update hash"
     assert numSamples > 0, "commitUpdate: zero samples"
+    assert numSamples <= MAX_REPORTED, "commitUpdate: numSamples above 2**64"
+    assert localLoss <= MAX_REPORTED, "commitUpdate: localLoss above 2**64"
     assert localAccuracy <= FIXED_ONE, "commitUpdate: accuracy above 1e6"
     index: uint256 = self.rounds[round].commitCount
+    if index == 0 and block.timestamp >= self.rounds[round].closeTime:
+        self._restartClock(round)
     self.commits[round][index] = Commit(
         participant=msg.sender,
         updateHash=updateHash,
@@ -281,13 +653,15 @@ def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, local
         blockNumber=block.number,
     )
     self.committed[round][msg.sender] = True
+    self.updateSeen[round][updateHash] = True
     self.rounds[round].commitCount = index + 1
     self.rounds[round].totalSamples += numSamples
+    if self.members[msg.sender].expectedRound == round + 1:
+        self.rounds[round].expectedCommitted += 1
+    if self.members[msg.sender].missed != 0:
+        self.members[msg.sender].missed = 0
     log UpdateCommitted(round=round, participant=msg.sender, index=index, updateHash=updateHash, numSamples=numSamples, localLoss=localLoss, localAccuracy=localAccuracy)
-    if index + 1 >= len(self.participants):
-        self.rounds[round].closedEarly = True
-        self.rounds[round].closeBlock = block.number
-        log WindowClosedEarly(round=round, closeBlock=block.number, commitCount=index + 1)
+    self._afterProgress(round)
 
 
 # ---------------------------------------------------------------- attestations
@@ -302,8 +676,13 @@ def attestAggregate(round: uint256, modelHash: bytes32) -> bool:
     assert not self._windowOpen(round), "attestAggregate: commit window still open"
     assert modelHash != empty(bytes32), "attestAggregate: empty model hash"
     assert self.attestedHash[round][msg.sender] == empty(bytes32), "attestAggregate: already attested this round"
+    skipped: bool = self.rounds[round].commitCount < self.minParticipants  # closed below min: skip mode
+    if skipped:
+        assert modelHash == self.rounds[round].baseHash, "attestAggregate: skipped round must attest its base hash"
     index: uint256 = self.rounds[round].attestationCount
     assert index < MAX_ATTESTATIONS, "attestAggregate: too many attestations"
+    if self.rounds[round].closeBlock == 0:
+        self.rounds[round].closeBlock = block.number
     self.attestations[round][index] = Attestation(validator=msg.sender, modelHash=modelHash, stake=stake, blockNumber=block.number)
     self.attestedHash[round][msg.sender] = modelHash
     self.rounds[round].attestationCount = index + 1
@@ -311,7 +690,7 @@ def attestAggregate(round: uint256, modelHash: bytes32) -> bool:
     log AggregateAttested(round=round, validator=msg.sender, modelHash=modelHash, stake=stake)
     total: uint256 = staticcall IStaking(self.staking).totalStake()
     if self.attestedStake[round][modelHash] * 3 > total * 2:
-        self._finalize(round, modelHash)
+        self._finalize(round, modelHash, skipped)
         return True
     return False
 
@@ -327,6 +706,52 @@ def getRound(round: uint256) -> RoundInfo:
 
 @external
 @view
+def baseHash(round: uint256) -> bytes32:
+    """The model round `round` starts from: the genesis model, or the final hash of round - 1."""
+    assert round <= self.currentRound, "baseHash: round not open yet"
+    return self.rounds[round].baseHash
+
+
+@external
+@view
+def getAbsent(round: uint256) -> DynArray[address, MAX_PARTICIPANTS]:
+    """The participants expected in `round` that did not commit, in registry order (empty until it finalizes)."""
+    out: DynArray[address, MAX_PARTICIPANTS] = []
+    if not self.rounds[round].finalized:
+        return out
+    bits: uint256 = self.expectedSet[round]
+    for i: uint256 in range(len(self.registry), bound=MAX_PARTICIPANTS):
+        if bits & (1 << i) != 0 and not self.committed[round][self.registry[i]]:
+            out.append(self.registry[i])
+    return out
+
+
+@external
+@view
+def roundReward(round: uint256, account: address) -> uint256:
+    """What `account` was credited for `round` (contributor plus validator share; 0 until it finalizes).
+    Derived from the round's commits and attestations, so finalization writes no slot per payee."""
+    if not self.rounds[round].finalized:
+        return 0
+    total: uint256 = self.rewardPerRound
+    contributorPool: uint256 = total * self.contributorShareBps // BPS
+    owed: uint256 = 0
+    if not self.rounds[round].skipped and self.committed[round][account]:
+        for i: uint256 in range(self.rounds[round].commitCount, bound=MAX_PARTICIPANTS):
+            if self.commits[round][i].participant == account:
+                owed += contributorPool * self.commits[round][i].numSamples // self.rounds[round].totalSamples
+                break
+    finalHash: bytes32 = self.rounds[round].finalHash
+    if self.attestedHash[round][account] == finalHash:
+        for i: uint256 in range(self.rounds[round].attestationCount, bound=MAX_ATTESTATIONS):
+            if self.attestations[round][i].validator == account:
+                owed += (total - contributorPool) * self.attestations[round][i].stake // self.attestedStake[round][finalHash]
+                break
+    return owed - self.shortfall[round][account]
+
+
+@external
+@view
 def getCommit(round: uint256, index: uint256) -> Commit:
     assert index < self.rounds[round].commitCount, "getCommit: no such commit"
     return self.commits[round][index]
@@ -335,7 +760,7 @@ def getCommit(round: uint256, index: uint256) -> Commit:
 @external
 @view
 def getCommitters(round: uint256) -> DynArray[address, MAX_PARTICIPANTS]:
-    """The participants whose updates round `round` includes, in commit order."""
+    """The committers of `round` in commit order (a skipped round includes none: see getRound().skipped)."""
     out: DynArray[address, MAX_PARTICIPANTS] = []
     for i: uint256 in range(self.rounds[round].commitCount, bound=MAX_PARTICIPANTS):
         out.append(self.commits[round][i].participant)

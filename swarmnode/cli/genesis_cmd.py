@@ -20,12 +20,15 @@ from typing import Any
 from consensus.devtools import address_of, dev_key
 from consensus.errors import ConsensusError
 from consensus.genesis import (
+    ADMISSION_CHOICES,
+    UNDER_MIN_CHOICES,
     AccountSpec,
     ConsensusParams,
     Genesis,
     RoundsParams,
     ValidatorSpec,
     dump_genesis,
+    format_amount,
     load_genesis,
     parse_amount,
 )
@@ -51,9 +54,7 @@ def register(subparsers: Any) -> None:
     new.add_argument("--chain-id", type=int, default=DEFAULT_CHAIN_ID, help=f"default {DEFAULT_CHAIN_ID}")
     new.add_argument("--stake", default="32 ether", help="stake per validator (default: 32 ether)")
     new.add_argument("--balance", default="1000 ether", help="funds per validator account (default: 1000 ether)")
-    new.add_argument("--commit-window", type=int, default=RoundsParams().commit_window, metavar="BLOCKS",
-                     help=f"blocks a learning round accepts commits (default: {RoundsParams().commit_window})")
-    new.add_argument("--reward", default="1 ether", help="reward per learning round (default: 1 ether)")
+    _add_rounds_arguments(new)
     new.add_argument("--epoch-length", type=int, default=ConsensusParams().epoch_length, metavar="BLOCKS",
                      help=f"blocks per validator-set epoch (default: {ConsensusParams().epoch_length})")
     new.add_argument("--block-interval-ms", type=int, default=ConsensusParams().block_interval_ms, metavar="MS",
@@ -71,7 +72,42 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=lambda _args: parser.print_help() or 2)
 
 
+def _add_rounds_arguments(new: argparse.ArgumentParser) -> None:
+    """The [rounds] flags; their defaults are RoundsParams' (times are block-timestamp seconds)."""
+    d = RoundsParams()
+    rounds = new.add_argument_group("learning rounds ([rounds] table; times are block-timestamp seconds)")
+    rounds.add_argument("--commit-window-s", type=int, default=d.commit_window_s, metavar="SECONDS",
+                        help=f"the longest a round waits for commits; it closes sooner once every expected "
+                             f"participant committed (default: {d.commit_window_s})")
+    rounds.add_argument("--straggler-grace-pct", type=int, default=d.straggler_grace_pct, metavar="PCT",
+                        help="once 2/3 of the expected participants committed, the rest get this %% of the time "
+                             f"taken so far, then the window closes; 0: off (default: {d.straggler_grace_pct})")
+    rounds.add_argument("--min-grace-s", type=int, default=d.min_grace_s, metavar="SECONDS",
+                        help=f"the straggler grace is at least this long (default: {d.min_grace_s})")
+    rounds.add_argument("--min-participants", type=int, default=d.min_participants, metavar="N",
+                        help=f"fewest commits a round aggregates (default: {d.min_participants})")
+    rounds.add_argument("--under-min", choices=UNDER_MIN_CHOICES, default=d.under_min,
+                        help="a round with fewer than --min-participants commits at its deadline: 'extend' waits "
+                             "for more, 'skip' finalizes it on its base model without contributors "
+                             f"(default: {d.under_min})")
+    rounds.add_argument("--absent-rounds", type=int, default=d.absent_rounds, metavar="K",
+                        help="a participant that misses K rounds in a row is no longer waited for, until it "
+                             f"commits again; 0: never (default: {d.absent_rounds})")
+    rounds.add_argument("--admission", choices=ADMISSION_CHOICES, default=d.admission,
+                        help="how participants register after genesis: 'stake' pays --participant-bond (refunded "
+                             "on leave), 'allowlist' needs approvals signed by validators holding > 2/3 of stake "
+                             f"(default: {d.admission})")
+    rounds.add_argument("--participant-bond", default=format_amount(d.participant_bond), metavar="AMOUNT",
+                        help=f"bond paid by register in stake admission (default: {format_amount(d.participant_bond)})")
+    rounds.add_argument("--reward", default=format_amount(d.reward_per_round), metavar="AMOUNT",
+                        help=f"reward per learning round (default: {format_amount(d.reward_per_round)})")
+    # replaced: without this, argparse would take "--commit-window 20" as an abbreviation of --commit-window-s
+    new.add_argument("--commit-window", type=int, default=None, help=argparse.SUPPRESS)
+
+
 def cmd_new(args: argparse.Namespace) -> int:
+    if args.commit_window is not None:
+        raise CliError("--commit-window (blocks) was replaced by --commit-window-s (seconds of block time)")
     if not 1 <= args.validators <= 64:
         raise CliError(f"--validators must be between 1 and 64, got {args.validators}")
     if not 1 <= args.chain_id < 2**53:
@@ -101,6 +137,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
     try:
         stake, balance = parse_amount(args.stake, "--stake"), parse_amount(args.balance, "--balance")
         reward = parse_amount(args.reward, "--reward")
+        bond = parse_amount(args.participant_bond, "--participant-bond")
         task = dict(TASK_PRESETS[args.task])
         validators = tuple(ValidatorSpec(address_of(k), stake, peer_id_of(k)) for k in keys)
         return Genesis(
@@ -108,7 +145,11 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
             accounts=tuple(AccountSpec(v.address, balance) for v in validators),
             consensus=ConsensusParams(epoch_length=args.epoch_length, block_interval_ms=args.block_interval_ms,
                                       empty_block_interval_ms=args.empty_block_interval_ms),
-            rounds=RoundsParams(commit_window=args.commit_window, reward_per_round=reward),
+            rounds=RoundsParams(
+                commit_window_s=args.commit_window_s, straggler_grace_pct=args.straggler_grace_pct,
+                min_grace_s=args.min_grace_s, min_participants=args.min_participants, under_min=args.under_min,
+                absent_rounds=args.absent_rounds, admission=args.admission, participant_bond=bond,
+                reward_per_round=reward),
             task=task, genesis_model_hash=genesis_model_hash(task), genesis_time=args.genesis_time,
         )
     except ConsensusError as exc:
@@ -150,8 +191,13 @@ def _refuse_overwrite(args: argparse.Namespace) -> None:
 def _command_line(args: argparse.Namespace) -> str:
     parts = ["swarmnode", "genesis", "new", "--validators", str(args.validators), "--task", args.task,
              "--chain-id", str(args.chain_id)]
-    defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": "1 ether",
-                "commit_window": RoundsParams().commit_window, "epoch_length": ConsensusParams().epoch_length,
+    r = RoundsParams()
+    defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": format_amount(r.reward_per_round),
+                "commit_window_s": r.commit_window_s, "straggler_grace_pct": r.straggler_grace_pct,
+                "min_grace_s": r.min_grace_s, "min_participants": r.min_participants, "under_min": r.under_min,
+                "absent_rounds": r.absent_rounds, "admission": r.admission,
+                "participant_bond": format_amount(r.participant_bond),
+                "epoch_length": ConsensusParams().epoch_length,
                 "block_interval_ms": ConsensusParams().block_interval_ms,
                 "empty_block_interval_ms": DEFAULT_EMPTY_BLOCK_MS, "genesis_time": 0}
     for name, default in defaults.items():
@@ -177,4 +223,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"accounts      {len(g.accounts)}")
     print(f"task          {g.task.get('dataset', '?')} / {g.task.get('model', '?')}, rule {g.task.get('rule', '?')}")
     print(f"model hash    0x{g.genesis_model_hash.hex()}")
+    print(f"rounds        {describe_rounds(g.rounds)}")
     return 0
+
+
+def describe_rounds(r: RoundsParams) -> str:
+    """One line of a genesis' round rules, in the words of the flags that set them."""
+    grace = f"grace {r.straggler_grace_pct}% (min {r.min_grace_s} s)" if r.straggler_grace_pct else "no grace"
+    absent = f"dropped after {r.absent_rounds} missed" if r.absent_rounds else "never dropped"
+    admission = (f"stake admission (bond {format_amount(r.participant_bond)})" if r.admission == "stake"
+                 else "allow-list admission")
+    return (f"window {r.commit_window_s} s, {grace}, min {r.min_participants} commit(s) ({r.under_min}), "
+            f"{absent}, {admission}, reward {format_amount(r.reward_per_round)}")

@@ -100,7 +100,7 @@ async def test_contracts_through_their_abi_with_logs_and_reverts(node) -> None:
     rounds = w3.eth.contract(address=Web3.to_checksum_address(ROUNDS_ADDRESS), abi=load_artifact("SwarmRounds")["abi"])
     validators, stakes = await in_thread(staking.functions.getValidators().call)
     assert validators == ADDRS[:2] and stakes == [32 * 10**18] * 2
-    assert await in_thread(rounds.functions.commitWindow().call) == 20
+    assert await in_thread(rounds.functions.commitWindowSecs().call) == 60
 
     with pytest.raises(ContractLogicError, match="sender not registered"):
         await in_thread(rounds.functions.commitUpdate(0, b"\x01" * 32, 10, 1, 1).call, {"from": ADDRS[2]})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -25,14 +26,18 @@ from consensus.contracts import (
 from consensus.genesis_state import (
     _ROUNDS_INIT_TYPES,
     _STAKING_INIT_TYPES,
+    ADMISSION_ALLOWLIST,
+    ADMISSION_STAKE,
     ContractParams,
     GenesisError,
+    _deploy,
+    _scratch_state,
     build_genesis_alloc,
 )
-from consensus.votes import STEP_PRECOMMIT, STEP_PREVOTE, sign_digest, sign_vote, vote_signer
+from consensus.votes import STEP_PRECOMMIT, STEP_PREVOTE, recover_address, sign_digest, sign_vote, vote_signer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from evm_harness import GAS_PRICE, CallReverted, Contract, EvmHarness  # noqa: E402
+from evm_harness import GAS_PRICE, GENESIS_TIME, CallReverted, Contract, EvmHarness  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ETHER = 10**18
@@ -41,47 +46,73 @@ STAKE = 10 * ETHER
 HASH_A = b"\xaa" * 32
 HASH_B = b"\xbb" * 32
 ZERO32 = b"\x00" * 32
+ZERO_ADDRESS = "0x" + "00" * 20
+GENESIS_MODEL = b"\x99" * 32
+WINDOW = 40  # seconds
+BOND = ETHER
+ADMIT_TAG = keccak(b"swarmnode-admit")
 
 VALIDATOR_KEYS = [keys.PrivateKey(keccak(f"validator {i}".encode())) for i in range(4)]
 PARTICIPANT_KEYS = [keys.PrivateKey(keccak(f"participant {i}".encode())) for i in range(2)]
 OUTSIDER_KEY = keys.PrivateKey(keccak(b"outsider"))
+GAS_KEYS = [keys.PrivateKey(keccak(f"gas participant {i}".encode())) for i in range(126)]
 V = [k.public_key.to_canonical_address() for k in VALIDATOR_KEYS]
 P = [k.public_key.to_canonical_address() for k in PARTICIPANT_KEYS]
 OUTSIDER = OUTSIDER_KEY.public_key.to_canonical_address()
-PEER_IDS = ["16Uiu2HAm" + "V0" * 22, "16Uiu2HAm" + "V1" * 22]  # 53 chars, like secp256k1 peer ids
+PEER_IDS = [f"16Uiu2HAm{f'V{i}' * 22}" for i in range(4)]  # 53 chars, like secp256k1 peer ids
+K0, K1, K2, K3 = VALIDATOR_KEYS
 
 PARAMS = ContractParams(
     epoch_length=10,
     unbonding_blocks=5,
     slash_fraction_bps=1_000,
     min_stake=1 * ETHER,
-    commit_window=4,
+    genesis_model_hash=GENESIS_MODEL,
+    genesis_time=GENESIS_TIME,
+    commit_window_s=WINDOW,
+    straggler_grace_pct=0,  # off unless a test is about it: deadlines stay genesis + WINDOW
+    min_grace_s=2,
+    min_participants=1,
+    skip_under_min=False,
+    absent_rounds=3,
+    admission_mode=ADMISSION_STAKE,
+    participant_bond=BOND,
     reward_per_round=1 * ETHER,
     contributor_share_bps=7_000,
     mismatch_penalty_bps=500,
     reward_pool=100 * ETHER,
 )
 STAKING = Contract(STAKING_ADDRESS, load_artifact("Staking")["abi"])
-ROUNDS = Contract(SWARM_ROUNDS_ADDRESS, load_artifact("SwarmRounds")["abi"])
+ROUNDS_ABI = load_artifact("SwarmRounds")["abi"]
+ROUNDS = Contract(SWARM_ROUNDS_ADDRESS, ROUNDS_ABI)
+ROUND_FIELDS = [c["name"] for c in ROUNDS.functions["getRound"]["outputs"][0]["components"]]
+PARTICIPANT_FIELDS = [c["name"] for c in ROUNDS.functions["getParticipant"]["outputs"][0]["components"]]
+
+
+def with_params(**changes) -> ContractParams:
+    return dataclasses.replace(PARAMS, **changes)
 
 
 def hexaddr(address: bytes) -> str:
     return "0x" + address.hex()
 
 
-def make_validators(stakes: list[int] | None = None) -> list[tuple[bytes, int, str | None]]:
+def make_validators(stakes: list[int] | None = None, participants: int = 2) -> list[tuple[bytes, int, str | None]]:
+    """Validators V[i] with `stakes`; the first `participants` of them are genesis participants."""
     stakes = stakes or [STAKE] * 4
-    peer_ids: list[str | None] = [PEER_IDS[0], PEER_IDS[1], None, None]
-    return [(V[i], stakes[i], peer_ids[i]) for i in range(len(stakes))]
+    return [(V[i], stakes[i], PEER_IDS[i] if i < participants else None) for i in range(len(stakes))]
 
 
-def make_alloc(params: ContractParams = PARAMS, stakes: list[int] | None = None) -> dict:
-    funded = {a: 1_000 * ETHER for a in [*V, *P, OUTSIDER]}
-    return build_genesis_alloc(CHAIN_ID, make_validators(stakes), funded, params)
+def make_alloc(params: ContractParams = PARAMS, stakes: list[int] | None = None, participants: int = 2,
+               extra_funded: tuple[bytes, ...] = ()) -> dict:
+    funded = {a: 1_000 * ETHER for a in [*V, *P, OUTSIDER, *extra_funded]}
+    return build_genesis_alloc(CHAIN_ID, make_validators(stakes, participants), funded, params)
 
 
-def make_chain(params: ContractParams = PARAMS, stakes: list[int] | None = None) -> EvmHarness:
-    return EvmHarness(CHAIN_ID, make_alloc(params, stakes), [STAKING, ROUNDS])
+def make_chain(params: ContractParams = PARAMS, stakes: list[int] | None = None, participants: int = 2,
+               extra_funded: tuple[bytes, ...] = ()) -> EvmHarness:
+    return EvmHarness(CHAIN_ID, make_alloc(params, stakes, participants, extra_funded), [STAKING, ROUNDS],
+                      genesis_time=params.genesis_time)
 
 
 @pytest.fixture
@@ -103,6 +134,8 @@ def assert_solvent(evm: EvmHarness) -> None:
     liabilities = evm.call(STAKING, "liabilities")
     balance = evm.balance(STAKING_ADDRESS)
     assert balance == liabilities, f"Staking balance {balance} != liabilities {liabilities}"
+    bonds = evm.call(ROUNDS, "totalBonds")
+    assert evm.balance(SWARM_ROUNDS_ADDRESS) == bonds, f"SwarmRounds holds {evm.balance(SWARM_ROUNDS_ADDRESS)}, bonds {bonds}"
 
 
 def vote_tuple(vote) -> tuple:
@@ -113,12 +146,60 @@ def conflicting_votes(key, height=7, round_=0, step=STEP_PREVOTE, chain_id=CHAIN
     return tuple(vote_tuple(sign_vote(key.to_bytes(), chain_id, height, round_, step, h)) for h in hashes)
 
 
-def commit(evm, index_key, round_=0, update=b"\x01" * 32, samples=100, loss=250_000, acc=900_000):
-    return evm.transact(index_key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc)
+# ---------------------------------------------------------------- SwarmRounds helpers
+
+def address_of(key) -> bytes:
+    return key.public_key.to_canonical_address()
 
 
-def close_window(evm: EvmHarness, round_: int = 0) -> None:
-    evm.mine_until(evm.call(ROUNDS, "getRound", round_)[1] - 1)
+def update_of(key, round_: int) -> bytes:
+    """A distinct update hash per participant and round (the contract refuses duplicates in a round)."""
+    return keccak(address_of(key) + round_.to_bytes(32, "big"))
+
+
+def round_hash(round_: int) -> bytes:
+    return keccak(b"aggregate" + round_.to_bytes(32, "big"))
+
+
+def commit(evm, key, round_=0, update=None, samples=100, loss=250_000, acc=900_000, timestamp=None):
+    update = update_of(key, round_) if update is None else update
+    return evm.transact(key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc, timestamp=timestamp)
+
+
+def attest(evm, key, round_=0, model_hash=HASH_A, timestamp=None):
+    return evm.transact(key, ROUNDS, "attestAggregate", round_, model_hash, timestamp=timestamp)
+
+
+def register(evm, key, peer_id, value=BOND, approvals=None, timestamp=None):
+    args = (peer_id,) if approvals is None else (peer_id, approvals)
+    return evm.transact(key, ROUNDS, "register", *args, value=value, timestamp=timestamp)
+
+
+def round_info(evm, round_=0) -> dict:
+    return dict(zip(ROUND_FIELDS, evm.call(ROUNDS, "getRound", round_), strict=True))
+
+
+def participant(evm, address: bytes) -> dict:
+    return dict(zip(PARTICIPANT_FIELDS, evm.call(ROUNDS, "getParticipant", address), strict=True))
+
+
+def wait_deadline(evm, round_=0) -> int:
+    """Mine so that the next block is at the round's closeTime; returns closeTime."""
+    close = round_info(evm, round_)["closeTime"]
+    if evm.head_timestamp < close - 1:
+        evm.mine(close - 1)
+    return close
+
+
+def finalize(evm, round_=0, model_hash=HASH_A, keys_=VALIDATOR_KEYS[:3]):
+    """Attest `model_hash` with validators holding > 2/3 of the stake; returns the finalizing result."""
+    results = [ok(attest(evm, k, round_, model_hash)) for k in keys_]
+    assert results[-1].output is True, f"round {round_} did not finalize"
+    return results[-1]
+
+
+def absent(evm, round_) -> list[str]:
+    return list(evm.call(ROUNDS, "getAbsent", round_))
 
 
 # ================================================================ artifacts and genesis
@@ -148,6 +229,20 @@ def test_constructor_argument_types_match_the_abi():
         assert [i["type"] for i in ctor["inputs"]] == types, name
 
 
+def test_every_swarm_rounds_constructor_argument_has_a_getter():
+    ctor = next(e for e in ROUNDS_ABI if e["type"] == "constructor")
+    names = [i["name"] for i in ctor["inputs"]]
+    assert names == ["staking", "genesisModelHash", "commitWindowSecs", "stragglerGracePct", "minGraceSecs",
+                     "minParticipants", "skipUnderMin", "absentRounds", "admissionMode", "participantBond",
+                     "rewardPerRound", "contributorShareBps", "mismatchPenaltyBps", "initialParticipants",
+                     "initialPeerIds"]
+    getters = {n: n for n in names[:-2]} | {"initialParticipants": "getInitialParticipants",
+                                            "initialPeerIds": "getInitialPeerIds"}
+    for name, getter in getters.items():
+        entry = ROUNDS.functions.get(getter)
+        assert entry is not None and entry["stateMutability"] == "view" and not entry["inputs"], name
+
+
 def test_genesis_places_runtime_code_at_fixed_addresses():
     alloc = make_alloc()
     for name, address in (("Staking", STAKING_ADDRESS), ("SwarmRounds", SWARM_ROUNDS_ADDRESS)):
@@ -162,10 +257,15 @@ def test_genesis_staking_holds_total_stake_plus_reward_pool(evm):
     assert_solvent(evm)
 
 
-def test_genesis_is_deterministic_and_depends_on_params():
+@pytest.mark.parametrize("change", [
+    {"commit_window_s": 9}, {"straggler_grace_pct": 50}, {"min_grace_s": 3}, {"min_participants": 2},
+    {"skip_under_min": True}, {"absent_rounds": 0}, {"admission_mode": ADMISSION_ALLOWLIST},
+    {"participant_bond": 2}, {"genesis_model_hash": HASH_B}, {"genesis_time": GENESIS_TIME + 1},
+])
+def test_genesis_is_deterministic_and_depends_on_every_round_param(change):
     assert make_alloc() == make_alloc()
-    other = make_alloc(ContractParams(**{**PARAMS.__dict__, "commit_window": 9}))
-    assert other[SWARM_ROUNDS_ADDRESS]["storage"] != make_alloc()[SWARM_ROUNDS_ADDRESS]["storage"]
+    other = make_alloc(with_params(**change))
+    assert other[SWARM_ROUNDS_ADDRESS]["storage"] != make_alloc()[SWARM_ROUNDS_ADDRESS]["storage"], change
 
 
 def test_genesis_storage_follows_vyper_hashmap_layout():
@@ -197,18 +297,34 @@ def test_genesis_staking_getters(evm):
 
 
 def test_genesis_swarm_rounds_getters(evm):
-    assert evm.call(ROUNDS, "staking") == hexaddr(STAKING_ADDRESS)
-    assert evm.call(ROUNDS, "commitWindow") == 4
-    assert evm.call(ROUNDS, "rewardPerRound") == ETHER
-    assert evm.call(ROUNDS, "contributorShareBps") == 7_000
-    assert evm.call(ROUNDS, "mismatchPenaltyBps") == 500
-    assert evm.call(ROUNDS, "currentRound") == 0
-    assert evm.call(ROUNDS, "getRound", 0) == (0, 4, 0, ZERO32, 0, 0, 0, 2, False, False)
-    assert evm.call(ROUNDS, "participantCount") == 2
+    expected = {
+        "staking": hexaddr(STAKING_ADDRESS), "genesisModelHash": GENESIS_MODEL, "commitWindowSecs": WINDOW,
+        "stragglerGracePct": 0, "minGraceSecs": 2, "minParticipants": 1, "skipUnderMin": False, "absentRounds": 3,
+        "admissionMode": 0, "participantBond": BOND, "rewardPerRound": ETHER, "contributorShareBps": 7_000,
+        "mismatchPenaltyBps": 500, "currentRound": 0, "participantCount": 2, "registrySize": 2,
+        "initialParticipantCount": 2, "totalBonds": 0, "windowOpen": True,
+    }
+    assert {name: evm.call(ROUNDS, name) for name in expected} == expected
+    assert round_info(evm, 0) == {
+        "openBlock": 0, "openTime": GENESIS_TIME, "closeTime": GENESIS_TIME + WINDOW, "closeBlock": 0,
+        "finalBlock": 0, "baseHash": GENESIS_MODEL, "finalHash": ZERO32, "commitCount": 0, "totalSamples": 0,
+        "attestationCount": 0, "participantCount": 2, "expectedCount": 2, "expectedCommitted": 0, "absentCount": 0,
+        "closedEarly": False, "skipped": False, "finalized": False,
+    }
+    assert evm.call(ROUNDS, "baseHash", 0) == GENESIS_MODEL
+    assert list(evm.call(ROUNDS, "getInitialParticipants")) == [hexaddr(V[0]), hexaddr(V[1])]
+    assert list(evm.call(ROUNDS, "getInitialPeerIds")) == PEER_IDS[:2]
+    assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1])]
+    assert participant(evm, V[1]) == {"peerId": PEER_IDS[1], "index": 1, "registered": True, "active": True,
+                                      "missed": 0, "expectedRound": 1, "bond": 0}
+    assert participant(evm, V[2]) == {"peerId": "", "index": 0, "registered": False, "active": False,
+                                      "missed": 0, "expectedRound": 0, "bond": 0}
+    assert [evm.call(ROUNDS, "isExpected", a) for a in V] == [True, True, False, False]
     assert evm.call(ROUNDS, "peerIdOf", V[1]) == PEER_IDS[1]
     assert evm.call(ROUNDS, "isRegistered", V[2]) is False
     assert evm.call(ROUNDS, "peerIdOwner", keccak(text=PEER_IDS[0])) == hexaddr(V[0])
-    assert evm.call(ROUNDS, "windowOpen") is True
+    with pytest.raises(CallReverted, match="baseHash: round not open yet"):
+        evm.call(ROUNDS, "baseHash", 1)
 
 
 @pytest.mark.parametrize(
@@ -228,13 +344,78 @@ def test_genesis_rejects_bad_validators(mutate, message):
         build_genesis_alloc(CHAIN_ID, mutate(make_validators()), {}, PARAMS)
 
 
-def test_genesis_rejects_bad_accounts_and_params():
+@pytest.mark.parametrize(("change", "message"), [
+    ({"commit_window_s": 0}, "commit_window_s must be > 0, got 0"),
+    ({"commit_window_s": 2**40 + 1}, "commit_window_s must be <= 1099511627776"),
+    ({"min_grace_s": 2**40 + 1}, "min_grace_s must be <= 1099511627776"),
+    ({"straggler_grace_pct": 1_001}, "straggler_grace_pct must be <= 1000, got 1001"),
+    ({"min_participants": 0}, "min_participants must be > 0, got 0"),
+    ({"min_participants": 129}, "min_participants must be <= 128, got 129"),
+    ({"admission_mode": 2}, "admission_mode must be 0 or 1, got 2"),
+    ({"reward_per_round": 2**128 + 1}, "reward_per_round must be <= "),
+    ({"absent_rounds": -1}, "absent_rounds must be >= 0, got -1"),
+    ({"skip_under_min": True, "genesis_model_hash": ZERO32}, "skip_under_min needs a non-zero genesis_model_hash"),
+    ({"genesis_model_hash": b"\x01"}, "genesis_model_hash must be 32 bytes"),
+    ({"slash_fraction_bps": 10_001}, "slash_fraction_bps must be in \\[0, 10000\\], got 10001"),
+])
+def test_contract_params_reject_out_of_range_values(change, message):
+    with pytest.raises(GenesisError, match=message):
+        with_params(**change)
+
+
+def test_genesis_rejects_bad_accounts():
     with pytest.raises(GenesisError, match="balance must be >= 0, got -1"):
         build_genesis_alloc(CHAIN_ID, make_validators(), {P[0]: -1}, PARAMS)
-    with pytest.raises(GenesisError, match="commit_window must be > 0, got 0"):
-        ContractParams(commit_window=0)
-    with pytest.raises(GenesisError, match="slash_fraction_bps must be in \\[0, 10000\\], got 10001"):
-        ContractParams(slash_fraction_bps=10_001)
+
+
+CTOR_DEFAULTS = {
+    "staking": STAKING_ADDRESS, "genesisModelHash": GENESIS_MODEL, "commitWindowSecs": WINDOW,
+    "stragglerGracePct": 100, "minGraceSecs": 2, "minParticipants": 1, "skipUnderMin": False, "absentRounds": 3,
+    "admissionMode": 0, "participantBond": BOND, "rewardPerRound": ETHER, "contributorShareBps": 7_000,
+    "mismatchPenaltyBps": 500, "initialParticipants": [V[0]], "initialPeerIds": [PEER_IDS[0]],
+}
+
+
+def deploy_rounds(**changes) -> str | None:
+    """Run the SwarmRounds constructor on raw arguments (no Python-side checks); the revert reason or None."""
+    args = {**CTOR_DEFAULTS, **changes}
+    initcode = code_bytes(load_artifact("SwarmRounds")) + abi_encode(_ROUNDS_INIT_TYPES, list(args.values()))
+    try:
+        _deploy(_scratch_state(CHAIN_ID, GENESIS_TIME), CHAIN_ID, initcode, "SwarmRounds")
+    except GenesisError as exc:
+        return str(exc).removeprefix("SwarmRounds constructor failed: ")
+    return None
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    ({"staking": b"\x00" * 20}, "init: zero Staking address"),
+    ({"commitWindowSecs": 0}, "init: zero commit window"),
+    ({"commitWindowSecs": 1}, None),
+    ({"commitWindowSecs": 2**40}, None),
+    ({"commitWindowSecs": 2**40 + 1}, "init: commit window above 2**40 s"),
+    ({"minGraceSecs": 2**40}, None),
+    ({"minGraceSecs": 2**40 + 1}, "init: min grace above 2**40 s"),
+    ({"stragglerGracePct": 1_000}, None),
+    ({"stragglerGracePct": 1_001}, "init: straggler grace above 1000 pct"),
+    ({"minParticipants": 0}, "init: min participants below 1"),
+    ({"minParticipants": 128}, None),
+    ({"minParticipants": 129}, "init: min participants above 128"),
+    ({"skipUnderMin": True}, None),
+    ({"skipUnderMin": True, "genesisModelHash": ZERO32}, "init: skipping needs a genesis model hash"),
+    ({"genesisModelHash": ZERO32}, None),
+    ({"admissionMode": 1}, None),
+    ({"admissionMode": 2}, "init: admission mode is not 0 or 1"),
+    ({"rewardPerRound": 2**128}, None),
+    ({"rewardPerRound": 2**128 + 1}, "init: reward per round above 2**128"),
+    ({"contributorShareBps": 10_001}, "init: contributor share above 10000 bps"),
+    ({"mismatchPenaltyBps": 10_001}, "init: mismatch penalty above 10000 bps"),
+    ({"initialPeerIds": []}, "init: participants and peer ids differ in length"),
+    ({"initialParticipants": [b"\x00" * 20]}, "init: zero participant address"),
+    ({"initialParticipants": [V[0], V[1]], "initialPeerIds": ["a", "a"]}, "register: peer id already taken"),
+    ({"initialParticipants": [V[0], V[0]], "initialPeerIds": ["a", "b"]}, "register: already registered"),
+])
+def test_swarm_rounds_constructor_bounds(change, refused):
+    assert deploy_rounds(**change) == refused
 
 
 # ================================================================ Staking: deposit and withdraw
@@ -408,11 +589,11 @@ def test_fund_reward_pool(evm):
 
 
 def test_claim_rewards_pays_the_credited_balance(evm):
-    close_window(evm)
-    for key in VALIDATOR_KEYS[:3]:
-        ok(evm.transact(key, ROUNDS, "attestAggregate", 0, HASH_A))
+    ok(commit(evm, K1))  # V1 contributes; V0 only attests
+    wait_deadline(evm)
+    finalize(evm)
     owed = evm.call(STAKING, "rewardOf", V[0])
-    assert owed == ETHER // 3
+    assert owed == 3 * ETHER // 10 // 3
     before = evm.balance(V[0])
     result = ok(evm.transact(VALIDATOR_KEYS[0], STAKING, "claimRewards"))
     assert result.output == owed
@@ -424,41 +605,24 @@ def test_claim_rewards_pays_the_credited_balance(evm):
 
 
 def test_rewards_stop_when_the_pool_runs_dry():
-    evm = make_chain(ContractParams(**{**PARAMS.__dict__, "reward_pool": ETHER // 2}))
-    ok(commit(evm, VALIDATOR_KEYS[0]))
-    ok(commit(evm, VALIDATOR_KEYS[1]))
-    results = [ok(evm.transact(k, ROUNDS, "attestAggregate", 0, HASH_A)) for k in VALIDATOR_KEYS[:3]]
-    credited = results[-1].events_named("RewardCredited")
+    evm = make_chain(with_params(reward_pool=ETHER // 2))
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    final = finalize(evm)
+    credited = final.events_named("RewardCredited")
     assert sum(e["amount"] for e in credited) == ETHER // 2
     assert evm.call(STAKING, "rewardPool") == 0
-    assert evm.call(ROUNDS, "getRound", 0)[9] is True  # finalization does not depend on the pool
+    for account in V:  # what roundReward derives matches what was really credited
+        got = sum(e["amount"] for e in credited if e["account"] == hexaddr(account))
+        assert evm.call(ROUNDS, "roundReward", 0, account) == got, hexaddr(account)
+    assert round_info(evm)["finalized"] is True  # finalization does not depend on the pool
     assert_solvent(evm)
-
-
-# ================================================================ SwarmRounds: registration
-
-def test_register(evm):
-    peer_id = "12D3KooW" + "p" * 44
-    result = ok(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "register", peer_id))
-    assert ok(commit(evm, PARTICIPANT_KEYS[0])).events_named("UpdateCommitted")[0]["participant"] == hexaddr(P[0])
-    assert result.events_named("Registered") == [{"participant": hexaddr(P[0]), "peerId": peer_id}]
-    assert evm.call(ROUNDS, "isRegistered", P[0]) is True
-    assert evm.call(ROUNDS, "peerIdOf", P[0]) == peer_id
-    assert evm.call(ROUNDS, "participantAt", 2) == hexaddr(P[0])
-    assert evm.call(ROUNDS, "participantCount") == 3
-    assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1]), hexaddr(P[0])]
-    reverts(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "register", "another"), "register: already registered")
-    reverts(evm.transact(PARTICIPANT_KEYS[1], ROUNDS, "register", peer_id), "register: peer id already taken")
-    reverts(evm.transact(PARTICIPANT_KEYS[1], ROUNDS, "register", ""), "register: empty peer id")
-    reverts(evm.transact(PARTICIPANT_KEYS[1], ROUNDS, "register", "x" * 65), "0x")  # ABI bound String[64]
-    with pytest.raises(CallReverted, match="participantAt: index out of range"):
-        evm.call(ROUNDS, "participantAt", 3)
 
 
 # ================================================================ SwarmRounds: commits
 
 def test_commit_update_records_history(evm):
-    result = ok(commit(evm, VALIDATOR_KEYS[0], update=HASH_A, samples=120, loss=345_678, acc=876_543))
+    result = ok(commit(evm, K0, update=HASH_A, samples=120, loss=345_678, acc=876_543))
     assert result.events_named("UpdateCommitted") == [
         {"round": 0, "participant": hexaddr(V[0]), "index": 0, "updateHash": HASH_A,
          "numSamples": 120, "localLoss": 345_678, "localAccuracy": 876_543}
@@ -466,63 +630,489 @@ def test_commit_update_records_history(evm):
     assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 120, 345_678, 876_543, result.block_number)
     assert evm.call(ROUNDS, "hasCommitted", 0, V[0]) is True
     assert evm.call(ROUNDS, "hasCommitted", 0, V[1]) is False
-    info = evm.call(ROUNDS, "getRound", 0)
-    assert (info[4], info[5], info[8]) == (1, 120, False)  # commitCount, totalSamples, closedEarly
+    info = round_info(evm)
+    assert (info["commitCount"], info["totalSamples"], info["expectedCommitted"], info["closedEarly"]) == (1, 120, 1, False)
     with pytest.raises(CallReverted, match="getCommit: no such commit"):
         evm.call(ROUNDS, "getCommit", 0, 1)
 
 
-def test_commit_update_reverts():
-    evm = make_chain(ContractParams(**{**PARAMS.__dict__, "commit_window": 8}))
+def test_commit_update_reverts(evm):
     reverts(commit(evm, OUTSIDER_KEY), "commitUpdate: sender not registered")
-    reverts(commit(evm, VALIDATOR_KEYS[0], round_=1), "commitUpdate: wrong round")
-    reverts(commit(evm, VALIDATOR_KEYS[0], update=ZERO32), "commitUpdate: empty update hash")
-    reverts(commit(evm, VALIDATOR_KEYS[0], samples=0), "commitUpdate: zero samples")
-    reverts(commit(evm, VALIDATOR_KEYS[0], acc=1_000_001), "commitUpdate: accuracy above 1e6")
-    evm.mine_until(7)
-    late = commit(evm, VALIDATOR_KEYS[0])
-    assert late.block_number == 8  # the window is blocks [0, 8)
-    reverts(late, "commitUpdate: commit window closed")
-    assert evm.call(ROUNDS, "getRound", 0)[4] == 0
+    reverts(commit(evm, K2), "commitUpdate: sender not registered")  # a validator is not a participant by itself
+    reverts(commit(evm, K0, round_=1), "commitUpdate: wrong round")
+    reverts(commit(evm, K0, update=ZERO32), "commitUpdate: empty update hash")
+    reverts(commit(evm, K0, samples=0), "commitUpdate: zero samples")
+    reverts(commit(evm, K0, acc=1_000_001), "commitUpdate: accuracy above 1e6")
+    ok(commit(evm, K0, acc=1_000_000))
+    reverts(commit(evm, K0, update=HASH_B), "commitUpdate: already committed this round")
+    assert round_info(evm)["commitCount"] == 1
 
 
-def test_commit_window_boundary_and_duplicates(evm):
-    evm.mine_until(2)
-    accepted = ok(commit(evm, VALIDATOR_KEYS[0]))  # block 3 = closeBlock - 1: last block of the window
-    assert accepted.block_number == 3
-    reverts(commit(evm, VALIDATOR_KEYS[0]), "commitUpdate: commit window closed")  # block 4
-    evm2 = make_chain()
-    ok(commit(evm2, VALIDATOR_KEYS[1]))
-    reverts(commit(evm2, VALIDATOR_KEYS[1]), "commitUpdate: already committed this round")
+def test_duplicate_update_hash_is_refused_within_a_round(evm):
+    ok(commit(evm, K0, update=HASH_A))
+    reverts(commit(evm, K1, update=HASH_A), "commitUpdate: duplicate update hash")
+    ok(commit(evm, K1, update=HASH_B))
+    finalize(evm)
+    ok(commit(evm, K0, round_=1, update=HASH_A))  # another round: the same bytes are a new update
+    reverts(commit(evm, K1, round_=1, update=HASH_A), "commitUpdate: duplicate update hash")
 
 
-def test_window_closes_early_when_every_participant_committed(evm):
+def test_reported_numbers_are_bounded_by_2_64():
+    evm = make_chain(participants=3)
+    reverts(commit(evm, K0, samples=2**64 + 1), "commitUpdate: numSamples above 2**64")
+    reverts(commit(evm, K0, loss=2**64 + 1), "commitUpdate: localLoss above 2**64")
+    ok(commit(evm, K0, samples=2**64, loss=2**64))
+    ok(commit(evm, K1, samples=2**64))
+    ok(commit(evm, K2, samples=1))  # closes early: all three expected committed
+    final = finalize(evm)  # the payout arithmetic holds at the bound
+    pool, total = 7 * ETHER // 10, 2**65 + 1
+    assert [e["amount"] for e in final.events_named("ContributorRewarded")] == [
+        pool * 2**64 // total, pool * 2**64 // total, pool // total]
+    assert_solvent(evm)
+
+
+# ================================================================ SwarmRounds: the commit window in time
+
+@pytest.mark.parametrize("attest_first", [False, True])
+def test_commit_window_is_a_timestamp_deadline(attest_first):
+    """Three expected participants, one of them silent: the window closes at closeTime, however few blocks came."""
+    evm = make_chain(participants=3)
+    close = GENESIS_TIME + WINDOW
+    ok(commit(evm, K0))
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close) is False
+    reverts(attest(evm, K3, timestamp=close - 2), "attestAggregate: commit window still open")
+    last = ok(commit(evm, K1, timestamp=close - 1))  # the last second of the window, 3 blocks after genesis
+    assert last.block_number == 3
+    if attest_first:
+        first = ok(attest(evm, K3, timestamp=close))  # accepted at closeTime
+        reverts(commit(evm, K2, timestamp=close + 1), "commitUpdate: commit window closed")
+    else:
+        reverts(commit(evm, K2, timestamp=close), "commitUpdate: commit window closed")  # refused at closeTime
+        first = ok(attest(evm, K3, timestamp=close + 1))
+    info = round_info(evm)
+    assert (info["closedEarly"], info["commitCount"], info["closeTime"]) == (False, 2, close)
+    assert info["closeBlock"] == first.block_number  # the first attestation's block
+
+
+def test_window_closes_early_when_every_expected_participant_committed(evm):
+    ok(register(evm, PARTICIPANT_KEYS[0], "late-peer"))  # registered mid-round: not expected, not waited for
+    assert round_info(evm)["expectedCount"] == 2
+    ok(commit(evm, PARTICIPANT_KEYS[0]))
+    assert (round_info(evm)["commitCount"], round_info(evm)["expectedCommitted"]) == (1, 0)
+    ok(commit(evm, K0))
     assert evm.call(ROUNDS, "windowOpen") is True
-    ok(commit(evm, VALIDATOR_KEYS[0]))
-    reverts(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A), "attestAggregate: commit window still open")
-    last = ok(commit(evm, VALIDATOR_KEYS[1]))
-    assert last.events_named("WindowClosedEarly") == [{"round": 0, "closeBlock": last.block_number, "commitCount": 2}]
-    info = evm.call(ROUNDS, "getRound", 0)
-    assert (info[1], info[8]) == (last.block_number, True)
+    reverts(attest(evm, K2), "attestAggregate: commit window still open")
+    last = ok(commit(evm, K1))
+    assert last.events_named("WindowClosedEarly") == [{"round": 0, "closeBlock": last.block_number, "commitCount": 3}]
+    info = round_info(evm)
+    assert (info["closeBlock"], info["closedEarly"], info["expectedCommitted"]) == (last.block_number, True, 2)
+    assert info["closeTime"] == GENESIS_TIME + WINDOW  # unchanged; the early close does not need it
     assert evm.call(ROUNDS, "windowOpen") is False
-    ok(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "register", "late-peer"))
-    reverts(commit(evm, PARTICIPANT_KEYS[0]), "commitUpdate: commit window closed")
-    ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A))
+    ok(register(evm, PARTICIPANT_KEYS[1], "later-peer"))
+    reverts(commit(evm, PARTICIPANT_KEYS[1]), "commitUpdate: commit window closed")
+    assert evm.head_timestamp < info["closeTime"]
+    ok(attest(evm, K2))  # before closeTime: the window is closed
+    assert round_info(evm)["closeBlock"] == last.block_number  # the first attestation keeps the early close block
+
+
+def test_extend_keeps_the_window_open_below_min_participants():
+    evm = make_chain(with_params(min_participants=2), participants=3)
+    ok(commit(evm, K0))
+    evm.mine(GENESIS_TIME + WINDOW + 10_000)  # long past the deadline
+    assert evm.call(ROUNDS, "windowOpen") is True
+    reverts(attest(evm, K3), "attestAggregate: commit window still open")
+    reaching = ok(commit(evm, K1))  # reaches min past the deadline: accepted, and the window closes with it
+    assert "WindowClosedEarly" not in reaching.event_names()  # V2 is still missing: not an early close
+    assert evm.call(ROUNDS, "windowOpen") is False
+    reverts(commit(evm, K2), "commitUpdate: commit window closed")
+    first = ok(attest(evm, K3))
+    info = round_info(evm)
+    assert (info["closedEarly"], info["skipped"], info["closeBlock"]) == (False, False, first.block_number)
+    final = finalize(evm, keys_=VALIDATOR_KEYS[:2])
+    assert len(final.events_named("ContributorRewarded")) == 2
+
+
+@pytest.mark.parametrize("late_by", [0, 10_000])
+def test_a_first_commit_past_the_deadline_restarts_the_clock(late_by):
+    """A network started long after its genesis time (or back from an outage) gets a whole window."""
+    evm = make_chain(participants=3)
+    start = GENESIS_TIME + WINDOW + late_by
+    first = ok(commit(evm, K0, timestamp=start))
+    assert first.events_named("WindowRestarted") == [{"round": 0, "openTime": start, "closeTime": start + WINDOW}]
+    info = round_info(evm)
+    assert (info["openBlock"], info["openTime"], info["closeTime"]) == (0, start, start + WINDOW)
+    assert evm.call(ROUNDS, "windowOpen") is True
+    second = ok(commit(evm, K1, timestamp=start + WINDOW - 1))
+    assert "WindowRestarted" not in second.event_names()
+    reverts(commit(evm, K2, timestamp=start + WINDOW), "commitUpdate: commit window closed")
+    ok(attest(evm, K3))
+
+
+def test_a_first_commit_before_the_deadline_keeps_the_clock(evm):
+    first = ok(commit(evm, K0, timestamp=GENESIS_TIME + WINDOW - 1))
+    assert "WindowRestarted" not in first.event_names()
+    assert round_info(evm)["closeTime"] == GENESIS_TIME + WINDOW
+
+
+def test_skip_mode_never_restarts_a_round_without_commits():
+    evm = make_chain(with_params(skip_under_min=True))
+    reverts(commit(evm, K0, timestamp=GENESIS_TIME + WINDOW), "commitUpdate: commit window closed")
+
+
+def test_extend_before_the_deadline_needs_min_commits_for_an_early_close():
+    evm = make_chain(with_params(min_participants=3), participants=2)
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))  # every expected participant committed, but 2 < min
+    assert round_info(evm)["closedEarly"] is False and evm.call(ROUNDS, "windowOpen") is True
+    ok(register(evm, PARTICIPANT_KEYS[0], "third"))
+    closing = ok(commit(evm, PARTICIPANT_KEYS[0]))
+    assert closing.events_named("WindowClosedEarly") == [{"round": 0, "closeBlock": closing.block_number, "commitCount": 3}]
+
+
+def test_skip_finalizes_on_the_base_hash_without_contributors():
+    evm = make_chain(with_params(min_participants=2, skip_under_min=True), participants=3)
+    ok(commit(evm, K0))
+    wait_deadline(evm)
+    assert evm.call(ROUNDS, "windowOpen") is False
+    reverts(attest(evm, K0, model_hash=HASH_A), "attestAggregate: skipped round must attest its base hash")
+    final = finalize(evm, model_hash=GENESIS_MODEL)
+    assert final.events_named("RoundSkipped") == [{"round": 0, "commitCount": 1}]
+    assert "ContributorRewarded" not in final.event_names()
+    validator_share = ETHER * 3 // 10  # the contributors' 70% stays in the pool
+    assert [e["amount"] for e in final.events_named("ValidatorRewarded")] == [validator_share // 3] * 3
+    assert evm.call(STAKING, "rewardPool") == 100 * ETHER - 3 * (validator_share // 3)
+    assert evm.call(ROUNDS, "roundReward", 0, V[0]) == validator_share // 3  # its commit earned nothing
+    info = round_info(evm)
+    assert (info["skipped"], info["finalized"], info["finalHash"]) == (True, True, GENESIS_MODEL)
+    assert evm.call(ROUNDS, "baseHash", 1) == GENESIS_MODEL
+    assert round_info(evm, 1)["skipped"] is False
+    assert_solvent(evm)
+
+
+def test_skip_mode_round_reaching_min_is_aggregated():
+    evm = make_chain(with_params(min_participants=2, skip_under_min=True), participants=3)
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    wait_deadline(evm)
+    final = finalize(evm, model_hash=HASH_A)
+    assert "RoundSkipped" not in final.event_names()
+    assert len(final.events_named("ContributorRewarded")) == 2
+    assert (round_info(evm)["skipped"], evm.call(ROUNDS, "baseHash", 1)) == (False, HASH_A)
+
+
+def test_skip_with_no_commits_at_all():
+    evm = make_chain(with_params(skip_under_min=True))
+    wait_deadline(evm)
+    final = finalize(evm, model_hash=GENESIS_MODEL)
+    assert final.events_named("RoundSkipped") == [{"round": 0, "commitCount": 0}]
+    assert absent(evm, 0) == [hexaddr(V[0]), hexaddr(V[1])]
+
+
+# ================================================================ SwarmRounds: straggler grace
+
+GRACE_WINDOW = 100
+
+
+@pytest.mark.parametrize(("pct", "min_grace", "third_at", "close_at"), [
+    (100, 2, 30, 60),  # the stragglers get as long again as the others took
+    (50, 2, 30, 45),
+    (50, 20, 30, 50),  # the minimum grace wins
+    (100, 2, 80, 100),  # the formula would give 160: a deadline is never extended
+    (0, 2, 30, 100),  # off
+])
+def test_straggler_grace_shortens_the_deadline_once_two_thirds_committed(pct, min_grace, third_at, close_at):
+    evm = make_chain(with_params(commit_window_s=GRACE_WINDOW, straggler_grace_pct=pct, min_grace_s=min_grace),
+                     participants=4)  # expected 4: quorum = ceil(8 / 3) = 3
+    t0 = GENESIS_TIME
+    ok(commit(evm, K0, timestamp=t0 + 10))
+    second = ok(commit(evm, K1, timestamp=t0 + 20))  # 2 < quorum: nothing yet
+    assert "DeadlineShortened" not in second.event_names()
+    assert round_info(evm)["closeTime"] == t0 + GRACE_WINDOW
+    third = ok(commit(evm, K2, timestamp=t0 + third_at))
+    assert round_info(evm)["closeTime"] == t0 + close_at
+    shortened = close_at < GRACE_WINDOW
+    assert third.events_named("DeadlineShortened") == ([{"round": 0, "closeTime": t0 + close_at}] if shortened else [])
+    assert evm.call(ROUNDS, "graceApplied", 0) is (pct > 0)
+    # only once: a later commit (a participant registered mid-round) leaves the deadline alone
+    ok(register(evm, PARTICIPANT_KEYS[0], "late", timestamp=t0 + third_at + 1))
+    later = ok(commit(evm, PARTICIPANT_KEYS[0], timestamp=t0 + third_at + 2))
+    assert "DeadlineShortened" not in later.event_names()
+    assert round_info(evm)["closeTime"] == t0 + close_at
+    reverts(commit(evm, K3, timestamp=t0 + close_at), "commitUpdate: commit window closed")
+
+
+def test_straggler_grace_quorum_is_at_least_min_participants():
+    params = with_params(commit_window_s=GRACE_WINDOW, straggler_grace_pct=100, min_participants=3)
+    evm = make_chain(params, participants=3)  # ceil(2 * 3 / 3) = 2, but min is 3
+    ok(commit(evm, K0, timestamp=GENESIS_TIME + 10))
+    ok(commit(evm, K1, timestamp=GENESIS_TIME + 20))
+    assert round_info(evm)["closeTime"] == GENESIS_TIME + GRACE_WINDOW
+    assert evm.call(ROUNDS, "graceApplied", 0) is False
+
+
+def test_straggler_grace_lets_a_straggler_commit_inside_the_grace():
+    evm = make_chain(with_params(commit_window_s=GRACE_WINDOW, straggler_grace_pct=100), participants=4)
+    for key, at in ((K0, 10), (K1, 20), (K2, 30)):
+        ok(commit(evm, key, timestamp=GENESIS_TIME + at))
+    last = ok(commit(evm, K3, timestamp=GENESIS_TIME + 59))  # the last second of the shortened window
+    assert "WindowClosedEarly" in last.event_names()
+
+
+# ================================================================ SwarmRounds: absent participants
+
+def test_absent_participants_are_recorded_dropped_and_come_back():
+    evm = make_chain(with_params(absent_rounds=2))
+    # round 0: V1 misses its first round
+    ok(commit(evm, K0))
+    wait_deadline(evm, 0)
+    final = finalize(evm, 0, round_hash(0))
+    assert final.events_named("ParticipantAbsent") == [{"round": 0, "participant": hexaddr(V[1]), "missed": 1}]
+    assert "ParticipantDropped" not in final.event_names()
+    assert absent(evm, 0) == [hexaddr(V[1])] and round_info(evm, 0)["absentCount"] == 1
+    assert participant(evm, V[1])["missed"] == 1
+    assert evm.call(ROUNDS, "isExpected", V[1]) is True  # 1 < absent_rounds
+    assert round_info(evm, 1)["expectedCount"] == 2
+    # round 1: a second miss in a row drops it from the expected set
+    ok(commit(evm, K0, 1))
+    wait_deadline(evm, 1)
+    assert absent(evm, 1) == []  # not before the round finalizes
+    final = finalize(evm, 1, round_hash(1))
+    assert final.events_named("ParticipantAbsent") == [{"round": 1, "participant": hexaddr(V[1]), "missed": 2}]
+    assert final.events_named("ParticipantDropped") == [{"round": 1, "participant": hexaddr(V[1])}]
+    assert evm.call(ROUNDS, "isExpected", V[1]) is False
+    assert evm.call(ROUNDS, "isRegistered", V[1]) is True  # still a participant, just not waited for
+    assert (round_info(evm, 2)["expectedCount"], round_info(evm, 2)["participantCount"]) == (2 - 1, 2)
+    # round 2: V0 alone closes the window early; V1 is not absent from a round that did not expect it
+    closing = ok(commit(evm, K0, 2))
+    assert "WindowClosedEarly" in closing.event_names()
+    finalize(evm, 2, round_hash(2))
+    assert absent(evm, 2) == [] and participant(evm, V[1])["missed"] == 2
+    # round 3: V1 commits again (accepted, not counted as expected): it is expected from round 4 on
+    ok(commit(evm, K1, 3))
+    assert participant(evm, V[1])["missed"] == 0 and evm.call(ROUNDS, "isExpected", V[1]) is False
+    assert round_info(evm, 3)["expectedCommitted"] == 0
+    ok(commit(evm, K0, 3))
+    finalize(evm, 3, round_hash(3))
+    assert evm.call(ROUNDS, "isExpected", V[1]) is True and round_info(evm, 4)["expectedCount"] == 2
+
+
+def test_a_dropped_participant_rejoins_and_is_waited_for_again():
+    """A dropped participant's commit can lose the race against an early close every round (the others
+    commit first, and the window closes in that block); rejoin() makes it expected from the next round."""
+    evm = make_chain(with_params(absent_rounds=1))
+    reverts(evm.transact(K1, ROUNDS, "rejoin"), "rejoin: sender has missed no round")
+    reverts(evm.transact(OUTSIDER_KEY, ROUNDS, "rejoin"), "rejoin: sender is not an active participant")
+    ok(commit(evm, K0))
+    wait_deadline(evm, 0)
+    finalize(evm, 0, round_hash(0))  # V1 missed round 0: dropped (absent_rounds = 1)
+    assert evm.call(ROUNDS, "isExpected", V[1]) is False
+    assert "WindowClosedEarly" in ok(commit(evm, K0, 1)).event_names(), "round 1 does not wait for V1"
+    result = ok(evm.transact(K1, ROUNDS, "rejoin"))  # mid-round 1: expected from round 2
+    assert result.events_named("Rejoined") == [{"participant": hexaddr(V[1]), "round": 1}]
+    assert participant(evm, V[1])["missed"] == 0 and evm.call(ROUNDS, "isExpected", V[1]) is False
+    finalize(evm, 1, round_hash(1))
+    assert evm.call(ROUNDS, "isExpected", V[1]) is True and round_info(evm, 2)["expectedCount"] == 2
+    assert "WindowClosedEarly" not in ok(commit(evm, K0, 2)).event_names(), "round 2 must wait for V1"
+    assert "WindowClosedEarly" in ok(commit(evm, K1, 2)).event_names()
+
+
+def test_absent_rounds_zero_never_drops():
+    evm = make_chain(with_params(absent_rounds=0))
+    for r in range(3):
+        ok(commit(evm, K0, r))
+        wait_deadline(evm, r)
+        final = finalize(evm, r, round_hash(r))
+        assert final.events_named("ParticipantAbsent") == [{"round": r, "participant": hexaddr(V[1]), "missed": r + 1}]
+        assert "ParticipantDropped" not in final.event_names()
+    assert evm.call(ROUNDS, "isExpected", V[1]) is True and participant(evm, V[1])["missed"] == 3
+
+
+# ================================================================ SwarmRounds: membership
+
+def test_register_with_the_exact_bond_and_leave_refunds_it(evm):
+    peer = "12D3KooW" + "p" * 44
+    for value in (0, BOND - 1, BOND + 1):
+        reverts(register(evm, PARTICIPANT_KEYS[0], peer, value=value), "register: value is not the participant bond")
+    reverts(register(evm, PARTICIPANT_KEYS[0], peer, approvals=[b"\x00" * 65]),
+            "register: approvals are for allow-list admission only")
+    result = ok(register(evm, PARTICIPANT_KEYS[0], peer))
+    assert result.events_named("Registered") == [{"participant": hexaddr(P[0]), "peerId": peer, "index": 2, "bond": BOND}]
+    assert evm.balance(SWARM_ROUNDS_ADDRESS) == BOND == evm.call(ROUNDS, "totalBonds")
+    assert participant(evm, P[0]) == {"peerId": peer, "index": 2, "registered": True, "active": True, "missed": 0,
+                                      "expectedRound": 0, "bond": BOND}
+    assert evm.call(ROUNDS, "isRegistered", P[0]) is True and evm.call(ROUNDS, "isExpected", P[0]) is False
+    assert (evm.call(ROUNDS, "participantCount"), evm.call(ROUNDS, "registrySize")) == (3, 3)
+    assert evm.call(ROUNDS, "participantAt", 2) == hexaddr(P[0])
+    assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1]), hexaddr(P[0])]
+    reverts(register(evm, PARTICIPANT_KEYS[0], "another"), "register: already registered")
+    reverts(register(evm, PARTICIPANT_KEYS[1], peer), "register: peer id already taken")
+    reverts(register(evm, PARTICIPANT_KEYS[1], ""), "register: empty peer id")
+    reverts(register(evm, PARTICIPANT_KEYS[1], "x" * 65), "0x")  # ABI bound String[64]
+    with pytest.raises(CallReverted, match="participantAt: index out of range"):
+        evm.call(ROUNDS, "participantAt", 3)
+    # expected from the next round on
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    finalize(evm)
+    assert evm.call(ROUNDS, "isExpected", P[0]) is True and round_info(evm, 1)["expectedCount"] == 3
+    # leave: the bond comes back, the index stays taken
+    before = evm.balance(P[0])
+    left = ok(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "leave"))
+    assert left.events_named("Left") == [{"participant": hexaddr(P[0])}]
+    assert evm.balance(P[0]) == before + BOND - left.gas_used * GAS_PRICE
+    assert evm.balance(SWARM_ROUNDS_ADDRESS) == 0 == evm.call(ROUNDS, "totalBonds")
+    assert evm.call(ROUNDS, "isRegistered", P[0]) is False and evm.call(ROUNDS, "isExpected", P[0]) is False
+    assert (evm.call(ROUNDS, "participantCount"), evm.call(ROUNDS, "registrySize")) == (2, 3)
+    assert round_info(evm, 1)["expectedCount"] == 2
+    assert participant(evm, P[0])["bond"] == 0
+    reverts(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "leave"), "leave: sender is not an active participant")
+    reverts(evm.transact(OUTSIDER_KEY, ROUNDS, "leave"), "leave: sender is not an active participant")
+    reverts(commit(evm, PARTICIPANT_KEYS[0], 1), "commitUpdate: sender not registered")
+    # back under a new peer id: same index, the old id is free again
+    ok(register(evm, PARTICIPANT_KEYS[0], "other-peer"))
+    assert participant(evm, P[0])["index"] == 2 and evm.call(ROUNDS, "registrySize") == 3
+    assert evm.call(ROUNDS, "peerIdOwner", keccak(text=peer)) == ZERO_ADDRESS
+    assert evm.call(ROUNDS, "isExpected", P[0]) is False  # not in the round it came back in
+    taken = ok(register(evm, PARTICIPANT_KEYS[1], peer))
+    assert taken.events_named("Registered")[0]["index"] == 3
+    assert_solvent(evm)
+
+
+def test_a_genesis_participant_leaves_and_comes_back_under_its_peer_id(evm):
+    left = ok(evm.transact(K1, ROUNDS, "leave"))
+    assert evm.balance(SWARM_ROUNDS_ADDRESS) == 0 and left.events_named("Left") == [{"participant": hexaddr(V[1])}]
+    reverts(register(evm, PARTICIPANT_KEYS[0], PEER_IDS[1]), "register: peer id already taken")  # still reserved
+    again = ok(register(evm, K1, PEER_IDS[1]))
+    assert again.events_named("Registered") == [{"participant": hexaddr(V[1]), "peerId": PEER_IDS[1], "index": 1,
+                                                 "bond": BOND}]
+    assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1])]
+    assert_solvent(evm)
+
+
+def test_leave_of_the_last_missing_participant_closes_the_window_early():
+    evm = make_chain(participants=3)
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    left = ok(evm.transact(K2, ROUNDS, "leave"))
+    assert left.events_named("WindowClosedEarly") == [{"round": 0, "closeBlock": left.block_number, "commitCount": 2}]
+    info = round_info(evm)
+    assert (info["expectedCount"], info["closedEarly"], info["closeBlock"]) == (2, True, left.block_number)
+    final = finalize(evm)
+    assert absent(evm, 0) == [] and "ParticipantAbsent" not in final.event_names()  # leaving is not an absence
+    assert round_info(evm, 1)["expectedCount"] == 2 and evm.call(ROUNDS, "isExpected", V[2]) is False
+
+
+def test_leave_that_does_not_complete_the_round_keeps_it_open():
+    evm = make_chain(participants=3)
+    ok(commit(evm, K0))
+    ok(evm.transact(K0, ROUNDS, "leave"))  # committed, then left: its commit still counts
+    left = ok(evm.transact(K2, ROUNDS, "leave"))
+    assert "WindowClosedEarly" not in left.event_names()
+    info = round_info(evm)
+    assert (info["expectedCount"], info["expectedCommitted"], info["commitCount"]) == (2, 1, 1)
+    assert evm.call(ROUNDS, "windowOpen") is True
+    closing = ok(commit(evm, K1))
+    assert "WindowClosedEarly" in closing.event_names()
+    final = finalize(evm)
+    assert [e["participant"] for e in final.events_named("ContributorRewarded")] == [hexaddr(V[0]), hexaddr(V[1])]
+    assert absent(evm, 0) == []
+    assert evm.call(ROUNDS, "roundReward", 0, V[0]) == 7 * ETHER // 20 + ETHER // 10  # contributor + attester
+
+
+# ================================================================ SwarmRounds: allow-list admission
+
+def approval(signer, participant_address: bytes, chain_id=CHAIN_ID, contract=SWARM_ROUNDS_ADDRESS) -> bytes:
+    digest = keccak(abi_encode(["bytes32", "uint256", "address", "address"],
+                               [ADMIT_TAG, chain_id, contract, participant_address]))
+    return sign_digest(signer.to_bytes(), digest)
+
+
+def approvals(signers, participant_address: bytes, **digest) -> list[bytes]:
+    """Signatures sorted by increasing signer address, as the contract wants them."""
+    ordered = sorted(signers, key=lambda k: int.from_bytes(address_of(k), "big"))
+    return [approval(k, participant_address, **digest) for k in ordered]
+
+
+def by_recovered_signer(signatures: list[bytes], participant_address: bytes) -> list[bytes]:
+    """Sorted by the address the contract will recover (for digests we tampered with)."""
+    digest = keccak(abi_encode(["bytes32", "uint256", "address", "address"],
+                               [ADMIT_TAG, CHAIN_ID, SWARM_ROUNDS_ADDRESS, participant_address]))
+    return sorted(signatures, key=lambda sig: int.from_bytes(recover_address(digest, sig), "big"))
+
+
+ALLOWLIST = with_params(admission_mode=ADMISSION_ALLOWLIST)
+
+
+def test_allowlist_admits_with_approvals_over_two_thirds_of_stake():
+    evm = make_chain(ALLOWLIST)
+    good = approvals(VALIDATOR_KEYS[:3], P[0])  # 30 of 40
+    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=1, approvals=good),
+            "register: allow-list admission takes no value")
+    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0), "register: approvals hold at most 2/3 of stake")
+    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
+            "register: approvals hold at most 2/3 of stake")
+    result = ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=good))
+    assert result.events_named("Registered") == [{"participant": hexaddr(P[0]), "peerId": "peer", "index": 2, "bond": 0}]
+    assert evm.balance(SWARM_ROUNDS_ADDRESS) == 0
+    ok(register(evm, PARTICIPANT_KEYS[1], "peer-1", value=0, approvals=approvals(VALIDATOR_KEYS, P[1])))
+
+
+def test_allowlist_exactly_two_thirds_is_not_enough():
+    evm = make_chain(ALLOWLIST, stakes=[ETHER] * 3)
+    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
+            "register: approvals hold at most 2/3 of stake")
+    ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:3], P[0])))
+
+
+def test_allowlist_refuses_bad_approvals():
+    evm = make_chain(ALLOWLIST)
+    good = approvals(VALIDATOR_KEYS[:3], P[0])
+    with_outsider = approvals([*VALIDATOR_KEYS[:3], OUTSIDER_KEY], P[0])
+    tampered_v = [*good[:2], good[2][:64] + b"\x1d"]
+    unrecoverable = [*good[:2], b"\x00" * 64 + b"\x1b"]
+    cases = [
+        (list(reversed(good)), "register: approval signers not strictly increasing"),
+        ([good[0], good[0], good[1], good[2]], "register: approval signers not strictly increasing"),
+        (with_outsider, "register: approval signer is not a validator"),
+        (tampered_v, "register: approval v is not 27 or 28"),
+        (unrecoverable, "register: approval signature is invalid"),
+        ([*good[:2], good[2][:64]], "register: approval is not 65 bytes"),
+        (by_recovered_signer(approvals(VALIDATOR_KEYS[:3], P[0], chain_id=CHAIN_ID + 1), P[0]),
+         "register: approval signer is not a validator"),
+        (by_recovered_signer(approvals(VALIDATOR_KEYS[:3], P[1]), P[0]), "register: approval signer is not a validator"),
+        (by_recovered_signer(approvals(VALIDATOR_KEYS[:3], P[0], contract=STAKING_ADDRESS), P[0]),
+         "register: approval signer is not a validator"),
+    ]
+    for signatures, reason in cases:
+        reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=signatures), reason)
+    assert evm.call(ROUNDS, "isRegistered", P[0]) is False
+    ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=good))
+
+
+def test_allowlist_genesis_participants_need_no_approval_and_leave_without_refund():
+    evm = make_chain(ALLOWLIST)
+    assert evm.call(ROUNDS, "isRegistered", V[0]) is True
+    ok(evm.transact(K0, ROUNDS, "leave"))
+    reverts(register(evm, K0, PEER_IDS[0], value=0), "register: approvals hold at most 2/3 of stake")
+    ok(register(evm, K0, PEER_IDS[0], value=0, approvals=approvals(VALIDATOR_KEYS[1:], V[0])))
+    assert participant(evm, V[0])["index"] == 0
 
 
 # ================================================================ SwarmRounds: attestations and finalization
 
 def test_attest_reverts(evm):
-    reverts(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 0, HASH_A), "attestAggregate: commit window still open")
-    close_window(evm)
-    reverts(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "attestAggregate", 0, HASH_A), "attestAggregate: sender is not a validator")
-    reverts(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 1, HASH_A), "attestAggregate: round not open yet")
-    reverts(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 0, ZERO32), "attestAggregate: empty model hash")
-    ok(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 0, HASH_A))
-    reverts(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 0, HASH_B), "attestAggregate: already attested this round")
-    ok(evm.transact(VALIDATOR_KEYS[1], ROUNDS, "attestAggregate", 0, HASH_A))
-    ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A))
-    reverts(evm.transact(VALIDATOR_KEYS[3], ROUNDS, "attestAggregate", 0, HASH_A), "attestAggregate: round already finalized")
+    ok(commit(evm, K1))
+    reverts(attest(evm, K0), "attestAggregate: commit window still open")
+    wait_deadline(evm)
+    reverts(attest(evm, PARTICIPANT_KEYS[0]), "attestAggregate: sender is not a validator")
+    reverts(attest(evm, K0, 1), "attestAggregate: round not open yet")
+    reverts(attest(evm, K0, model_hash=ZERO32), "attestAggregate: empty model hash")
+    ok(attest(evm, K0))
+    reverts(attest(evm, K0, model_hash=HASH_B), "attestAggregate: already attested this round")
+    ok(attest(evm, K1))
+    ok(attest(evm, K2))
+    reverts(attest(evm, K3), "attestAggregate: round already finalized")
     with pytest.raises(CallReverted, match="getAttestation: no such attestation"):
         evm.call(ROUNDS, "getAttestation", 0, 3)
     with pytest.raises(CallReverted, match="getRound: round not open yet"):
@@ -530,20 +1120,22 @@ def test_attest_reverts(evm):
 
 
 def test_finalization_pays_contributors_and_attesters_and_penalizes_mismatch(evm):
-    ok(commit(evm, VALIDATOR_KEYS[0], update=b"\x01" * 32, samples=100))
-    ok(commit(evm, VALIDATOR_KEYS[1], update=b"\x02" * 32, samples=300))  # closes the window early
-    wrong = ok(evm.transact(VALIDATOR_KEYS[3], ROUNDS, "attestAggregate", 0, HASH_B))
+    ok(commit(evm, K0, update=b"\x01" * 32, samples=100))
+    ok(commit(evm, K1, update=b"\x02" * 32, samples=300))  # closes the window early
+    wrong = ok(attest(evm, K3, model_hash=HASH_B))
     assert wrong.output is False
     for key in VALIDATOR_KEYS[:2]:
-        assert ok(evm.transact(key, ROUNDS, "attestAggregate", 0, HASH_A)).output is False  # 20/40 of stake
+        assert ok(attest(evm, key)).output is False  # 20/40 of stake
     assert evm.call(ROUNDS, "attestedStake", 0, HASH_A) == 2 * STAKE
-    final = ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A))  # 30/40 > 2/3
+    final = ok(attest(evm, K2))  # 30/40 > 2/3
     assert final.output is True
     assert final.events_named("RoundFinalized") == [
         {"round": 0, "modelHash": HASH_A, "finalBlock": final.block_number, "commitCount": 2, "attestedStake": 3 * STAKE}
     ]
+    now = evm.head_timestamp
     assert final.events_named("RoundOpened") == [
-        {"round": 1, "openBlock": final.block_number, "closeBlock": final.block_number + 4}
+        {"round": 1, "openBlock": final.block_number, "openTime": now, "closeTime": now + WINDOW, "baseHash": HASH_A,
+         "participantCount": 2, "expectedCount": 2}
     ]
     assert final.events_named("ContributorRewarded") == [
         {"round": 0, "participant": hexaddr(V[0]), "amount": 175 * ETHER // 1000},
@@ -560,64 +1152,116 @@ def test_finalization_pays_contributors_and_attesters_and_penalizes_mismatch(evm
     assert evm.call(STAKING, "totalBurned") == STAKE // 20
     assert evm.call(ROUNDS, "isMismatched", 0, V[3]) is True
     assert evm.call(ROUNDS, "isMismatched", 0, V[2]) is False
-    assert evm.call(ROUNDS, "getRound", 0) == (0, 2, final.block_number, HASH_A, 2, 400, 4, 2, True, True)
+    info = round_info(evm, 0)
+    assert (info["finalBlock"], info["finalHash"], info["commitCount"], info["totalSamples"]) == (
+        final.block_number, HASH_A, 2, 400)
+    assert (info["attestationCount"], info["closedEarly"], info["finalized"], info["absentCount"]) == (4, True, True, 0)
     assert evm.call(ROUNDS, "getAttestation", 0, 0) == (hexaddr(V[3]), HASH_B, STAKE, wrong.block_number)
     assert evm.call(ROUNDS, "attestationOf", 0, V[2]) == HASH_A
     assert evm.call(ROUNDS, "currentRound") == 1
-    assert_solvent(evm)
-
-
-def test_round_without_commits_finalizes_on_attestations(evm):
-    close_window(evm)
-    for key in VALIDATOR_KEYS[:3]:
-        ok(evm.transact(key, ROUNDS, "attestAggregate", 0, HASH_A))
-    info = evm.call(ROUNDS, "getRound", 0)
-    assert (info[3], info[4], info[9]) == (HASH_A, 0, True)
-    third = ETHER // 3  # the whole reward goes to validators; 1 wei of dust stays in the pool
-    assert [evm.call(STAKING, "rewardOf", a) for a in V[:3]] == [third] * 3
-    assert evm.call(STAKING, "rewardPool") == 100 * ETHER - 3 * third
+    assert evm.call(ROUNDS, "windowOpen") is True
     assert_solvent(evm)
 
 
 def test_exactly_two_thirds_of_stake_does_not_finalize():
     evm = make_chain(stakes=[ETHER, ETHER, ETHER])
-    close_window(evm)
-    ok(evm.transact(VALIDATOR_KEYS[0], ROUNDS, "attestAggregate", 0, HASH_A))
-    assert ok(evm.transact(VALIDATOR_KEYS[1], ROUNDS, "attestAggregate", 0, HASH_A)).output is False
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    ok(attest(evm, K0))
+    assert ok(attest(evm, K1)).output is False
     assert evm.call(ROUNDS, "currentRound") == 0
-    assert ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A)).output is True
+    assert ok(attest(evm, K2)).output is True
     assert evm.call(ROUNDS, "currentRound") == 1
 
 
 def test_next_round_opens_at_finalization_and_keeps_history(evm):
-    ok(commit(evm, VALIDATOR_KEYS[0], update=HASH_B))
-    close_window(evm)
-    finals = [ok(evm.transact(k, ROUNDS, "attestAggregate", 0, HASH_A)) for k in VALIDATOR_KEYS[:3]]
-    open_block = finals[-1].block_number
-    reverts(commit(evm, VALIDATOR_KEYS[1], round_=0), "commitUpdate: wrong round")
-    second = ok(commit(evm, VALIDATOR_KEYS[1], round_=1, update=b"\x03" * 32, samples=7))
+    ok(commit(evm, K0, update=HASH_B))
+    wait_deadline(evm)
+    final = finalize(evm)
+    open_block, open_time = final.block_number, evm.head_timestamp
+    reverts(commit(evm, K1, round_=0), "commitUpdate: wrong round")
+    second = ok(commit(evm, K1, round_=1, update=b"\x03" * 32, samples=7))
     assert evm.call(ROUNDS, "getCommit", 1, 0)[:3] == (hexaddr(V[1]), b"\x03" * 32, 7)
     assert evm.call(ROUNDS, "getCommit", 0, 0)[:2] == (hexaddr(V[0]), HASH_B)
-    assert evm.call(ROUNDS, "getRound", 1)[:5] == (open_block, open_block + 4, 0, ZERO32, 1)
+    info = round_info(evm, 1)
+    assert (info["openBlock"], info["openTime"], info["closeTime"], info["baseHash"], info["commitCount"]) == (
+        open_block, open_time, open_time + WINDOW, HASH_A, 1)
     assert list(evm.call(ROUNDS, "getCommitters", 0)) == [hexaddr(V[0])]
     assert list(evm.call(ROUNDS, "getCommitters", 1)) == [hexaddr(V[1])]
     assert list(evm.call(ROUNDS, "getCommitters", 2)) == []
     assert second.block_number == open_block + 2  # inside the new window (after the reverted tx)
-    close_window(evm, 1)
-    for key in VALIDATOR_KEYS[1:]:
-        ok(evm.transact(key, ROUNDS, "attestAggregate", 1, HASH_B))
-    assert evm.call(ROUNDS, "getRound", 1)[3] == HASH_B
+    wait_deadline(evm, 1)
+    finalize(evm, 1, HASH_B, VALIDATOR_KEYS[1:])
+    assert round_info(evm, 1)["finalHash"] == HASH_B and evm.call(ROUNDS, "baseHash", 2) == HASH_B
     assert evm.call(ROUNDS, "currentRound") == 2
     assert_solvent(evm)
 
 
 def test_withdrawn_validator_cannot_attest(evm):
     ok(evm.transact(VALIDATOR_KEYS[3], STAKING, "requestWithdraw", STAKE))
-    close_window(evm)
-    reverts(evm.transact(VALIDATOR_KEYS[3], ROUNDS, "attestAggregate", 0, HASH_A), "attestAggregate: sender is not a validator")
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))
+    reverts(attest(evm, K3), "attestAggregate: sender is not a validator")
     # with 30 ETH left bonded, two of three validators (20/30) are not enough, three are
     for key in VALIDATOR_KEYS[:2]:
-        ok(evm.transact(key, ROUNDS, "attestAggregate", 0, HASH_A))
+        ok(attest(evm, key))
     assert evm.call(ROUNDS, "currentRound") == 0
-    ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, HASH_A))
+    ok(attest(evm, K2))
     assert evm.call(ROUNDS, "currentRound") == 1
+
+
+# ================================================================ SwarmRounds: gas
+
+GAS_CAP = 10_000_000
+
+
+@pytest.mark.parametrize("n", [10, 128])
+def test_gas_of_a_finalizing_attestation(n):
+    """n expected participants: measured when all n are paid, and when n - 1 are recorded absent."""
+    extra = GAS_KEYS[: n - 2]
+    evm = make_chain(with_params(commit_window_s=10_000), extra_funded=tuple(address_of(k) for k in extra))
+    for i, key in enumerate(extra):
+        ok(register(evm, key, f"gas-peer-{i}"))
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))  # the two genesis participants close round 0 early
+    finalize(evm, 0, round_hash(0))
+    assert round_info(evm, 1)["expectedCount"] == n
+    for key in [K0, K1, *extra]:
+        ok(commit(evm, key, 1))
+    paid = finalize(evm, 1, round_hash(1))
+    assert len(paid.events_named("ContributorRewarded")) == n
+    ok(commit(evm, K0, 2))
+    wait_deadline(evm, 2)
+    missed = finalize(evm, 2, round_hash(2))
+    assert len(absent(evm, 2)) == n - 1
+    print(f"\nfinalizing attestation, {n} participants: {paid.gas_used:,} gas with {n} contributors paid, "
+          f"{missed.gas_used:,} gas with {n - 1} absentees recorded")
+    assert paid.gas_used < GAS_CAP, f"{paid.gas_used:,} gas to finalize {n} contributors"
+    assert missed.gas_used < GAS_CAP, f"{missed.gas_used:,} gas to record {n - 1} absentees"
+
+
+BIG_VALIDATOR_KEYS = [keys.PrivateKey(keccak(f"big validator {i}".encode())) for i in range(64)]
+
+
+def test_gas_of_a_finalizing_attestation_at_the_limits():
+    """128 contributors paid for the first time, and 64 validators settled (21 penalized, 43 rewarded)."""
+    validators = [address_of(k) for k in BIG_VALIDATOR_KEYS]
+    extra = GAS_KEYS[:64]
+    params = with_params(commit_window_s=10_000)
+    funded = {a: 1_000 * ETHER for a in [*validators, *(address_of(k) for k in extra)]}
+    alloc = build_genesis_alloc(CHAIN_ID, [(a, ETHER, f"peer-v{i}") for i, a in enumerate(validators)], funded, params)
+    evm = EvmHarness(CHAIN_ID, alloc, [STAKING, ROUNDS], genesis_time=params.genesis_time)
+    for i, key in enumerate(extra):
+        ok(register(evm, key, f"gas-peer-{i}"))
+    for key in BIG_VALIDATOR_KEYS:
+        ok(commit(evm, key, 0))
+    finalize(evm, 0, round_hash(0), BIG_VALIDATOR_KEYS[:43])
+    for key in [*BIG_VALIDATOR_KEYS, *extra]:
+        ok(commit(evm, key, 1))
+    for key in BIG_VALIDATOR_KEYS[43:]:
+        ok(attest(evm, key, 1, HASH_B))
+    final = finalize(evm, 1, round_hash(1), BIG_VALIDATOR_KEYS[:43])  # 43 of 64 > 2/3
+    assert len(final.events_named("AttestationMismatch")) == 21
+    assert len(final.events_named("ContributorRewarded")) == 128
+    print(f"\nfinalizing attestation, 128 contributors and 64 validators: {final.gas_used:,} gas")
+    assert final.gas_used < GAS_CAP, f"{final.gas_used:,} gas"

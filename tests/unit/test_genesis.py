@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+from pathlib import Path
+
 import pytest
 
+from consensus.contracts import SWARM_ROUNDS_ADDRESS, load_artifact
 from consensus.devtools import address_of, dev_genesis, dev_key
 from consensus.genesis import (
     Genesis,
     GenesisError,
+    RoundsParams,
     dump_genesis,
     load_genesis,
     loads_genesis,
     parse_amount,
 )
-from consensus.genesis_block import genesis_hash
+from consensus.genesis_block import genesis_hash, genesis_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from evm_harness import Contract, EvmHarness  # noqa: E402
 
 ADDR0 = "0x" + address_of(dev_key(0)).hex()
 
@@ -31,19 +40,28 @@ def test_minimal_file_gets_defaults() -> None:
     assert g.validators[0].stake == 32 * 10**18
     assert g.validators[0].peer_id is None
     assert g.consensus.epoch_length == 100
-    assert g.rounds.commit_window == 20
+    assert g.rounds == RoundsParams()
+    assert dataclasses.asdict(g.rounds) == {
+        "commit_window_s": 60, "straggler_grace_pct": 100, "min_grace_s": 2, "min_participants": 1,
+        "under_min": "extend", "absent_rounds": 3, "admission": "stake", "participant_bond": 10**18,
+        "reward_per_round": 10**18}
     assert dict(g.task) == {}
     assert g.genesis_model_hash == b"\x00" * 32
 
 
 def test_round_trip_preserves_every_field(tmp_path) -> None:
     g = dev_genesis(3, 5)
+    rounds = RoundsParams(commit_window_s=7, straggler_grace_pct=250, min_grace_s=0, min_participants=3,
+                          under_min="skip", absent_rounds=0, admission="allowlist", participant_bond=5 * 10**9,
+                          reward_per_round=12345)
     g = Genesis(**{**g.__dict__, "task": {"dataset": "mnist", "lr": 0.05, "sub": {"k": [1, 2]}},
-                   "genesis_model_hash": bytes(range(32))})
+                   "genesis_model_hash": bytes(range(32)), "rounds": rounds})
     path = tmp_path / "g.toml"
     path.write_text(dump_genesis(g))
     assert load_genesis(path) == g
-    assert "[[validators]]" in path.read_text()
+    assert load_genesis(path).rounds == rounds
+    text = path.read_text()
+    assert "[[validators]]" in text and 'participant_bond = "5 gwei"' in text and 'under_min = "skip"' in text
 
 
 @pytest.mark.parametrize(
@@ -59,7 +77,6 @@ def test_round_trip_preserves_every_field(tmp_path) -> None:
         (MINIMAL + "\n[consensus]\nbogus = 1\n", "consensus.bogus"),
         (MINIMAL + "\n[consensus]\nempty_block_interval_ms = 500\n", "consensus.empty_block_interval_ms"),
         (MINIMAL + "\n[consensus]\nempty_block_interval_ms = -1\n", "consensus.empty_block_interval_ms"),
-        (MINIMAL + "\n[rounds]\ncommit_window = -3\n", "rounds.commit_window"),
         ('genesis_model_hash = "0xab"\n' + MINIMAL, "genesis_model_hash"),
         ("surprise = 1\n" + MINIMAL, "surprise"),
         (MINIMAL + MINIMAL.split("\n", 2)[2], "validators[1].address"),
@@ -71,6 +88,95 @@ def test_bad_field_is_named(text: str, field: str) -> None:
         loads_genesis(text)
     assert info.value.field == field, str(info.value)
     assert field in str(info.value)
+
+
+ROUNDS_BOUNDS = [  # (field, lowest accepted, highest accepted); one past each side is refused
+    ("commit_window_s", 1, 86_400),
+    ("straggler_grace_pct", 0, 1_000),
+    ("min_grace_s", 0, 3_600),
+    ("min_participants", 1, 128),
+    ("absent_rounds", 0, 1_000_000),
+]
+
+
+def _with_rounds(body: str) -> str:
+    return MINIMAL + "\n[rounds]\n" + body + "\n"
+
+
+@pytest.mark.parametrize(("name", "low", "high"), ROUNDS_BOUNDS)
+def test_rounds_integer_bounds(name: str, low: int, high: int) -> None:
+    assert getattr(loads_genesis(_with_rounds(f"{name} = {low}")).rounds, name) == low
+    assert getattr(loads_genesis(_with_rounds(f"{name} = {high}")).rounds, name) == high
+    for bad in (low - 1, high + 1, '"5"', "1.5", "true"):
+        with pytest.raises(GenesisError) as info:
+            loads_genesis(_with_rounds(f"{name} = {bad}"))
+        assert info.value.field == f"rounds.{name}", str(info.value)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('under_min = "wait"', "rounds.under_min"),
+    ("under_min = 1", "rounds.under_min"),
+    ('admission = "open"', "rounds.admission"),
+    ('participant_bond = "-1 ether"', "rounds.participant_bond"),
+    ('participant_bond = "a lot"', "rounds.participant_bond"),
+    ("participant_bond = -1", "rounds.participant_bond"),
+    ("reward_per_round = -1", "rounds.reward_per_round"),
+    (f'reward_per_round = "{2**128 + 1}"', "rounds.reward_per_round"),
+    ("bogus = 1", "rounds.bogus"),
+    ('under_min = "skip"', "rounds.under_min"),  # needs a genesis_model_hash: round 0 would finalize on it
+])
+def test_rounds_bad_field_is_named(body: str, field: str) -> None:
+    with pytest.raises(GenesisError) as info:
+        loads_genesis(_with_rounds(body))
+    assert info.value.field == field, str(info.value)
+    assert field in str(info.value)
+
+
+def test_rounds_choices_and_amounts() -> None:
+    g = loads_genesis('genesis_model_hash = "0x' + "11" * 32 + '"\n' + _with_rounds(
+        'under_min = "skip"\nadmission = "allowlist"\nparticipant_bond = 0\n'
+        f'reward_per_round = "{2**128}"'))
+    assert (g.rounds.under_min, g.rounds.admission, g.rounds.participant_bond) == ("skip", "allowlist", 0)
+    assert g.rounds.reward_per_round == 2**128
+    assert loads_genesis(_with_rounds('participant_bond = "3 gwei"')).rounds.participant_bond == 3 * 10**9
+
+
+def test_old_commit_window_in_blocks_is_refused_with_its_replacement() -> None:
+    with pytest.raises(GenesisError) as info:
+        loads_genesis(_with_rounds("commit_window = 20"))
+    assert info.value.field == "rounds.commit_window"
+    assert "replaced by commit_window_s" in str(info.value) and "seconds" in str(info.value)
+
+
+def test_rounds_params_are_checked_when_built_in_code() -> None:
+    with pytest.raises(GenesisError, match="rounds.commit_window_s"):
+        RoundsParams(commit_window_s=0)
+    with pytest.raises(GenesisError, match="rounds.admission"):
+        RoundsParams(admission="open")
+    with pytest.raises(GenesisError, match="rounds.under_min"):
+        dev_genesis(1, 1, rounds=RoundsParams(under_min="skip"))  # zero genesis model hash
+
+
+def test_rounds_reach_the_contract() -> None:
+    """The [rounds] table, the model hash and the genesis time end up in SwarmRounds' genesis storage."""
+    rounds = RoundsParams(commit_window_s=45, straggler_grace_pct=150, min_grace_s=7, min_participants=2,
+                          under_min="skip", absent_rounds=5, admission="allowlist", participant_bond=3,
+                          reward_per_round=11)
+    g = dev_genesis(1, 1, rounds=rounds, genesis_model_hash=b"\x42" * 32, genesis_time=1_234_567)
+    rounds_contract = Contract(SWARM_ROUNDS_ADDRESS, load_artifact("SwarmRounds")["abi"])
+    evm = EvmHarness(g.chain_id, genesis_state(g), [rounds_contract], genesis_time=g.genesis_time)
+    getters = {"commitWindowSecs": 45, "stragglerGracePct": 150, "minGraceSecs": 7, "minParticipants": 2,
+               "skipUnderMin": True, "absentRounds": 5, "admissionMode": 1, "participantBond": 3,
+               "rewardPerRound": 11, "genesisModelHash": b"\x42" * 32}
+    assert {name: evm.call(rounds_contract, name) for name in getters} == getters
+    info = evm.call(rounds_contract, "getRound", 0)
+    assert info[1:3] == (1_234_567, 1_234_567 + 45)  # openTime, closeTime: round 0 opens at genesis time
+
+
+def test_genesis_hash_commits_to_the_rounds_table() -> None:
+    g = dev_genesis(1, 1)
+    other = dataclasses.replace(g, rounds=dataclasses.replace(g.rounds, absent_rounds=4))
+    assert genesis_hash(g) != genesis_hash(other)
 
 
 def test_missing_file_is_a_typed_error(tmp_path) -> None:
@@ -146,3 +252,55 @@ def test_cli_block_intervals(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main([*base, "--out", str(out), "--block-interval-ms", "6000"]) == 2  # but not below the block interval
     assert "--empty-block-interval-ms" in capsys.readouterr().err
+
+
+def test_cli_rounds_flags(tmp_path, capsys) -> None:
+    from swarmnode.cli.main import main
+
+    base = ["genesis", "new", "--validators", "1", "--task", "tiny", "--dev-keys", "--keys-dir", str(tmp_path / "k"),
+            "--force"]
+    out = tmp_path / "g.toml"
+    flags = ["--commit-window-s", "30", "--straggler-grace-pct", "50", "--min-grace-s", "5", "--min-participants",
+             "2", "--under-min", "skip", "--absent-rounds", "0", "--admission", "allowlist", "--participant-bond",
+             "2 ether", "--reward", "3 ether"]
+    assert main([*base, "--out", str(out), *flags]) == 0
+    g = load_genesis(out)
+    assert g.rounds == RoundsParams(commit_window_s=30, straggler_grace_pct=50, min_grace_s=5, min_participants=2,
+                                    under_min="skip", absent_rounds=0, admission="allowlist",
+                                    participant_bond=2 * 10**18, reward_per_round=3 * 10**18)
+    first_line = out.read_text().splitlines()[0]
+    for flag in flags[::2]:
+        assert flag in first_line, f"{flag} missing from the regenerating command: {first_line}"
+    capsys.readouterr()
+    assert main(["genesis", "show", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "window 30 s, grace 50% (min 5 s), min 2 commit(s) (skip), never dropped, allow-list admission" in shown
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--commit-window", "20"], "--commit-window-s"),
+    (["--commit-window-s", "0"], "rounds.commit_window_s"),
+    (["--straggler-grace-pct", "1001"], "rounds.straggler_grace_pct"),
+    (["--min-participants", "129"], "rounds.min_participants"),
+    (["--participant-bond", "lots"], "--participant-bond"),
+])
+def test_cli_rounds_flags_refuse_bad_values(tmp_path, capsys, flags, named) -> None:
+    from swarmnode.cli.main import main
+
+    base = ["genesis", "new", "--validators", "1", "--task", "tiny", "--dev-keys", "--keys-dir", str(tmp_path / "k"),
+            "--out", str(tmp_path / "g.toml")]
+    assert main([*base, *flags]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "g.toml").exists()
+
+
+def test_cli_help_lists_the_rounds_flags(capsys) -> None:
+    from swarmnode.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["genesis", "new", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--commit-window-s", "--straggler-grace-pct", "--min-grace-s", "--min-participants", "--under-min",
+                 "--absent-rounds", "--admission", "--participant-bond"):
+        assert flag in text
+    assert "--commit-window " not in text  # the replaced flag is hidden
