@@ -95,6 +95,15 @@ class ExecutedBlock:
         return rlp.encode(self.block)
 
 
+@dataclass(frozen=True)
+class Tip:
+    """The committed head as last published by the chain's owner thread: readable from any thread."""
+
+    height: int
+    hash: bytes
+    timestamp: int
+
+
 # ---------------------------------------------------------------- pure rules
 
 
@@ -165,11 +174,13 @@ class ExecutionChain:
         self._db = db
         self._staged = StagedDB(db)
         self._cls = chain_class(genesis.chain_id)
+        self._vm_class = self._cls.get_vm_class_for_block_number(0)  # Prague from genesis on: one VM class
         self._evm = self._cls(self._staged)
         self._pending: ExecutedBlock | None = None
         self._view: tuple[bytes, Any, int] | None = None  # (head hash, state, next base fee)
         self._head: BlockHeaderAPI | None = None  # this object is the only writer: cache until commit
         self.reader = ChainReader(self._cls(db), genesis)
+        self.tip = self._make_tip()  # replaced (never mutated) at every commit: safe to read anywhere
 
     # -------------------------------------------------------- open / close
 
@@ -216,8 +227,14 @@ class ExecutionChain:
         return self._head_view()[2]
 
     def decode_transaction(self, raw: bytes) -> SignedTransactionAPI:
-        """Decode a signed transaction with the Prague builder (raises rlp/ValidationError on junk)."""
-        return self._evm.get_vm_class_for_block_number(self.height + 1).get_transaction_builder().decode(raw)
+        """Decode a signed transaction with the Prague builder (raises rlp/ValidationError on junk).
+        Touches no chain state: safe from any thread (the chain is Prague from block 0)."""
+        return self._vm_class.get_transaction_builder().decode(raw)
+
+    def decode_block_transactions(self, block_rlp: bytes) -> tuple[SignedTransactionAPI, ...]:
+        """The transactions of an encoded block, without executing it (InvalidBlock if it does not decode).
+        Touches no chain state: safe from any thread."""
+        return tuple(self._decode_block(block_rlp).transactions)
 
     def get_certificate(self, block_hash: bytes) -> bytes | None:
         return self._db.get(_CERT_PREFIX + block_hash)
@@ -309,6 +326,7 @@ class ExecutionChain:
         self._head = None
         self._pending = None
         self._evm = self._cls(self._staged)
+        self.tip = self._make_tip()
         return self.head
 
     def import_envelope(self, envelope: Envelope, certificate: bytes = b"", *,
@@ -319,8 +337,12 @@ class ExecutionChain:
 
     # -------------------------------------------------------- helpers
 
+    def _make_tip(self) -> Tip:
+        head = self.head
+        return Tip(int(head.block_number), bytes(head.hash), int(head.timestamp))
+
     def _decode_block(self, block_rlp: bytes) -> BlockAPI:
-        block_class = self._evm.get_vm_class_for_block_number(self.height + 1).get_block_class()
+        block_class = self._vm_class.get_block_class()
         try:
             return rlp.decode(block_rlp, sedes=block_class)
         except (DecodingError, DeserializationError, ValidationError, ValueError, TypeError, RecursionError) as exc:

@@ -50,8 +50,13 @@ class LevelDB(BaseAtomicDB):
             raise DatabaseError(f"cannot open LevelDB at {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        if not self._db.closed:
-            self._db.close()
+        """Close LevelDB and let go of plyvel's handle at once. py-evm keeps objects that reach this one
+        in functools.lru_caches until the interpreter tears down; a plyvel.DB freed that late raises in
+        its __dealloc__ and Python prints "Error in sys.excepthook" at every exit."""
+        db, self._db = self._db, _ClosedDB(self.path)
+        if not db.closed:
+            db.close()
+        del db
 
     @property
     def closed(self) -> bool:
@@ -90,6 +95,18 @@ class LevelDB(BaseAtomicDB):
         with AtomicDBWriteBatch._commit_unless_raises(collector) as batch:
             yield batch
         self.write_many(collector.puts, tuple(collector.deletes))
+
+
+class _ClosedDB:
+    """What a closed LevelDB holds instead of the plyvel handle: every use is a DatabaseError."""
+
+    closed = True
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def __getattr__(self, name: str) -> object:
+        raise DatabaseError(f"LevelDB at {self._path} is closed")
 
 
 class _Collector:

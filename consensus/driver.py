@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +56,14 @@ class DriverConfig:
     future_buffer: int = 4096  # messages held for height + 1
     max_message_bytes: int = MAX_MESSAGE_BYTES
     inbox_size: int = 64
+    prepare_timeout: float = 3.0  # the longest prepare_block may delay a validation (see ConsensusDriver)
+    # A proposer whose proposal this node did not see before its propose timeout `silent_after` turns in a
+    # row (a dead or cut-off validator) gets `silent_propose_timeout` instead of the full timeout, until a
+    # proposal of its arrives again (even a late one). Timeouts decide liveness only, never safety; this
+    # keeps a dead validator from costing the full propose timeout every time its turn comes round (every
+    # 4th height with 4 validators), at the price of missing one proposal of a validator that comes back.
+    silent_after: int = 2
+    silent_propose_timeout: float = 0.5
     dedupe_window: int = 8192  # recently received messages remembered to drop exact re-sends
     # Run the Application and fsync in worker threads. Tests under trio's MockClock set False: autojump
     # counts time spent in a worker thread as idle and would fire timeouts early, non-deterministically.
@@ -101,8 +109,18 @@ class ConsensusDriver:
         self, config: DriverConfig, app: Application, network: Network,
         private_key: bytes | None, signing_record: SigningRecord,
         wall_clock: Callable[[], float] = time.time,
+        app_runner: Callable[..., Awaitable[Any]] | None = None,
+        prepare_block: Callable[[int, bytes], Awaitable[None]] | None = None,
     ) -> None:
+        """`app_runner(fn, *args)`, when given, runs every Application call (e.g. on the node's chain
+        executor, shared with RPC and sync); by default they run on a worker thread of the driver's own.
+        `prepare_block(height, block)`, when given, is awaited on the event loop before a proposed block is
+        validated, for at most `config.prepare_timeout` seconds: the place to wait for data the block
+        refers to without holding the Application's thread (the data-availability check itself must then
+        answer at once from what this node holds)."""
         self.config = config
+        self._app_runner = app_runner
+        self._prepare_block = prepare_block
         self.app = app
         self.network = network
         self._key = private_key
@@ -128,6 +146,8 @@ class ConsensusDriver:
         self.counters: Counter[str] = Counter()
         self.evidence = EvidencePool()
         self.timeline: dict[int, dict[str, float]] = {}  # height -> proposal / commit times
+        self._silent: Counter[bytes] = Counter()  # proposer -> own turns in a row with no proposal seen in time
+        self._proposed: set[tuple[int, int]] = set()  # (height, round) with a proposal seen, this height
         self._nursery: trio.Nursery | None = None
 
     # ---- public API ----
@@ -179,6 +199,8 @@ class ConsensusDriver:
     # ---- plumbing ----
 
     async def _app(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._app_runner is not None:
+            return await self._app_runner(fn, *args)
         return await self._blocking(fn, *args, limiter=self._app_limiter)
 
     async def _blocking(self, fn: Callable[..., Any], *args: Any, limiter: trio.CapacityLimiter) -> Any:
@@ -251,6 +273,9 @@ class ConsensusDriver:
                 await self._feed(eng.ValueReady(item.height, item.round, block_hash))
         elif isinstance(item, eng.StartHeight):
             await self._start_height(item)
+        elif isinstance(item, eng.TimeoutInput):
+            self._note_silent_proposer(item)
+            await self._feed(item)
         elif isinstance(item, SyncRequest):
             await self._serve_sync(item.height)
         elif isinstance(item, SyncResponse):
@@ -277,7 +302,10 @@ class ConsensusDriver:
             self._drop("future_height", f"height {h}, at {current}")
             self._request_sync(self._committed_height + 1)
         else:
+            # far behind (a partition healed, a long pause): catch up from peers all the same, one batch
+            # per request (rate-limited per height); the message itself is of no use to us
             self._drop("height_far_ahead", f"height {h}, at {current}")
+            self._request_sync(self._committed_height + 1)
 
     def _engine_input(self, item: _Authenticated) -> eng.Input | None:
         """The engine input for an authenticated message; None (dropped) when a proposal's block bytes
@@ -294,6 +322,8 @@ class ConsensusDriver:
             return None
         self._blocks.setdefault(block_hash, msg.block)
         self._mark(msg.vote.height, "proposal")
+        self._proposed.add((msg.vote.height, msg.vote.round))
+        self._silent.pop(item.signer, None)  # alive: its next turn gets the full timeout again
         return eng.ProposalInput(msg.vote, msg.valid_round, item.signer)
 
     def _buffer_future(self, item: _Authenticated) -> None:
@@ -318,7 +348,7 @@ class ConsensusDriver:
         if isinstance(out, eng.BroadcastProposal):
             return await self._broadcast_proposal(out)
         if isinstance(out, eng.ScheduleTimeout):
-            deadline = trio.current_time() + out.duration
+            deadline = trio.current_time() + self._timeout_for(out)
             self._spawn(self._fire_at, deadline, eng.TimeoutInput(out.height, out.round, out.step))
         elif isinstance(out, eng.RequestValue):
             self._spawn(self._build_value, out.height, out.round)
@@ -335,6 +365,25 @@ class ConsensusDriver:
             if out.reason != "duplicate":
                 self._drop(out.reason, out.detail)
         return None
+
+    def _timeout_for(self, out: eng.ScheduleTimeout) -> float:
+        if out.step != eng.Step.PROPOSE or out.height != self._state.height:
+            return out.duration
+        proposer = self._state.proposer(out.round)
+        if proposer != self.address and self._silent[proposer] >= self.config.silent_after:
+            self.counters["short_propose_timeouts"] += 1
+            return min(out.duration, self.config.silent_propose_timeout)
+        return out.duration
+
+    def _note_silent_proposer(self, timeout: eng.TimeoutInput) -> None:
+        """A propose timeout fired at our height and round with no proposal seen: its proposer was silent."""
+        s = self._state
+        if (timeout.step != eng.Step.PROPOSE or timeout.height != s.height or timeout.round != s.round
+                or s.step != eng.Step.PROPOSE or (timeout.height, timeout.round) in self._proposed):
+            return
+        proposer = s.proposer(timeout.round)
+        if proposer != self.address:
+            self._silent[proposer] += 1
 
     async def _sign(self, height: int, round_: int, step: int, block_hash: bytes) -> SignedVote | None:
         """Sign, then persist the signing record (fsync) before anyone can see the vote."""
@@ -384,6 +433,9 @@ class ConsensusDriver:
         if block is None:
             verdict_ok = False
         else:
+            if self._prepare_block is not None:
+                with trio.move_on_after(self.config.prepare_timeout):
+                    await self._prepare_block(height, block)
             verdict = await self._app(self.app.validate_block, height, block)
             self._mark(height, "validated")
             verdict_ok = verdict.valid
@@ -436,7 +488,7 @@ class ConsensusDriver:
         precommit, commit; commit and round are overwritten by _commit)."""
         self.timeline.setdefault(height, {}).setdefault(what, trio.current_time())
 
-    def _prune(self, height: int, keep: int = 10_000) -> None:
+    def _prune(self, height: int, keep: int = 1024) -> None:
         """Bound the per-height bookkeeping."""
         self.timeline.pop(height - keep, None)
         for book in (self._last_sync_request, self._last_sync_serve):
@@ -446,6 +498,7 @@ class ConsensusDriver:
 
     async def _start_height(self, start: eng.StartHeight) -> None:
         self._mark(start.height, "start")
+        self._proposed.clear()
         self._blocks.clear()
         self._own.clear()
         self._seen.clear()  # re-sends of messages dropped as "too far ahead" must get a second chance

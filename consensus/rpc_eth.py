@@ -199,6 +199,14 @@ class EthHandlers:
         (round_,) = fmt.params_list(params, 1, 1, "swarm_getRound")
         return self.swarm.round(_int_param(round_, "round"))
 
+    def swarm_participants(self, params: Any) -> list[dict[str, Any]]:
+        fmt.params_list(params, 0, 0, "swarm_participants")
+        return self.swarm.participants()
+
+    def swarm_roundsConfig(self, params: Any) -> dict[str, Any] | None:
+        fmt.params_list(params, 0, 0, "swarm_roundsConfig")
+        return self.swarm.rounds_config()
+
     def swarm_roundHistory(self, params: Any) -> list[dict[str, Any]]:
         start, count = fmt.params_list(params, 0, 2, "swarm_roundHistory")
         return self.swarm.history(_int_param(start, "start") if start is not None else None,

@@ -125,6 +125,31 @@ class SwarmViews:
             self._immutable[key] = self.call_view("SwarmRounds", "getCommit", r, i)
         return self._immutable[key]
 
+    ROUNDS_CONFIG = ("commitWindowSecs", "stragglerGracePct", "minGraceSecs", "minParticipants", "skipUnderMin",
+                     "absentRounds", "admissionMode", "participantBond", "rewardPerRound", "contributorShareBps",
+                     "mismatchPenaltyBps")
+
+    def rounds_config(self) -> dict[str, Any] | None:
+        """SwarmRounds' parameters (fixed at genesis), or None without the contract."""
+        if not self._ready():
+            return None
+        key = ("rounds_config",)
+        if key not in self._immutable:
+            self._immutable[key] = {name: self.call_view("SwarmRounds", name) for name in self.ROUNDS_CONFIG}
+        return dict(self._immutable[key])
+
+    def participants(self) -> list[dict[str, Any]]:
+        """The whole registry in index order (indices never change), each with its membership state."""
+        if not self._ready():
+            return []
+        current = int(self.call_view("SwarmRounds", "currentRound"))
+        out = []
+        for address in self.call_view("SwarmRounds", "getParticipants"):
+            info = self.call_view("SwarmRounds", "getParticipant", address)
+            expected = bool(info["active"]) and int(info["expectedRound"]) == current + 1
+            out.append({"address": address, **info, "expected": expected})
+        return out
+
     def history(self, start: int | None, count: int) -> list[dict[str, Any]]:
         """Up to `count` rounds from `start` (default: the latest `count` rounds), oldest first."""
         if not self._ready():

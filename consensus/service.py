@@ -1,9 +1,9 @@
-"""The async face of the execution layer: an ExecutionChain + TxPool driven from ONE worker thread.
+"""The async face of the execution layer: an ExecutionChain + TxPool driven from ONE thread.
 
-py-evm is not thread-safe, so every call that touches the chain or the pool goes through
-`trio.to_thread.run_sync(fn, limiter=self.limiter)` with a CapacityLimiter(1) shared by all callers
-(RPC, BFT driver, gossip). The sync helpers `propose_from_pool` and `after_commit` are what such
-calls run; benchmarks and tests without trio call them directly.
+py-evm is not thread-safe, so every call that touches the chain or the pool runs on the node's
+ChainExecutor (consensus.executor) when it has one, else on this service's single worker thread. The
+sync helpers `propose_from_pool` and `after_commit` are what such calls run; benchmarks and tests
+without trio call them directly.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import trio
 from eth.abc import BlockHeaderAPI, SignedTransactionAPI
 
 from consensus.chain import ZERO32, ExecutedBlock, ExecutionChain
+from consensus.executor import ChainExecutor, Priority
 from consensus.txpool import PoolLimits, TxPool
 
 T = TypeVar("T")
@@ -50,20 +51,25 @@ class ChainService:
 
     def __init__(self, chain: ExecutionChain, pool: TxPool | None = None,
                  clock: Callable[[], float] = time.time,
-                 on_transaction: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+                 on_transaction: Callable[[bytes], Awaitable[None]] | None = None,
+                 executor: ChainExecutor | None = None) -> None:
         """`on_transaction(raw)` is awaited for every transaction admitted through
-        submit_raw_transaction (e.g. the daemon gossips it)."""
+        submit_raw_transaction (e.g. the daemon gossips it). With `executor`, every chain call runs on it
+        (the node's one chain thread); without, on a worker thread of this service's own."""
         self.chain = chain
         # `is None`, not `or`: a TxPool has __len__, so an empty pool is falsy and `pool or ...` silently
         # gave the service a second pool that no proposer selected from and no commit pruned
         self.pool = pool if pool is not None else make_pool(chain)
         self.on_transaction = on_transaction
+        self.executor = executor
         self.limiter = trio.CapacityLimiter(1)
         self.clock = clock
         self._committed = trio.Event()
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` in the chain worker (serialised with every other chain call)."""
+    async def run(self, fn: Callable[..., T], *args: Any, priority: Priority = Priority.RPC) -> T:
+        """Run `fn(*args)` on the chain's executor (serialised with every other chain call)."""
+        if self.executor is not None:
+            return await self.executor.run(fn, *args, priority=priority)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def submit_raw_transaction(self, raw: bytes) -> bytes:

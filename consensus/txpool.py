@@ -185,6 +185,16 @@ class TxPool:
 
     def add(self, tx: SignedTransactionAPI, state: StateView, base_fee: int) -> SignedTransactionAPI:
         """Admit a decoded transaction after every entry check; returns it."""
+        sender, replaced = self._checked(tx, state, base_fee)
+        self._insert(tx, sender, replaced)
+        return tx
+
+    def check(self, tx: SignedTransactionAPI, state: StateView, base_fee: int) -> None:
+        """Every entry check of `add`, without admitting: would the pool take `tx` now? (TxRejected if not.)
+        For work worth doing only for an admissible transaction, such as fetching the data it refers to."""
+        self._checked(tx, state, base_fee)
+
+    def _checked(self, tx: SignedTransactionAPI, state: StateView, base_fee: int) -> tuple[bytes, _Entry | None]:
         self._check_static(tx, base_fee)
         sender = self._recover_sender(tx)
         if bytes(tx.hash) in self._by_hash:
@@ -192,8 +202,7 @@ class TxPool:
         replaced = self._check_nonce(tx, sender, state)
         self._check_balance(tx, sender, state, replaced)
         self._check_capacity(sender, replaced)
-        self._insert(tx, sender, replaced)
-        return tx
+        return sender, replaced
 
     def _check_static(self, tx: SignedTransactionAPI, base_fee: int) -> None:
         tx_type = getattr(tx, "type_id", None)

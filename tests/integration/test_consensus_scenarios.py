@@ -92,6 +92,30 @@ async def test_n4f1_silent(autojump_clock):
     assert max(rounds) >= 1, "the silent proposer's heights should need a second round"
 
 
+async def test_n4f1_silent_proposer_stops_costing_the_full_propose_timeout(autojump_clock):
+    """After `silent_after` of its turns passed without a proposal, a dead validator's turn costs the short
+    propose timeout instead of the full one; a proposal of its (it came back) restores the full one."""
+    net = MemNetwork(4)
+    config = DriverConfig(chain_id=CHAIN, block_interval=0.1, offload_blocking=False)
+    cluster = Cluster(4, config, net=net)
+    net.set_silent(3)
+    async with cluster.run():
+        with trio.fail_after(400):
+            await cluster.wait_height(40, [0, 1, 2])
+        driver = cluster.driver(0)
+        dead_turns = [h for h, t in driver.timeline.items() if t.get("round", 0) >= 1]
+        waited = [driver.timeline[h]["commit"] - driver.timeline[h]["start"] for h in dead_turns]
+        assert len(waited) >= 6, f"expected several of the dead validator's turns, got heights {dead_turns}"
+        assert min(waited[:2]) >= config.timeouts.propose, "its first turns wait the full propose timeout"
+        assert max(waited[-3:]) < config.timeouts.propose, f"later turns must be short: {waited}"
+        assert driver.counters["short_propose_timeouts"] >= 3
+        net.set_silent(3, False)  # it comes back: a proposal of its resets the count
+        with trio.fail_after(400):
+            await cluster.wait_height(60)
+        assert cluster.driver(0)._silent[address_of(cluster.keys[3])] == 0
+    assert_safe(cluster)
+
+
 async def test_n4f1_equivocating_safety_and_evidence(autojump_clock):
     net = MemNetwork(4)
     cluster = Cluster(4, CONFIG, net=net)

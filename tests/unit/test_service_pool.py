@@ -7,9 +7,9 @@ from pathlib import Path
 
 import trio
 
+from consensus.certificate import CommitCertificate
 from consensus.chain import ExecutionChain
 from consensus.chain_app import ChainApplication
-from consensus.certificate import CommitCertificate
 from consensus.devtools import address_of, dev_genesis, dev_key, sign_tx
 from consensus.service import ChainService, make_pool
 from consensus.txpool import MAX_PER_SENDER

@@ -162,3 +162,18 @@ def test_prune_after_a_block_drops_used_nonces_and_keeps_the_rest() -> None:
     state.balances[A0] = 0
     assert pool.prune(state) == 2
     assert len(pool) == 0 and pool.statistics() == {"txs": 0, "senders": 0}
+
+
+def test_check_runs_every_entry_check_without_admitting() -> None:
+    pool, state = make_pool(max_per_sender=1), FakeState()
+    pool.check(DECODE(tx(K0, 0)), state, BASE_FEE)
+    assert len(pool) == 0, "check must not admit"
+    pool.add_raw(tx(K0, 0), state, BASE_FEE)
+    with pytest.raises(NonceGap):
+        pool.check(DECODE(tx(K0, 2)), state, BASE_FEE)
+    with pytest.raises(SenderLimit):
+        pool.check(DECODE(tx(K0, 1)), state, BASE_FEE)
+    state.nonces[A1] = 5
+    with pytest.raises(NonceTooLow):
+        pool.check(DECODE(tx(K1, 4)), state, BASE_FEE)
+    assert len(pool) == 1
