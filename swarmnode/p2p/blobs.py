@@ -10,7 +10,7 @@ to the id is dropped for that blob and the next one is tried. Concurrent transfe
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 
 import trio
 from eth_hash.auto import keccak
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 BLOB_PROTOCOL = TProtocol("/swarmnode/blob/1")
 STATUS_OK, STATUS_MISSING = 0, 1
 MAX_PROVIDERS_PER_BLOB = 64
+MAX_TRACKED_BLOBS = 4096  # blobs whose announced providers are remembered
 
 
 class BlobExchange:
@@ -37,7 +38,9 @@ class BlobExchange:
         self._host = host
         self.store = store
         self.config = config
-        self._providers: dict[bytes, list[ID]] = {}
+        # announced providers of recent blobs, oldest first: bounded (a node runs for weeks and sees several
+        # announcements per round); a blob whose announcement was forgotten is asked of every peer
+        self._providers: OrderedDict[bytes, list[ID]] = OrderedDict()
         self._fetch_limiter = trio.CapacityLimiter(config.max_concurrent_fetches)
         self._serve_limiter = trio.CapacityLimiter(config.max_concurrent_serves)
         self._hash_limiter = trio.CapacityLimiter(1)
@@ -51,7 +54,11 @@ class BlobExchange:
     # ---- providers ----
 
     def add_provider(self, cid: bytes, peer_id: ID) -> None:
-        providers = self._providers.setdefault(cid, [])
+        if cid not in self._providers:
+            self._providers[cid] = []
+            while len(self._providers) > MAX_TRACKED_BLOBS:
+                self._providers.popitem(last=False)
+        providers = self._providers[cid]
         if peer_id not in providers and peer_id != self._host.get_id() and len(providers) < MAX_PROVIDERS_PER_BLOB:
             providers.append(peer_id)
 
@@ -78,34 +85,60 @@ class BlobExchange:
             done.set()
 
     async def _fetch_any(self, cid: bytes, providers: list[ID] | None, size: int | None) -> bytes:
+        """Ask providers in order, staggered: the next one is asked as well when the current one has
+        neither answered (a header) nor failed within `blob_stagger` seconds; a provider that answers is
+        left to finish alone. The first intact copy wins and the other transfers are cancelled."""
         candidates = list(providers) if providers is not None else self.providers(cid)
         errors: list[str] = []
-        for peer_id in candidates:
+        won: list[bytes] = []
+
+        async def attempt(peer_id: ID, answered: trio.Event, ended: trio.Event) -> None:
             try:
                 with trio.fail_after(self.config.blob_timeout):
-                    blob = await self._fetch_from(peer_id, cid, size)
+                    blob = await self._fetch_from(peer_id, cid, size, answered)
             except (P2PError, trio.TooSlowError, Exception) as exc:  # any provider failure: try the next
                 reason = f"{type(exc).__name__}: {exc}"
                 self.counters["provider_failed" if not isinstance(exc, BlobCorrupted) else "corrupted"] += 1
-                log.warning("blob 0x%s from %s failed: %s", cid.hex()[:16], peer_id, reason)
+                # a peer that simply lacks the blob is routine (it is asked because it is a peer); a
+                # corrupt copy or a broken transfer is worth a warning
+                level = logging.DEBUG if type(exc) is BlobError else logging.WARNING
+                log.log(level, "blob 0x%s from %s failed: %s", cid.hex()[:16], peer_id, reason)
                 errors.append(f"{peer_id}: {reason}")
                 self._drop_provider(cid, peer_id)
-                continue
-            await trio.to_thread.run_sync(self.store.put_verified, cid, blob)
-            self.counters["fetched"] += 1
-            return blob
-        raise BlobNotFound(f"blob 0x{cid.hex()} not obtained from {len(candidates)} provider(s): {errors}")
+            else:
+                if not won:
+                    won.append(blob)
+                    nursery.cancel_scope.cancel()
+            finally:
+                ended.set()
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in candidates:
+                answered, ended = trio.Event(), trio.Event()
+                nursery.start_soon(attempt, peer_id, answered, ended)
+                with trio.move_on_after(self.config.blob_stagger):
+                    await _first(answered, ended)
+                if answered.is_set():
+                    await ended.wait()  # a live provider: let it finish before asking anyone else
+                if won:
+                    break
+        if not won:
+            raise BlobNotFound(f"blob 0x{cid.hex()} not obtained from {len(candidates)} provider(s): {errors}")
+        await trio.to_thread.run_sync(self.store.put_verified, cid, won[0])
+        self.counters["fetched"] += 1
+        return won[0]
 
     def _drop_provider(self, cid: bytes, peer_id: ID) -> None:
         providers = self._providers.get(cid)
         if providers and peer_id in providers:
             providers.remove(peer_id)
 
-    async def _fetch_from(self, peer_id: ID, cid: bytes, size: int | None) -> bytes:
+    async def _fetch_from(self, peer_id: ID, cid: bytes, size: int | None, answered: trio.Event) -> bytes:
         stream = await self._host.new_stream(peer_id, [BLOB_PROTOCOL])
         try:
             await wire.write_envelope(stream, wire.Envelope(self.config.chain_id, wire.BLOB_REQUEST, [cid]))
             total = await self._read_header(stream, cid, size)
+            answered.set()
             blob, digest = await self._read_body(stream, total)
         finally:
             await wire.reset_quietly(stream, "blob")
@@ -178,3 +211,14 @@ class BlobExchange:
 
     def statistics(self) -> dict[str, int]:
         return dict(self.counters)
+
+
+async def _first(*events: trio.Event) -> None:
+    """Return as soon as any of `events` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            async def wait(e: trio.Event = event) -> None:
+                await e.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(wait)

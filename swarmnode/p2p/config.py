@@ -26,6 +26,10 @@ class P2PConfig:
     max_blob_bytes: int = 64 * MiB
     blob_chunk_bytes: int = 1 * MiB
     blob_timeout: float = 60.0  # one transfer from one provider
+    # a provider that has not answered a request's header after this long gets company: the next
+    # provider is asked too, and the first intact copy wins (a cut-off or stalled peer costs this, not
+    # the stream-open timeout of ~10-30 s)
+    blob_stagger: float = 1.0
     max_concurrent_fetches: int = 4
     max_concurrent_serves: int = 8
     sync_batch: int = 32  # blocks per sync request

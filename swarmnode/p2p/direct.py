@@ -33,7 +33,7 @@ from libp2p.peer.id import ID
 from consensus.interfaces import Network
 from consensus.votes import Address
 from swarmnode.p2p import wire
-from swarmnode.p2p.errors import FrameError, WireError
+from swarmnode.p2p.errors import FrameError, OutsideWindow, WireError
 from swarmnode.p2p.host import P2PHost
 from swarmnode.p2p.topics import TopicPolicy, check_consensus
 
@@ -222,19 +222,30 @@ class DirectConsensusNetwork(Network):
             return
         try:
             signer = check_consensus(data, self.chain_id, self.policy)
+        except OutsideWindow as exc:
+            # a validator's signed message for a height we are not at: not misbehaviour. One far ahead
+            # goes to the driver, not relayed (it means we fell behind: the driver syncs); an old one from
+            # a peer that is behind is dropped
+            self.counters["outside_window"] += 1
+            if exc.ahead:
+                self._deliver(data)
+            return
         except WireError as exc:
             self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)  # a valid copy may follow
             self._invalid[source] += 1
             self.counters["rejected"] += 1
             log.debug("rejected consensus message from %s: %s", source, exc)
             return
+        self._deliver(data)
+        if signer is not None:
+            self._relay(source, signer, data)
+
+    def _deliver(self, data: bytes) -> None:
         try:
             self._send.send_nowait(data)
             self.counters["received"] += 1
         except trio.WouldBlock:
             self.counters["overflow"] += 1
-        if signer is not None:
-            self._relay(source, signer, data)
 
     def _relay(self, source: ID, signer: Address, data: bytes) -> None:
         for peer_id in list(self._queues):

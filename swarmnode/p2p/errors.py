@@ -19,6 +19,19 @@ class WireError(P2PError):
     """Bytes from the network that do not decode to a well-formed message."""
 
 
+class OutsideWindow(WireError):
+    """A well-formed, authenticated message for a height or round outside the accepted window: the sender
+    is ahead of us or behind us, which is not misbehaviour (callers drop it without blaming the peer)."""
+
+    def __init__(self, what: str, value: int, low: int, high: int) -> None:
+        super().__init__(f"{what} {value} outside the window [{low}, {high}]")
+        self.value, self.low, self.high = value, low, high
+
+    @property
+    def ahead(self) -> bool:
+        return self.value > self.high
+
+
 class FrameError(WireError):
     """A stream frame is truncated, oversize or malformed."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from libp2p.peer.id import ID
@@ -33,13 +34,14 @@ class P2PNode:
     exchanging peer listings. `node.consensus` is the BFT driver's Network (direct streams).
 
     `policies` override the per-topic acceptance rules (known senders, windows); `head_height` is what
-    the handshake states. With `app`, the node serves and syncs the chain (`app_limiter` must be the
-    limiter that serialises every other call into `app`)."""
+    the handshake states. With `app`, the node serves and syncs the chain (`app_runner(fn, *args)` runs
+    each call into `app`, serialised with every other chain call: the node's chain executor)."""
 
     def __init__(self, config: P2PConfig, *, store: BlobStore | None = None,
                  policies: dict[str, TopicPolicy] | None = None,
                  head_height: Callable[[], int] = lambda: 0,
-                 app: Application | None = None, app_limiter: trio.CapacityLimiter | None = None) -> None:
+                 app: Application | None = None,
+                 app_runner: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.config = config
         self.host = P2PHost(config, head_height=head_height)
         all_policies = {**default_policies(), **(policies or {})}
@@ -49,7 +51,7 @@ class P2PNode:
         self.consensus = DirectConsensusNetwork(self.host, all_policies[CONSENSUS],
                                                 knows_connected=self.peer_exchange.knows_connected)
         self.blobs = BlobExchange(self.host.libp2p, store or MemoryBlobStore(), config)
-        self.sync = ChainSync(self.host.libp2p, app, config, app_limiter) if app is not None else None
+        self.sync = ChainSync(self.host.libp2p, app, config, app_runner) if app is not None else None
 
     @classmethod
     def from_config(cls, config: P2PConfig) -> P2PNode:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -47,21 +49,25 @@ def apply_certified(app: Application, chain_id: int, height: int, block: bytes, 
 class ChainSync:
     """Serves committed blocks to peers and catches `app` up from them.
 
-    `limiter` must be the one that serialises every other call into `app` (py-evm is not thread-safe)."""
+    Every call into `app` goes through `runner(fn, *args)` (the node's chain executor, which serialises
+    them with every other chain call: py-evm is not thread-safe), or a worker thread of its own."""
 
     def __init__(self, host: IHost, app: Application, config: P2PConfig,
-                 limiter: trio.CapacityLimiter | None = None) -> None:
+                 runner: Callable[..., Awaitable[Any]] | None = None) -> None:
         self._host = host
         self.app = app
         self.config = config
-        self.limiter = limiter or trio.CapacityLimiter(1)
+        self._runner = runner
+        self.limiter = trio.CapacityLimiter(1)
         self._serve_limiter = trio.CapacityLimiter(config.max_concurrent_serves)
         self.counters: Counter[str] = Counter()
 
     def attach(self) -> None:
         self._host.set_stream_handler(SYNC_PROTOCOL, self._serve)
 
-    async def _app(self, fn, *args):  # noqa: ANN001, ANN202
+    async def _app(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._runner is not None:
+            return await self._runner(fn, *args)
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     # ---- client ----

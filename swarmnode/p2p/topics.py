@@ -18,7 +18,7 @@ from consensus.messages import ProposalMessage, SyncResponse, VoteMessage
 from consensus.messages import decode as decode_consensus
 from consensus.votes import Address, vote_signer
 from swarmnode.p2p import wire
-from swarmnode.p2p.errors import IdentityError, WireError
+from swarmnode.p2p.errors import IdentityError, OutsideWindow, WireError
 from swarmnode.p2p.identity import address_of_peer
 
 TX, CONSENSUS, UPDATES = "tx", "consensus", "updates"
@@ -149,7 +149,7 @@ def _check_window(policy: TopicPolicy, value: int, what: str) -> None:
         return
     low, high = policy.window()
     if not low <= value <= high:
-        raise WireError(f"{what} {value} outside the window [{low}, {high}]")
+        raise OutsideWindow(what, value, low, high)
 
 
 def safe_check(name: str, data: bytes, from_id: bytes, chain_id: int,

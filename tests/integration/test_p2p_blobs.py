@@ -66,6 +66,30 @@ async def test_corrupt_provider_detected_and_another_used() -> None:
         assert stats.get("corrupted") == 1 and stats.get("fetched") == 1, stats
 
 
+async def test_a_provider_that_never_answers_costs_only_the_stagger() -> None:
+    """A provider that accepts the request and then says nothing (a host cut off mid-connection, a stalled
+    peer) is asked first: the next provider is asked after blob_stagger, and its copy wins."""
+    from swarmnode.p2p.blobs import BLOB_PROTOCOL
+
+    blob = os.urandom(MB)
+    cid = content_id(blob)
+    async with star(3) as (client, silent, honest):
+        async def never_answer(stream: object) -> None:
+            await trio.sleep_forever()
+
+        silent.host.libp2p.set_stream_handler(BLOB_PROTOCOL, never_answer)
+        honest.blobs.store.put(blob)
+        with trio.fail_after(20):
+            await client.host.wait_peers(2)
+        t0 = trio.current_time()
+        with trio.fail_after(10):
+            got = await client.blobs.fetch(cid, providers=[silent.peer_id, honest.peer_id])
+        took = trio.current_time() - t0
+        assert got == blob
+        assert took < client.config.blob_stagger + 3, f"the silent provider cost {took:.1f} s"
+        assert client.blobs.statistics().get("fetched") == 1
+
+
 async def test_fetch_fails_cleanly_when_nobody_has_it() -> None:
     async with star(2) as (client, other):
         with trio.fail_after(20):
@@ -83,3 +107,24 @@ def test_directory_store_detects_damage_on_disk(tmp_path) -> None:
     from swarmnode.p2p.errors import BlobCorrupted
     with pytest.raises(BlobCorrupted):
         store.get(cid)
+
+
+def test_announced_providers_are_remembered_for_a_bounded_number_of_blobs() -> None:
+    from libp2p.peer.id import ID
+
+    from swarmnode.p2p.blobs import MAX_TRACKED_BLOBS, BlobExchange
+    from swarmnode.p2p.testing import make_config
+
+    class Host:  # only its own id is consulted when recording providers
+        def get_id(self) -> ID:
+            return ID(b"self")
+
+    blobs = BlobExchange(Host(), MemoryBlobStore(), make_config(0))  # type: ignore[arg-type]
+    peer = ID(b"peer")
+    for n in range(MAX_TRACKED_BLOBS):
+        blobs.add_provider(n.to_bytes(32, "big"), peer)
+    assert blobs.providers((0).to_bytes(32, "big")) == [peer], "at the cap, nothing is forgotten yet"
+    blobs.add_provider(MAX_TRACKED_BLOBS.to_bytes(32, "big"), peer)
+    assert blobs.providers((0).to_bytes(32, "big")) == [], "past the cap, the oldest blob is forgotten"
+    assert blobs.providers((1).to_bytes(32, "big")) == [peer]
+    assert blobs.providers(MAX_TRACKED_BLOBS.to_bytes(32, "big")) == [peer]
