@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from consensus.genesis import load_genesis  # noqa: E402
 from swarmnode.node.localnet import LocalSwarm, SwarmTimeout, dev_keys_for, test_accuracy_of, wait_for  # noqa: E402
+from swarmnode.node.soak import status_mb  # noqa: E402
 
 
 def loopback_bytes() -> int:
@@ -40,13 +41,7 @@ def loopback_bytes() -> int:
 
 
 def peak_rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
+    return status_mb(pid, "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float | None:

@@ -30,6 +30,7 @@ def register(subparsers: Any) -> None:
     q = add("rounds", "the training history: one line per learning round", cmd_rounds)
     q.add_argument("--count", type=int, default=100, help="rounds to show (latest; default 100)")
     add("round", "one learning round with its commits", cmd_round).add_argument("round", type=int)
+    add("participants", "the participant registry: who is active, expected, absent", cmd_participants)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -140,3 +141,20 @@ def cmd_round(args: argparse.Namespace) -> int:
                 [[c["participant"], c["updateHash"], c["numSamples"], f"{int(c['localLoss']) / 1e6:.4f}",
                   f"{int(c['localAccuracy']) / 1e4:.1f}%", c["blockNumber"]] for c in r["commits"]])
     return 0
+
+
+def cmd_participants(args: argparse.Namespace) -> int:
+    rpc = client(args)
+    rows = rpc.call("swarm_participants")
+    if args.json:
+        print_json({"config": rpc.call("swarm_roundsConfig"), "participants": rows})
+        return 0
+    print_table(["index", "address", "peer id", "state", "missed rounds", "bond (ether)"],
+                [[p["index"], p["address"], p["peerId"], _state(p), p["missed"], int(p["bond"]) / ETHER] for p in rows])
+    return 0
+
+
+def _state(p: dict[str, Any]) -> str:
+    if not p["active"]:
+        return "left"
+    return "active" if p["expected"] else "active, not expected (absent)"

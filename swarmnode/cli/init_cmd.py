@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dataset-dir", type=Path, metavar="DIR", help="look for the task's dataset here first")
     p.add_argument("--keep-update-rounds", type=int, default=16, metavar="N",
                    help="delete update blobs of rounds N behind the last final one (0: keep all; default 16)")
+    p.add_argument("--keep-model-rounds", type=int, default=64, metavar="N",
+                   help="delete final models more than N rounds old (0: keep all; default 64; the newest, "
+                        "which late joiners fetch, is always kept)")
     p.add_argument("--force", action="store_true", help="overwrite an existing config (never a key)")
     p.set_defaults(func=cmd_init)
 
@@ -65,8 +68,9 @@ def cmd_init(args: argparse.Namespace) -> int:
             how = "created"
     except KeyFileError as exc:
         raise CliError(str(exc)) from None
-    if args.keep_update_rounds < 0:
-        raise CliError(f"--keep-update-rounds must be 0 (keep all) or more, got {args.keep_update_rounds}")
+    for flag in ("keep_update_rounds", "keep_model_rounds"):
+        if getattr(args, flag) < 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be 0 (keep all) or more, got {getattr(args, flag)}")
     genesis_copy = data_dir / "genesis.toml"
     if genesis_copy.resolve() != args.genesis.resolve():
         shutil.copyfile(args.genesis, genesis_copy)
@@ -74,7 +78,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                      listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]), bootstrap=tuple(args.bootstrap),
                      rpc_host=args.rpc_host, rpc_port=args.rpc_port, torch_threads=max(1, args.threads),
                      dataset_dir=args.dataset_dir.resolve() if args.dataset_dir else None,
-                     keep_update_rounds=args.keep_update_rounds)
+                     keep_update_rounds=args.keep_update_rounds, keep_model_rounds=args.keep_model_rounds)
     config_path.write_text(dump_config(cfg))
     address = address_of(secret)
     role = "validator" if any(v.address == address for v in genesis.validators) else "follower"

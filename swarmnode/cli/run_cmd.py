@@ -25,13 +25,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
     import signal
 
+    from swarmnode.node.compute import limit_malloc_arenas
+
+    limit_malloc_arenas()  # before any thread starts (and before the imports below, which may start some)
+
     import trio
 
     from consensus.errors import ConsensusError
     from swarmnode.learning.errors import LearningError
     from swarmnode.node.config import NodeConfigError, load_config
-    from swarmnode.node.daemon import Daemon, DaemonError, setup_logging
     from swarmnode.node.keys import KeyFileError
+    from swarmnode.node.node import Node, NodeError, setup_logging
 
     try:
         faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
@@ -40,8 +44,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config).with_bootstrap(tuple(args.bootstrap))
         setup_logging(cfg.log_level, args.name)
-        daemon = Daemon(cfg, evaluate_test=args.eval_test)
-        trio.run(daemon.run)
-    except (NodeConfigError, KeyFileError, DaemonError, LearningError, ConsensusError) as exc:
+        node = Node.from_config(cfg, evaluate_test=args.eval_test)
+        trio.run(node.run)
+    except (NodeConfigError, KeyFileError, NodeError, LearningError, ConsensusError) as exc:
         raise CliError(str(exc)) from None
     return 0

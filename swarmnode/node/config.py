@@ -29,6 +29,7 @@ class NodeConfig:
     log_level: str = "INFO"
     compute_niceness: int = 10  # training threads run this much nicer, scoring at 19 (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
+    keep_model_rounds: int = 64  # delete final models this far behind the newest (0 keeps all; see RoundWork.prune)
 
     @property
     def chain_dir(self) -> Path:
@@ -105,6 +106,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         compute_niceness=_int(learning.get("compute_niceness", 10), "learning.compute_niceness", 0, 19),
         log_level=str(node.get("log_level", "INFO")).upper(),
         keep_update_rounds=_int(node.get("keep_update_rounds", 16), "node.keep_update_rounds", 0, 2**31),
+        keep_model_rounds=_int(node.get("keep_model_rounds", 64), "node.keep_model_rounds", 0, 2**31),
     )
 
 
@@ -126,7 +128,8 @@ def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
         learning["dataset_dir"] = str(cfg.dataset_dir)
     return {
         "node": {"data_dir": str(cfg.data_dir), "genesis": str(cfg.genesis), "key_file": str(cfg.key_file),
-                 "log_level": cfg.log_level, "keep_update_rounds": cfg.keep_update_rounds},
+                 "log_level": cfg.log_level, "keep_update_rounds": cfg.keep_update_rounds,
+                 "keep_model_rounds": cfg.keep_model_rounds},
         "p2p": {"listen": list(cfg.listen), "bootstrap": list(cfg.bootstrap)},
         "rpc": {"host": cfg.rpc_host, "port": cfg.rpc_port},
         "learning": learning,

@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 T = TypeVar("T")
 
@@ -67,19 +68,32 @@ class LocalSwarm:
 
     # ---- setup
 
+    # where node i listens, serves RPC, and what runs its command: loopback here; netns.NetnsSwarm puts
+    # each node on a host of its own
+    def listen_addr(self, i: int) -> str:
+        """The multiaddr node i listens on (a free loopback port chosen now, so peers can bootstrap to it
+        before it runs)."""
+        return f"/ip4/127.0.0.1/tcp/{free_port()}"
+
+    def rpc_host(self, i: int) -> str:
+        return "127.0.0.1"
+
+    def command_prefix(self, i: int) -> list[str]:
+        return []
+
     def init_node(self, i: int, key: Path | None = None, *, fresh_key: bool = False) -> NodeProc:
-        """`swarmnode init` with a free loopback port chosen now, so peers can bootstrap to it before it runs."""
+        """`swarmnode init` for node i (dev key i, or a new key with fresh_key)."""
         from swarmnode.node.keys import load_key
         from swarmnode.p2p.identity import peer_id_of
 
         data_dir = self.base / f"node{i}"
         key = key or self.keys_dir / f"node-{i}.key"
-        port = free_port()
+        listen = self.listen_addr(i)
         key_args = [] if fresh_key else ["--key", str(key)]  # fresh: `init` creates a new key
         run_cli("init", "--genesis", str(self.genesis), "--data-dir", str(data_dir), *key_args,
-                "--rpc-port", "0", "--listen", f"/ip4/127.0.0.1/tcp/{port}", *self.init_args)
+                "--rpc-host", self.rpc_host(i), "--rpc-port", "0", "--listen", listen, *self.init_args)
         node = NodeProc(i, data_dir, self.base / f"node{i}.log")
-        node.listen = [f"/ip4/127.0.0.1/tcp/{port}/p2p/{peer_id_of(load_key(data_dir / 'node.key'))}"]
+        node.listen = [f"{listen}/p2p/{peer_id_of(load_key(data_dir / 'node.key'))}"]
         self.nodes[i] = node
         return node
 
@@ -98,16 +112,24 @@ class LocalSwarm:
             bootstrap = [a for n in self.nodes.values() if n.index != i and n.alive() for a in n.listen]
         info = node.data_dir / "node.json"
         info.unlink(missing_ok=True)
-        args = [*cli(), "run", "--config", str(node.config), "--name", f"node{i}", *self.run_args, *extra_args]
+        args = [*self.command_prefix(i), *cli(), "run", "--config", str(node.config), "--name", f"node{i}",
+                *self.run_args, *extra_args]
         for b in bootstrap:
             args += ["--bootstrap", b]
         log = open(node.log_path, "ab")  # noqa: SIM115 - owned by the child process from here
-        node.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True)
-        log.close()
+        try:
+            with signals_held():  # a Ctrl-C or SIGTERM lands after the child is recorded, never in between
+                node.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                             start_new_session=True, preexec_fn=child_setup)
+        finally:
+            log.close()
         if wait:
-            self._wait_info(node)
+            self.wait_ready(i)
         return node
+
+    def wait_ready(self, i: int, timeout: float = 90.0) -> None:
+        """Until node i has written node.json (its RPC URL and listen addresses)."""
+        self._wait_info(self.nodes[i], timeout)
 
     def _wait_info(self, node: NodeProc, timeout: float = 90.0) -> None:
         info = node.data_dir / "node.json"
@@ -163,6 +185,10 @@ class LocalSwarm:
             node.proc.wait(10)
 
     def close(self) -> None:
+        with signals_held():  # a second Ctrl-C or SIGTERM must not abandon the daemons half-way
+            self._close()
+
+    def _close(self) -> None:
         for i in list(self.nodes):
             if self.nodes[i].alive():
                 self.nodes[i].proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -175,7 +201,7 @@ class LocalSwarm:
                 except subprocess.TimeoutExpired:
                     self.kill(i)
 
-    def __enter__(self) -> LocalSwarm:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -201,16 +227,53 @@ class LocalSwarm:
         except (OSError, RuntimeError, ValueError):
             return None
 
-    def final_hashes(self, i: int) -> dict[int, str]:
-        """Finalized rounds on node i's chain: round -> final model hash."""
-        hist = self.try_rpc(i, "swarm_roundHistory", 0, 100) or []
-        return {int(r["round"]): r["finalHash"] for r in hist if r["finalized"]}
+    def final_hashes(self, i: int, first: int = 0) -> dict[int, str]:
+        """Finalized rounds from `first` on node i's chain: round -> final model hash (read in pages of
+        100 rounds, the RPC's limit per call)."""
+        out: dict[int, str] = {}
+        while True:
+            page = self.try_rpc(i, "swarm_roundHistory", first, 100) or []
+            out.update({int(r["round"]): r["finalHash"] for r in page if r["finalized"]})
+            if len(page) < 100:
+                return out
+            first += 100
 
     def tail(self, i: int, lines: int = 15) -> str:
         try:
             return "\n".join(self.nodes[i].log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def child_setup() -> None:
+    """In the child before exec: receive SIGINT/SIGTERM (the parent holds them while it starts us, and a
+    signal mask survives exec), and get SIGTERM when the process that started us dies, however it dies
+    (even kill -9), so a launcher that is killed never leaves daemons behind. The second part is Linux
+    only; elsewhere close() still stops every child on a normal exit, Ctrl-C or SIGTERM."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (they are delivered on exit from the block) in the main thread."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def free_port() -> int:
@@ -234,12 +297,15 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-def make_genesis(base: Path, validators: int, task: str, *, commit_window: int = 20,
-                 chain_id: int = 7331) -> tuple[Path, Path]:
-    """`swarmnode genesis new ... --dev-keys` into `base`; returns (genesis file, keys dir)."""
+def make_genesis(base: Path, validators: int, task: str, *, commit_window_s: int = 20,
+                 chain_id: int = 7331, extra_args: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """`swarmnode genesis new ... --dev-keys` into `base`; returns (genesis file, keys dir).
+
+    `extra_args` go to `genesis new` as given, e.g. ("--min-participants", "2", "--under-min", "skip")."""
     genesis, keys = base / "genesis.toml", base / "keys"
     run_cli("genesis", "new", "--validators", str(validators), "--task", task, "--dev-keys", "--out", str(genesis),
-            "--keys-dir", str(keys), "--commit-window", str(commit_window), "--chain-id", str(chain_id))
+            "--keys-dir", str(keys), "--commit-window-s", str(commit_window_s), "--chain-id", str(chain_id),
+            *extra_args)
     return genesis, keys
 
 

@@ -110,6 +110,16 @@ class ModelStore:
             _atomic_write(path, model_to_safetensors(model))  # verified (and stamped) on a later read
         return model_id
 
+    def remove_model(self, model_id: bytes) -> bool:
+        """Delete a stored model; False if it was not there."""
+        path = self.models / f"{model_id.hex()}.safetensors"
+        self._verified.forget(path.name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def has_model(self, model_id: bytes) -> bool:
         return (self.models / f"{model_id.hex()}.safetensors").exists()
 

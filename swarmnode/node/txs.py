@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -12,9 +11,12 @@ from eth_utils import keccak
 
 from consensus.contracts import SWARM_ROUNDS_ADDRESS
 from consensus.devtools import sign_tx
+from swarmnode.node.machine import AttestCall, CommitCall, RejoinCall
 
 FIXED_ONE = 1_000_000  # SwarmRounds stores loss and accuracy as value * 1e6
-TX_GAS = 2_000_000  # attestAggregate may finalize the round and pay every contributor
+COMMIT_GAS = 1_000_000
+ATTEST_GAS = 10_000_000  # attestAggregate may finalize: pay every contributor, count absentees, open the next round
+MEMBERSHIP_GAS = 1_000_000  # register, leave
 
 
 def selector(signature: str) -> bytes:
@@ -26,15 +28,10 @@ COMMIT_TYPES = ["uint256", "bytes32", "uint256", "uint256", "uint256"]
 COMMIT_SELECTOR = selector(COMMIT_SIG)
 ATTEST_SELECTOR = selector("attestAggregate(uint256,bytes32)")
 REGISTER_SELECTOR = selector("register(string)")
-
-
-@dataclass(frozen=True)
-class CommitCall:
-    round: int
-    update_hash: bytes
-    num_samples: int
-    local_loss: int  # x 1e6
-    local_accuracy: int  # x 1e6
+REGISTER_APPROVED_SELECTOR = selector("register(string,bytes[])")
+LEAVE_SELECTOR = selector("leave()")
+REJOIN_SELECTOR = selector("rejoin()")
+ADMIT_TAG = keccak(b"swarmnode-admit")
 
 
 def fixed(x: float) -> int:
@@ -53,8 +50,58 @@ def attest_data(round_: int, model_hash: bytes) -> bytes:
     return ATTEST_SELECTOR + abi_encode(["uint256", "bytes32"], [round_, model_hash])
 
 
-def register_data(peer_id: str) -> bytes:
-    return REGISTER_SELECTOR + abi_encode(["string"], [peer_id])
+def call_data(call: CommitCall | AttestCall | RejoinCall) -> bytes:
+    if isinstance(call, CommitCall):
+        return commit_data(call)
+    if isinstance(call, RejoinCall):
+        return REJOIN_SELECTOR
+    return attest_data(call.round, call.model_hash)
+
+
+def gas_for(data: bytes) -> int:
+    return ATTEST_GAS if data[:4] == ATTEST_SELECTOR else COMMIT_GAS if data[:4] == COMMIT_SELECTOR else MEMBERSHIP_GAS
+
+
+def register_data(peer_id: str, approvals: Sequence[bytes] = ()) -> bytes:
+    """register(peerId) (stake admission: send the bond as value) or register(peerId, approvals)."""
+    if not approvals:
+        return REGISTER_SELECTOR + abi_encode(["string"], [peer_id])
+    return REGISTER_APPROVED_SELECTOR + abi_encode(["string", "bytes[]"], [peer_id, list(approvals)])
+
+
+def leave_data() -> bytes:
+    return LEAVE_SELECTOR
+
+
+def admission_digest(chain_id: int, participant: bytes) -> bytes:
+    """What a validator signs to admit `participant` (SwarmRounds._checkApprovals recomputes it)."""
+    return keccak(abi_encode(["bytes32", "uint256", "address", "address"],
+                             [ADMIT_TAG, chain_id, SWARM_ROUNDS_ADDRESS, participant]))
+
+
+def sign_admission(secret: bytes, chain_id: int, participant: bytes) -> bytes:
+    """A validator's 65-byte approval (r || s || v, v in {27, 28}) of `participant` joining."""
+    from eth_keys import keys
+
+    sig = keys.PrivateKey(secret).sign_msg_hash(admission_digest(chain_id, participant))
+    return sig.r.to_bytes(32, "big") + sig.s.to_bytes(32, "big") + bytes([sig.v + 27])
+
+
+def admission_signer(approval: bytes, chain_id: int, participant: bytes) -> bytes:
+    """The validator address that signed `approval` for `participant` (ValueError if it is malformed)."""
+    from eth_keys import keys
+
+    if len(approval) != 65 or approval[64] not in (27, 28):
+        raise ValueError(f"an approval is 65 bytes ending in 27 or 28, got {len(approval)} bytes")
+    sig = keys.Signature(vrs=(approval[64] - 27, int.from_bytes(approval[:32], "big"),
+                              int.from_bytes(approval[32:64], "big")))
+    return bytes(sig.recover_public_key_from_msg_hash(admission_digest(chain_id, participant)).to_canonical_address())
+
+
+def sort_approvals(approvals: Sequence[bytes], chain_id: int, participant: bytes) -> list[bytes]:
+    """Approvals in the order the contract wants (strictly increasing signer), duplicates dropped."""
+    by_signer = {admission_signer(a, chain_id, participant): a for a in approvals}
+    return [by_signer[s] for s in sorted(by_signer, key=lambda a: int.from_bytes(a, "big"))]
 
 
 def decode_commit(data: bytes) -> CommitCall | None:
@@ -80,7 +127,8 @@ def commits_in(txs: Sequence[Any]) -> list[CommitCall]:
     return out
 
 
-def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: int) -> bytes:
+def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: int, value: int = 0) -> bytes:
     """A signed EIP-1559 call to SwarmRounds paying at most twice the current base fee (min 1 gwei)."""
     max_fee = max(2 * base_fee, 10**9) + 1
-    return sign_tx(secret, chain_id, nonce, to=SWARM_ROUNDS_ADDRESS, data=data, gas=TX_GAS, max_fee=max_fee, tip=1)
+    return sign_tx(secret, chain_id, nonce, to=SWARM_ROUNDS_ADDRESS, data=data, gas=gas_for(data), max_fee=max_fee,
+                   tip=1, value=value)

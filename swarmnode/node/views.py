@@ -1,4 +1,4 @@
-"""Reads of the swarm contracts for the round protocol (chain-worker thread only)."""
+"""Reads of the swarm contracts for the round protocol (chain executor thread only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 from consensus.chain import ExecutionChain
 from consensus.chain_reads import CallFailed
 from consensus.rpc_swarm import SwarmViews
-from swarmnode.node.rounds import CommitInfo, RoundObservation
+from swarmnode.node.machine import CommitInfo, RoundObservation
+
+ZERO32 = b"\x00" * 32
 
 
 def _b(hex_text: str) -> bytes:
@@ -18,46 +20,59 @@ def _addr(text: str) -> bytes:
     return bytes.fromhex(text[2:].lower())
 
 
+def window_may_take_commits(info: dict[str, Any], head_time: int, min_participants: int, skip_under_min: bool) -> bool:
+    """Whether the block after a head stamped `head_time` may still accept commits to the round `info`
+    describes (SwarmRounds._windowOpen, evaluated for a block whose timestamp is at least head_time + 1)."""
+    if info["finalized"]:
+        return False
+    if not skip_under_min and int(info["commitCount"]) < min_participants:
+        return True  # extended until enough commits arrive
+    if info["closedEarly"]:
+        return False
+    return head_time + 1 < int(info["closeTime"])
+
+
 class RoundReader:
     """Builds RoundObservations, remembering what the contract never changes once written: a round's
-    commits (append-only), the final hash a round was opened on, a round's window once it has closed, and
-    our attestation once it is on chain (neither ever reverts). Each contract call is a py-evm
-    execution of a few ms, made by every node after every block while holding the chain lock (the driver
-    waits on that lock to validate blocks), so a block costs as few calls as the round's state allows:
+    commits (append-only), its base hash, a window once closed, and our attestation once on chain.
+    Each contract call is a py-evm execution of a few ms on the chain executor, which the driver's
+    validations wait behind, so a block costs as few calls as the round's state allows:
     - the current round is known while getRound(r) says r is not final (only finalizing r opens r + 1);
-    - the participant registry (for our index: it is append-only) and our validator status are read when
-      a round opens, every STATIC_REFRESH_BLOCKS blocks (a stake change mid-round is seen within that
-      many), and on every block while we are not registered (our own registration is seen at once);
-      the participant count is the round's own (participants when it opened, from getRound);
-    - windowOpen only while the window is open, attestationOf only between its close and our
-      attestation (the contract accepts no attestation while the window is open).
-    In steady state that is 2 calls per block (getRound plus one of windowOpen/attestationOf) instead of 6."""
+    - our registry entry and validator status are read when a round opens, every STATIC_REFRESH_BLOCKS
+      blocks, and on every block while we are not an active participant (a registration is seen at once);
+    - the window is computed from getRound's deadline and the head's timestamp, never from a call;
+    - attestationOf only between the window's close and our attestation.
+    In steady state that is 1-2 calls per block."""
 
     STATIC_REFRESH_BLOCKS = 16
 
-    def __init__(self, me: bytes, genesis_model_hash: bytes) -> None:
+    def __init__(self, me: bytes) -> None:
         self.me = me
-        self.genesis_model_hash = genesis_model_hash
         self._commits: dict[int, list[CommitInfo]] = {}
-        self._bases: dict[int, bytes] = {0: genesis_model_hash}
         self._closed: set[int] = set()  # rounds whose commit window has closed
         self._attested: set[int] = set()  # rounds our attestation is recorded for
         self._round: int | None = None  # the round last observed as current
-        self._participants: list[bytes] = []
+        self._me_info: dict[str, Any] | None = None
         self._validator = False
-        self._static_height: int | None = None  # height the registry and validator status were read at
+        self._static_height: int | None = None  # height our registry entry and validator status were read at
+        self._params: tuple[int, bool, int] | None = None  # minParticipants, skipUnderMin, absentRounds: genesis
         self.calls = 0  # contract calls made (for tests and profiling)
 
     def observe(self, chain: ExecutionChain) -> RoundObservation:
         """The current round as of the committed head, from this node's point of view."""
         v = SwarmViews(chain)
         me = self.me
-        height = chain.height
+        head = chain.head
+        height, head_time = int(head.block_number), int(head.timestamp)
 
         def call(contract: str, fn: str, *args: object) -> Any:
             self.calls += 1
             return v.call_view(contract, fn, *args)
 
+        if self._params is None:
+            self._params = (int(call("SwarmRounds", "minParticipants")), bool(call("SwarmRounds", "skipUnderMin")),
+                            int(call("SwarmRounds", "absentRounds")))
+        min_participants, skip_under_min, absent_rounds = self._params
         known = self._round
         if known is not None and not (info := call("SwarmRounds", "getRound", known))["finalized"]:
             r = known
@@ -66,32 +81,38 @@ class RoundReader:
             info = call("SwarmRounds", "getRound", r)
         new_round = r != known
         self._round = r
-        if r not in self._bases:
-            self._bases[r] = _b(call("SwarmRounds", "getRound", r - 1)["finalHash"])
         commits = self._commits.setdefault(r, [])
         for i in range(len(commits), int(info["commitCount"])):
             c = call("SwarmRounds", "getCommit", r, i)
             commits.append(CommitInfo(_addr(c["participant"]), _b(c["updateHash"]), int(c["numSamples"])))
         for old in [q for q in self._commits if q < r - 1]:  # bounded: only the rounds still observed
             del self._commits[old]
-            self._bases.pop(old, None)
             self._closed.discard(old)
             self._attested.discard(old)
-        if (new_round or self._static_height is None or me not in self._participants
+        me_info = self._me_info
+        if (new_round or me_info is None or not me_info["active"] or self._static_height is None
                 or not 0 <= height - self._static_height < self.STATIC_REFRESH_BLOCKS):
-            self._participants = [_addr(a) for a in call("SwarmRounds", "getParticipants")]
+            me_info = self._me_info = call("SwarmRounds", "getParticipant", me)
             self._validator = bool(call("Staking", "isValidator", me))
             self._static_height = height
-        participants, validator = self._participants, self._validator
-        index = participants.index(me) if me in participants else None
-        if r not in self._closed and not call("SwarmRounds", "windowOpen"):
+        validator = self._validator
+        if r not in self._closed and not window_may_take_commits(info, head_time, min_participants, skip_under_min):
             self._closed.add(r)
-        if (validator and r in self._closed and r not in self._attested
-                and _b(call("SwarmRounds", "attestationOf", r, me)) != b"\x00" * 32):
+        closed = r in self._closed
+        if (validator and closed and r not in self._attested
+                and _b(call("SwarmRounds", "attestationOf", r, me)) != ZERO32):
             self._attested.add(r)
+        registered = bool(me_info["registered"])
         return RoundObservation(
-            height=height, round=r, base_hash=self._bases[r], window_open=r not in self._closed,
-            commits=tuple(commits), participant_count=int(info["participantCount"]), participant_index=index,
+            height=height, head_time=head_time, round=r, base_hash=_b(info["baseHash"]), window_open=not closed,
+            skipped=closed and int(info["commitCount"]) < min_participants, commits=tuple(commits),
+            close_time=int(info["closeTime"]),
+            extended=not closed and not skip_under_min and int(info["commitCount"]) < min_participants,
+            participant_count=int(info["participantCount"]),
+            expected_count=int(info["expectedCount"]),
+            participant_index=int(me_info["index"]) if registered else None,
+            active=bool(me_info["active"]), expected=int(me_info["expectedRound"]) == r + 1,
+            dropped=bool(me_info["active"]) and absent_rounds > 0 and int(me_info["missed"]) >= absent_rounds,
             committed=any(c.participant == me for c in commits),  # the contract's hasCommitted, from its commits
             attested=validator and r in self._attested, validator=validator,
         )
@@ -104,6 +125,16 @@ def final_hash(chain: ExecutionChain, round_: int) -> bytes | None:
     except CallFailed:
         return None
     return _b(info["finalHash"]) if info["finalized"] else None
+
+
+def final_hashes(chain: ExecutionChain, first: int, last: int) -> list[tuple[int, bytes]]:
+    """(round, final hash) for every finalized round in [first, last]."""
+    out = []
+    for r in range(max(0, first), last + 1):
+        h = final_hash(chain, r)
+        if h is not None:
+            out.append((r, h))
+    return out
 
 
 def update_hashes(chain: ExecutionChain, round_: int) -> list[bytes]:

@@ -1,5 +1,5 @@
 """A malicious peer for the system test: it joins a running swarm, claims to hold every update and model
-the chain mentions, and answers every blob request with a real but *wrong* model (round 0's final model).
+the chain mentions, and answers every blob request with a real but *wrong* model (a recent final model).
 
     python tests/system/liar_peer.py --rpc http://127.0.0.1:PORT --bootstrap /ip4/.../p2p/... --report FILE
 
@@ -76,10 +76,13 @@ async def main(args: argparse.Namespace) -> None:
     async with node.run():
         with trio.fail_after(60):
             await node.host.wait_peers(1)
-        first = (await trio.to_thread.run_sync(rpc, args.rpc, "swarm_getRound", 0))["finalHash"]
+        # the wrong model it will serve: a real one, fetched honestly (the newest final one: nodes delete
+        # final models older than keep_model_rounds)
+        history = await trio.to_thread.run_sync(rpc, args.rpc, "swarm_roundHistory")
+        newest = [r for r in history if r["finalized"]][-1]["finalHash"]
         honest = [p.peer_id for p in node.peers()]
-        with trio.fail_after(60):  # the wrong model it will serve: a real one, fetched honestly
-            store.wrong = await node.blobs.fetch(bytes.fromhex(first[2:]), providers=honest)
+        with trio.fail_after(60):
+            store.wrong = await node.blobs.fetch(bytes.fromhex(newest[2:]), providers=honest)
         store.write_report()
         claimed: set[str] = set()
         async with trio.open_nursery() as nursery:

@@ -1,14 +1,14 @@
 """System test: daemon processes started through the CLI on loopback, tiny task, real libp2p + BFT chain.
 
 One swarm, in phases (each waits on a condition over JSON-RPC with a deadline, never on a bare sleep):
-  n4 late join: validators 0-2 start, train round 0 without node 3 (its window closes by height); node 3
+  n4 late join: validators 0-2 start, train round 0 without node 3 (its window closes at the straggler deadline); node 3
       joins late, syncs, fetches the final model by hash and commits in a later round.
   follower: a node with a new key (no stake, not registered) syncs, fetches the final model by hash and
       aggregates every round itself, agreeing with the chain.
   3 rounds: every node holds the final model of every finalized round and agrees with the chain;
       `swarmnode chain rounds --json` shows them.
-  pruning: update blobs of rounds more than KEEP_ROUNDS behind the last final one are deleted; final
-      models are kept.
+  pruning: update blobs of rounds more than KEEP_ROUNDS behind the last final one are deleted, final
+      models of rounds more than KEEP_MODELS behind (the newest always kept).
   kill -9 + restart of node 2 mid-round: the swarm keeps finalizing; node 2 catches up, commits again,
       and is never slashed (the signing record refuses to double-sign).
   corrupted model store on node 1 (its safetensors file and the blob copy it serves): detected by hash,
@@ -36,14 +36,16 @@ pytestmark = pytest.mark.slow
 
 ROUND_TIMEOUT = 90.0
 KEEP_ROUNDS = 3  # update blobs of rounds this far behind the last final one are deleted
+KEEP_MODELS = 6  # final models of rounds this far behind the last final one are deleted
 
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
     base = tmp_path_factory.mktemp("swarm")
-    genesis, keys = make_genesis(base, 4, "tiny", commit_window=8)
+    genesis, keys = make_genesis(base, 4, "tiny", commit_window_s=8)
     env = {"OMP_NUM_THREADS": "1", "SWARMNODE_DATA": os.environ.get("SWARMNODE_DATA", "/usr/share/datasets/fashion-mnist")}
-    s = LocalSwarm(base, genesis, keys, extra_env=env, init_args=("--keep-update-rounds", str(KEEP_ROUNDS)))
+    s = LocalSwarm(base, genesis, keys, extra_env=env, init_args=("--keep-update-rounds", str(KEEP_ROUNDS),
+                                                                      "--keep-model-rounds", str(KEEP_MODELS)))
     try:
         for i in range(4):
             s.init_node(i)
@@ -126,21 +128,31 @@ def test_three_rounds_same_model_everywhere(swarm: LocalSwarm) -> None:
     assert "global model hash" in table and hashes[0] in table
 
 
-def test_old_update_blobs_are_pruned(swarm: LocalSwarm) -> None:
-    wait_for(lambda: finalized_on(swarm, 0, KEEP_ROUNDS + 2), ROUND_TIMEOUT, f"{KEEP_ROUNDS + 2} final rounds")
-    wait_for(lambda: node_info(swarm, 0).get("counters", {}).get("update_blobs_pruned"), ROUND_TIMEOUT, "pruning on node0")
-    blobs = swarm.nodes[0].data_dir / "blobs"
+def test_old_update_blobs_and_final_models_are_pruned(swarm: LocalSwarm) -> None:
+    wait_for(lambda: finalized_on(swarm, 0, KEEP_MODELS + 3), 3 * ROUND_TIMEOUT, f"{KEEP_MODELS + 3} final rounds")
+    wait_for(lambda: node_info(swarm, 0).get("counters", {}).get("models_pruned"), ROUND_TIMEOUT, "pruning on node0")
+    data = swarm.nodes[0].data_dir
+    blobs, models = data / "blobs", data / "store" / "models"
 
     def held(r: int) -> list[bool]:
         cids = [c["updateHash"][2:] for c in swarm.rpc(0, "swarm_getRound", r)["commits"]]
         return [(blobs / cid[:2] / cid).is_file() for cid in cids]
 
+    def marker() -> dict[str, int]:
+        return json.loads((data / "pruned.json").read_text())
+
     assert not any(held(0)), "round 0's updates should have been pruned"
     last = max(swarm.final_hashes(0))
     assert held(last) and all(held(last)), f"round {last}'s updates must still be held"
-    assert json.loads((swarm.nodes[0].data_dir / "pruned.json").read_text())["through"] >= 0
-    final0 = swarm.final_hashes(0)[0][2:]
-    assert (blobs / final0[:2] / final0).is_file(), "final models are never pruned"
+    # final models: gone up to the marker, kept after it (both sides of keep_model_rounds), in both stores
+    before = marker()["models_through"]
+    finals = {r: h[2:] for r, h in swarm.final_hashes(0).items()}
+    present = {r: (models / f"{h}.safetensors").is_file() and (blobs / h[:2] / h).is_file() for r, h in finals.items()}
+    after = marker()["models_through"]
+    assert before >= 0, marker()
+    assert not any(present[r] for r in finals if r <= before), f"models through round {before} must be gone: {present}"
+    assert all(present[r] for r in finals if r > after), f"models after round {after} must be kept: {present}"
+    assert present[max(finals)], "the newest final model is always kept"
 
 
 def test_follower_with_a_new_key_syncs_and_verifies_the_latest_model(swarm: LocalSwarm) -> None:
@@ -200,6 +212,9 @@ def test_corrupted_model_store_is_detected_and_recovered(swarm: LocalSwarm) -> N
     # the damage landed, the next round is tried.)
     store = swarm.nodes[1].data_dir / "store"
     quarantine, blob_quarantine = store / "corrupt", swarm.nodes[1].data_dir / "corrupt-blobs"
+    # with node 3 down every window waits out the straggler grace after the others' commits (instead of
+    # closing early in the block of the last commit), which leaves time to damage G_r after node 1 commits
+    swarm.kill(3)
     for _attempt in range(3):
         def committed_open_round() -> int | None:
             info = node_info(swarm, 1)
@@ -223,10 +238,11 @@ def test_corrupted_model_store_is_detected_and_recovered(swarm: LocalSwarm) -> N
     assert node_info(swarm, 1)["aggregates"].get(str(r)) in (None, hashes[r]), "node1's aggregate disagrees"
     ModelStore(store).get_model(bytes.fromhex(base))  # back, intact: it hashes to its name again
     ModelStore(store).get_model(bytes.fromhex(hashes[r][2:]))  # and round r's final model, intact
+    swarm.start(3)
 
 
 def test_a_peer_serving_wrong_models_is_detected_and_bypassed(swarm: LocalSwarm) -> None:
-    # A liar joins, claims every update and final model the chain mentions, and serves round 0's final
+    # A liar joins, claims every update and final model the chain mentions, and serves a recent final
     # model for all of them. Every node must detect the wrong bytes by hash, fetch from an honest peer
     # instead, and keep agreeing with the chain.
     report = swarm.base / "liar.json"

@@ -59,3 +59,15 @@ async def test_stop_waits_for_the_running_call() -> None:
     assert started.wait(5)
     assert pool.stop(timeout=10) is True, "the thread must end after its call"
     assert results == ["done"], "stop() must wait for the call in progress"
+
+
+def test_malloc_arenas_are_capped_unless_the_environment_says_otherwise(monkeypatch) -> None:
+    import platform
+
+    from swarmnode.node.compute import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False, "MALLOC_ARENA_MAX in the environment must win"
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert limit_malloc_arenas() is expected

@@ -61,3 +61,45 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     path.write_text('[node]\ndata_dir = "d"\ngenesis = "g"\nkey_file = "k"\n[learning]\ncompute_niceness = 20\n')
     with pytest.raises(NodeConfigError, match="learning.compute_niceness"):
         load_config(path)
+
+
+def test_node_approvals_admit_a_newcomer_on_a_real_chain(tmp_path: Path) -> None:
+    """`swarmnode admit` / `register --approval` (txs.sign_admission, sort_approvals, register_data) against
+    the real contract: validators holding exactly 2/3 of the stake are not enough, all three are; the
+    approvals may come in any order and repeated."""
+    from dataclasses import replace
+
+    from consensus.chain import ExecutionChain
+    from consensus.devtools import DEV_ROUNDS, address_of, dev_genesis, dev_key
+    from consensus.rpc_swarm import SwarmViews
+    from consensus.txpool import TxPool
+
+    genesis = dev_genesis(3, 5, chain_id=4548, rounds=replace(DEV_ROUNDS, admission="allowlist"))
+    chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
+    newcomer = address_of(dev_key(4))
+
+    def register(approvals: list[bytes], nonce: int) -> bool:
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        data = txs.register_data("16Uiu2HAm1FT42nifXcb7Y52DJWHewKZiA2uAMbiUepbs1jB6SBk6", approvals)
+        pool.add_raw(txs.sign_call(dev_key(4), genesis.chain_id, nonce, data, chain.next_base_fee()),
+                     chain.state_view(), chain.next_base_fee())
+        built = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
+                                  coinbase=address_of(dev_key(0)), now=chain.head.timestamp + 1)
+        chain.commit(built.hash)
+        return built.receipts is not None and built.receipts[0].state_root == b"\x01"
+
+    try:
+        two = [txs.sign_admission(dev_key(i), genesis.chain_id, newcomer) for i in (1, 0)]
+        assert not register(txs.sort_approvals(two, genesis.chain_id, newcomer), 0), "2/3 of stake admitted"
+        three = [txs.sign_admission(dev_key(i), genesis.chain_id, newcomer) for i in (2, 0, 1, 0)]
+        ordered = txs.sort_approvals(three, genesis.chain_id, newcomer)
+        assert len(ordered) == 3, "a repeated approval must count once"
+        signers = [txs.admission_signer(a, genesis.chain_id, newcomer) for a in ordered]
+        assert signers == sorted(signers, key=lambda a: int.from_bytes(a, "big"))
+        assert register(ordered, 1), "approvals of every validator must admit the newcomer"
+        info = SwarmViews(chain).call_view("SwarmRounds", "getParticipant", newcomer)
+        assert info["active"] and info["index"] == 0
+        with pytest.raises(ValueError, match="65 bytes"):
+            txs.sort_approvals([b"\x01" * 64], genesis.chain_id, newcomer)
+    finally:
+        chain.close()

@@ -1,5 +1,6 @@
 """RoundReader on a real py-evm chain: after every block its observation equals one built from scratch
-with every contract call, while it makes far fewer calls (each is a py-evm execution under the chain lock)."""
+with every contract call, its window verdict matches what the contract does with a commit in the next
+block, and it makes far fewer calls (each is a py-evm execution on the chain executor)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ from typing import Any
 
 from consensus.chain import ExecutionChain
 from consensus.chain_app import ChainApplication
-from consensus.devtools import address_of, dev_genesis, dev_key
-from consensus.genesis import RoundsParams
+from consensus.devtools import DEV_ROUNDS, address_of, dev_genesis, dev_key
 from consensus.rpc_swarm import SwarmViews
 from consensus.txpool import TxPool
 from swarmnode.node import txs
-from swarmnode.node.rounds import CommitInfo, RoundObservation
-from swarmnode.node.views import RoundReader
+from swarmnode.node.machine import CommitInfo, RoundObservation
+from swarmnode.node.views import RoundReader, window_may_take_commits
 
 PEER_IDS = [
     "16Uiu2HAmFQfvhrGfw35jX2RuGUZ9DoiwS52fiokpejS559gsLcGb",
@@ -25,10 +25,15 @@ PEER_IDS = [
     "16Uiu2HAm1FT42nifXcb7Y52DJWHewKZiA2uAMbiUepbs1jB6SBk6",
 ]
 GENESIS_MODEL = b"\x11" * 32
+WINDOW_S = 30
+
+
+def _b(text: str) -> bytes:
+    return bytes.fromhex(text[2:].lower())
 
 
 def from_scratch(chain: ExecutionChain, me: bytes) -> tuple[RoundObservation, int]:
-    """Every field read afresh (the reader before it kept anything between blocks); and the call count."""
+    """Every field read afresh with uncached calls; and the call count."""
     v = SwarmViews(chain)
     calls = 0
 
@@ -37,69 +42,108 @@ def from_scratch(chain: ExecutionChain, me: bytes) -> tuple[RoundObservation, in
         calls += 1
         return v._call_view(chain.head, contract, fn, *args)  # uncached
 
+    head_time = int(chain.head.timestamp)
     r = int(call("SwarmRounds", "currentRound"))
     info = call("SwarmRounds", "getRound", r)
-    base = GENESIS_MODEL if r == 0 else bytes.fromhex(call("SwarmRounds", "getRound", r - 1)["finalHash"][2:])
     commits = []
     for i in range(int(info["commitCount"])):
         c = call("SwarmRounds", "getCommit", r, i)
-        commits.append(CommitInfo(bytes.fromhex(c["participant"][2:].lower()), bytes.fromhex(c["updateHash"][2:]),
-                                  int(c["numSamples"])))
-    participants = [bytes.fromhex(a[2:].lower()) for a in call("SwarmRounds", "getParticipants")]
+        commits.append(CommitInfo(_b(c["participant"]), _b(c["updateHash"]), int(c["numSamples"])))
+    minimum, skip = int(call("SwarmRounds", "minParticipants")), bool(call("SwarmRounds", "skipUnderMin"))
+    absent_rounds = int(call("SwarmRounds", "absentRounds"))
+    me_info = call("SwarmRounds", "getParticipant", me)
     validator = bool(call("Staking", "isValidator", me))
+    window = window_may_take_commits(info, head_time, minimum, skip)
     attested = validator and call("SwarmRounds", "attestationOf", r, me) != "0x" + "00" * 32
     return RoundObservation(
-        height=chain.height, round=r, base_hash=base, window_open=bool(call("SwarmRounds", "windowOpen")),
-        commits=tuple(commits), participant_count=int(info["participantCount"]),
-        participant_index=participants.index(me) if me in participants else None,
-        committed=any(c.participant == me for c in commits), attested=attested, validator=validator,
+        height=chain.height, head_time=head_time, round=r, base_hash=_b(info["baseHash"]), window_open=window,
+        skipped=not window and len(commits) < minimum, commits=tuple(commits), close_time=int(info["closeTime"]),
+        extended=window and not skip and len(commits) < minimum, participant_count=int(info["participantCount"]),
+        expected_count=int(info["expectedCount"]),
+        participant_index=int(me_info["index"]) if me_info["registered"] else None, active=bool(me_info["active"]),
+        expected=int(me_info["expectedRound"]) == r + 1,
+        dropped=bool(me_info["active"]) and absent_rounds > 0 and int(me_info["missed"]) >= absent_rounds,
+        committed=any(c.participant == me for c in commits),
+        attested=attested, validator=validator,
     ), calls
 
 
-def test_observations_match_a_full_read_after_every_block(tmp_path: Path) -> None:
-    genesis = replace(dev_genesis(3, 5, chain_id=4547), rounds=RoundsParams(commit_window=6),
-                      genesis_model_hash=GENESIS_MODEL)
+def test_observations_match_a_full_read_and_the_contract_after_every_block(tmp_path: Path) -> None:
+    genesis = dev_genesis(3, 5, chain_id=4547, rounds=replace(DEV_ROUNDS, commit_window_s=WINDOW_S),
+                          genesis_model_hash=GENESIS_MODEL)
     chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
     nonces = [0] * 5
     keys = [dev_key(i) for i in range(5)]
     me = [address_of(k) for k in keys]
-    readers = {i: RoundReader(me[i], GENESIS_MODEL) for i in (0, 3, 4)}  # validator, participant, latecomer
+    readers = {i: RoundReader(me[i]) for i in (0, 3, 4)}  # validator, participant, latecomer
     scratch_calls = 0
+    window_checks = 0
+    clock = [genesis.genesis_time]
 
-    def block(*calls: tuple[int, bytes]) -> None:
-        nonlocal scratch_calls
+    def signed(who: int, data: bytes, nonce: int | None = None) -> bytes:
+        return txs.sign_call(keys[who], genesis.chain_id, nonces[who] if nonce is None else nonce, data,
+                             chain.next_base_fee())
+
+    def next_block_takes_a_commit(who: int, round_: int) -> bool:
+        """The contract's own answer: does a commit by `who` succeed in a block stamped head + 1 s?"""
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        pool.add_raw(signed(who, commit(who, round_)[1]), chain.state_view(), chain.next_base_fee())
+        built = ChainApplication(chain, me[0], pool=pool)
+        executed = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
+                                     coinbase=me[0], now=int(chain.head.timestamp) + 1)
+        ok = executed.receipts is not None and executed.receipts[0].state_root == b"\x01"
+        chain.discard_pending()
+        del built
+        return ok
+
+    def block(*calls: tuple[int, bytes], dt: int = 5) -> None:
+        nonlocal scratch_calls, window_checks
         pool = TxPool(genesis.chain_id, chain.decode_transaction)
         for who, data in calls:
-            raw = txs.sign_call(keys[who], genesis.chain_id, nonces[who], data, chain.next_base_fee())
+            pool.add_raw(signed(who, data), chain.state_view(), chain.next_base_fee())
             nonces[who] += 1
-            pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
-        app = ChainApplication(chain, me[0], pool=pool)
-        built = app.propose_block(chain.height + 1, 0, genesis.genesis_time + 5 * (chain.height + 1))
+        clock[0] += dt
+        built = ChainApplication(chain, me[0], pool=pool).propose_block(chain.height + 1, 0, clock[0])
         chain.commit(chain.block_hash(built))
         assert len(chain.reader.block_by_number(chain.height).transactions) == len(calls), "a transaction failed"
         for i, reader in readers.items():
             expected, n = from_scratch(chain, me[i])
             scratch_calls += n
-            assert reader.observe(chain) == expected, f"node {i} at height {chain.height}"
+            got = reader.observe(chain)
+            assert got == expected, f"node {i} at height {chain.height}"
+            if got.active and not got.committed and not got.extended:
+                window_checks += 1
+                assert next_block_takes_a_commit(i, got.round) == got.window_open, f"node {i} h{chain.height}"
 
     def commit(who: int, round_: int) -> tuple[int, bytes]:
-        return who, txs.commit_data(txs.CommitCall(round_, bytes([who + 1]) * 32, 100 + who, 500_000, 900_000))
+        return who, txs.commit_data(txs.CommitCall(round_, bytes([who + 1, round_ + 1]) * 16, 100 + who,
+                                                   500_000, 900_000))
+
+    def attest(round_: int, h: bytes) -> list[tuple[int, bytes]]:
+        return [(v, txs.attest_data(round_, h)) for v in range(3)]
 
     try:
-        block(*[(i, txs.register_data(PEER_IDS[i])) for i in range(4)])
-        block(commit(0, 0), commit(1, 0))
-        block()
-        block(commit(2, 0), commit(3, 0))  # everyone registered has committed: the window closes early
-        block((0, txs.attest_data(0, b"\xaa" * 32)))
+        block(*[(i, txs.register_data(PEER_IDS[i])) for i in range(4)])  # nobody is expected in round 0 yet
+        block(commit(0, 0))  # round 0 (extended: no commit yet) restarts its clock and, expecting nobody, closes
+        block(*attest(0, b"\xaa" * 32))  # round 1 opens, expecting participants 0-3
         block((4, txs.register_data(PEER_IDS[4])))  # a latecomer sees itself in the very next observation
-        block((1, txs.attest_data(0, b"\xaa" * 32)), (2, txs.attest_data(0, b"\xaa" * 32)))  # final: round 1
-        block(commit(0, 1))
-        for _ in range(6):  # round 1's window closes by height
-            block()
-        block(*[(v, txs.attest_data(1, b"\xbb" * 32)) for v in range(3)])  # round 2 opens
+        block(commit(0, 1), commit(1, 1))
         block()
-        assert readers[0].observe(chain).round == 2
+        block(commit(2, 1))  # 3 of 4 expected: the straggler grace shortens the deadline
+        while readers[0].observe(chain).window_open:
+            block(dt=1)
+        block(*attest(1, b"\xbb" * 32))  # round 2: participant 3 was absent
+        block(commit(4, 2))
+        for _ in range(WINDOW_S // 5 + 2):  # round 2's window closes at its deadline
+            block()
+        assert not readers[0].observe(chain).window_open
+        block(*attest(2, b"\xcc" * 32))
+        block()
+        assert readers[0].observe(chain).round == 3
         fast_calls = sum(r.calls for r in readers.values())
         assert fast_calls < 0.5 * scratch_calls, (fast_calls, scratch_calls)
+        assert window_checks >= 20, window_checks
+        absent = SwarmViews(chain).call_view("SwarmRounds", "getAbsent", 1)
+        assert [a.lower() for a in absent] == ["0x" + me[3].hex()], absent
     finally:
         chain.close()

@@ -1,0 +1,312 @@
+"""Node: builds every piece of a swarm node from its config and runs them until SIGINT/SIGTERM.
+
+Who owns what (README "Inside a node" has the picture):
+- ChainExecutor (consensus/executor.py): the one thread that runs py-evm and the tx pool. The consensus
+  driver, chain sync, JSON-RPC, the round reader, the transaction sender and gossip ingestion submit
+  work to it, by priority; none of that work waits for the network.
+- ConsensusDriver (consensus/driver.py): Tendermint over direct libp2p streams; SwarmApplication below is
+  its Application (the execution chain plus the data-availability rule and the node's pending work).
+- P2PNode (swarmnode/p2p): host, gossip topics, blob exchange, chain sync, peer exchange.
+- BlobFetcher: update and model blobs from peers, the instant "do we hold every committed update?".
+- TxIngest: gossiped transactions into the pool (a commit once its update is held).
+- TxSender: the node's own transactions, followed until included or lost.
+- RoundLoop + machine: the round protocol (a pure state machine and the shell that feeds it).
+- RoundWork: training, aggregation, scoring, pruning, model fetches.
+- RpcServer (consensus/rpc.py): eth_*, swarm_* and swarm_node on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from consensus.chain import ExecutionChain
+from consensus.chain_app import ChainApplication
+from consensus.driver import ConsensusDriver, DriverConfig
+from consensus.engine.types import TimeoutConfig
+from consensus.executor import ChainExecutor, Priority
+from consensus.genesis import Genesis, load_genesis
+from consensus.interfaces import Verdict
+from consensus.messages import MAX_MESSAGE_BYTES
+from consensus.rpc import RpcServer
+from consensus.service import ChainService, make_pool
+from consensus.signing_record import SigningRecord
+from consensus.txpool import TxPool
+from swarmnode.learning.tasks import Task
+from swarmnode.node import machine, txs
+from swarmnode.node.blobfetch import BlobFetcher
+from swarmnode.node.config import NodeConfig
+from swarmnode.node.ingest import TxIngest
+from swarmnode.node.keys import address_of, load_key
+from swarmnode.node.roundloop import RoundLoop
+from swarmnode.node.store import ModelStore
+from swarmnode.node.txsender import TxSender
+from swarmnode.node.work import History, RoundWork
+from swarmnode.p2p import (
+    CONSENSUS,
+    TX,
+    UPDATES,
+    DirectoryBlobStore,
+    P2PConfig,
+    P2PError,
+    P2PNode,
+    TopicPolicy,
+)
+from swarmnode.p2p.consensus_net import height_window
+
+log = logging.getLogger("swarmnode.node")
+
+
+class NodeError(Exception):
+    """The node cannot start: bad genesis, key, data dir or dataset (the message says which)."""
+
+
+class SwarmApplication(ChainApplication):
+    """The execution chain as the driver's Application, with the node's rules:
+    - data availability: a block is valid only if this node holds every update it commits to. The check
+      runs on the chain executor and answers at once (`held(cid)` is a file stat); the waiting happened
+      before (the BlobFetcher prefetches on gossip, and the driver's prepare step waits for a proposal's
+      updates on the event loop);
+    - pending work (has_pending_transactions, asked on the event loop): pool transactions, plus whatever
+      `pending_work()` says (commits whose update is being fetched, a round deadline a block would pass)."""
+
+    def __init__(self, chain: ExecutionChain, coinbase: bytes, pool: TxPool, held: Callable[[bytes], bool],
+                 pending_work: Callable[[], bool]) -> None:
+        super().__init__(chain, coinbase, pool=pool, availability=self._availability)
+        self._held = held
+        self._pending_work = pending_work
+        self.counters = {"da_rejected": 0}
+
+    def _availability(self, height: int, block_txs: Sequence[Any]) -> Verdict:
+        missing = [c.update_hash for c in txs.commits_in(block_txs) if not self._held(c.update_hash)]
+        if missing:
+            self.counters["da_rejected"] += 1
+            return Verdict(False, f"committed update 0x{missing[0].hex()} not held ({len(missing)} missing)")
+        return Verdict(True)
+
+    def has_pending_transactions(self) -> bool:
+        return len(self.pool or ()) > 0 or self._pending_work()
+
+
+class Node:
+    """`Node.from_config(cfg)` then `await node.run()` (returns on SIGINT/SIGTERM or cancellation)."""
+
+    def __init__(self, cfg: NodeConfig, genesis: Genesis, task: Task, secret: bytes, chain: ExecutionChain,
+                 clients: list[Any], test_split: Any) -> None:
+        self.cfg = cfg
+        self.genesis = genesis
+        self.task = task
+        self.address = address_of(secret)
+        self.chain = chain
+        self.executor = ChainExecutor()
+        self.pool = make_pool(chain)
+        self.service = ChainService(chain, self.pool, executor=self.executor, on_transaction=self._on_rpc_tx)
+        self.models = ModelStore(cfg.store_dir)
+        self.blob_store = DirectoryBlobStore(cfg.blob_dir)
+        self.app = SwarmApplication(chain, self.address, self.pool, held=self.blob_store.has,
+                                    pending_work=self._pending_work)
+        p2p_cfg = P2PConfig(secret=secret, chain_id=genesis.chain_id, genesis_hash=chain.genesis_hash,
+                            listen_addrs=cfg.listen, bootstrap=cfg.bootstrap)
+        consensus_policy = TopicPolicy(MAX_MESSAGE_BYTES, window=height_window(lambda: self.chain.tip.height))
+        self.p2p = P2PNode(p2p_cfg, store=self.blob_store, head_height=lambda: self.chain.tip.height,
+                           policies={CONSENSUS: consensus_policy}, app=self.app, app_runner=self._sync_runner)
+        self.fetcher = BlobFetcher(self.p2p, self.blob_store, cfg.blob_dir, cfg.data_dir / "corrupt-blobs")
+        c = genesis.consensus
+        dcfg = DriverConfig(
+            chain_id=genesis.chain_id,
+            timeouts=TimeoutConfig(propose=c.propose_timeout_ms / 1000, propose_delta=c.timeout_delta_ms / 1000,
+                                   prevote=c.prevote_timeout_ms / 1000, prevote_delta=c.timeout_delta_ms / 1000,
+                                   precommit=c.precommit_timeout_ms / 1000,
+                                   precommit_delta=c.timeout_delta_ms / 1000),
+            block_interval=c.block_interval_ms / 1000,
+            empty_block_interval=c.empty_block_interval_ms / 1000,
+        )
+        # every node has its key in the driver: the engine votes only at heights where it holds stake, so a
+        # node that deposits later becomes a voting validator at the next epoch without a restart
+        self.driver = ConsensusDriver(dcfg, self.app, self.p2p.consensus, secret,
+                                      SigningRecord.open(cfg.signing_record), app_runner=self._consensus_runner,
+                                      prepare_block=self._prepare_block)
+        self.sender = TxSender(secret, self.address, genesis.chain_id, self.service,
+                               publish=self._publish_tx, notify=self.driver.notify_pending)
+        self.ingest = TxIngest(self.p2p.gossip, self.service, self.fetcher, self.driver.notify_pending,
+                               current_round=self._current_round)
+        self.history = History()
+        self.work = RoundWork(task=task, genesis_model_hash=genesis.genesis_model_hash, models=self.models,
+                              fetcher=self.fetcher, p2p=self.p2p, service=self.service, clients=clients,
+                              test_split=test_split, history=self.history, data_dir=cfg.data_dir,
+                              niceness=cfg.compute_niceness, keep_update_rounds=cfg.keep_update_rounds,
+                              keep_model_rounds=cfg.keep_model_rounds)
+        self.loop = RoundLoop(config=machine.MachineConfig(num_clients=len(clients)),
+                              address=self.address, service=self.service, work=self.work, sender=self.sender,
+                              models=self.models, history=self.history, wait_height=self.driver.wait_height)
+        self.rpc = RpcServer(self.service, host=cfg.rpc_host, port=cfg.rpc_port)
+        self.rpc.register_method("swarm_node", self._rpc_node)
+
+    @classmethod
+    def from_config(cls, cfg: NodeConfig, *, evaluate_test: bool = False) -> Node:
+        """Read the genesis, key and dataset and open the chain; NodeError says what is wrong."""
+        from swarmnode.experiment import build_clients
+        from swarmnode.learning.data import load_dataset
+
+        try:
+            genesis = load_genesis(cfg.genesis)
+        except Exception as exc:  # GenesisError and I/O errors: both are the user's to fix
+            raise NodeError(f"genesis {cfg.genesis}: {exc}") from exc
+        task = Task.from_dict(genesis.task)
+        secret = load_key(cfg.key_file)
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+        dataset = load_dataset(task.dataset, cfg.dataset_dir)
+        clients = build_clients(task, dataset)
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            chain = ExecutionChain.open(cfg.chain_dir, genesis)
+        except Exception as exc:
+            raise NodeError(f"cannot open the chain in {cfg.chain_dir}: {exc}") from exc
+        try:
+            return cls(cfg, genesis, task, secret, chain, clients, dataset.test if evaluate_test else None)
+        except BaseException:
+            chain.close()
+            raise
+
+    # ---- running ----
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with self.executor.running(final=self.chain.close), trio.open_nursery() as root:
+                    root.start_soon(self._on_signals, signals, root.cancel_scope)
+                    await self._serve(task_status)
+                    root.cancel_scope.cancel()
+        finally:
+            if not self.work.stop():
+                log.warning("event=compute_threads_still_running (exiting anyway)")
+            log.info("event=stopped address=0x%s", self.address.hex())
+
+    async def _on_signals(self, signals: Any, scope: trio.CancelScope) -> None:
+        async for signum in signals:  # keeps receiving: a second signal must not kill a clean shutdown
+            log.info("event=shutdown signal=%s", signal.Signals(signum).name)
+            scope.cancel()
+
+    async def _serve(self, task_status: trio.TaskStatus[None]) -> None:
+        async with self.p2p.run(), trio.open_nursery() as nursery:
+            port = await nursery.start(self.rpc.serve)
+            self._write_info(port)
+            await nursery.start(self.fetcher.run)
+            await nursery.start(self.ingest.run)
+            nursery.start_soon(self._drain_updates)
+            await self._initial_sync()
+            await nursery.start(self.driver.run)
+            await nursery.start(self.loop.run)
+            log.info("event=started address=0x%s peer_id=%s height=%d rpc=%s:%d listen=%s", self.address.hex(),
+                     self.p2p.peer_id, self.chain.tip.height, self.cfg.rpc_host, port,
+                     ",".join(self.p2p.listen_addrs()))
+            task_status.started()
+            await trio.sleep_forever()
+
+    def _current_round(self) -> int | None:
+        obs = self.loop.observation
+        return obs.round if obs is not None else None
+
+    def _pending_work(self) -> bool:
+        return self.fetcher.awaiting > 0 or self.loop.block_due(time.time())
+
+    async def _prepare_block(self, height: int, block: bytes) -> None:
+        """Before validating a proposal (event loop; the driver bounds the wait): its updates, fetched."""
+        try:
+            block_txs = self.chain.decode_block_transactions(block)
+        except Exception:  # not a block: validation says so
+            return
+        cids = [c.update_hash for c in txs.commits_in(block_txs)]
+        if cids:
+            await self.fetcher.wait_held(cids)
+
+    async def _consensus_runner(self, fn: Any, *args: Any) -> Any:
+        return await self.executor.run(fn, *args, priority=Priority.CONSENSUS)
+
+    async def _sync_runner(self, fn: Any, *args: Any) -> Any:
+        return await self.executor.run(fn, *args, priority=Priority.SYNC)
+
+    async def _publish_tx(self, raw: bytes) -> None:
+        await self.p2p.gossip.publish(TX, raw)
+
+    async def _on_rpc_tx(self, raw: bytes) -> None:
+        """A transaction admitted through eth_sendRawTransaction: gossip it, wake the driver."""
+        self.driver.notify_pending()
+        await self._publish_tx(raw)
+
+    async def _drain_updates(self) -> None:
+        """Announcements register providers inside P2PNode; the channel itself must still be drained."""
+        async for _msg in self.p2p.gossip.channel(UPDATES):
+            pass
+
+    async def _initial_sync(self) -> None:
+        """Restarted or late: sync the chain from peers (certificates verified) before consensus starts."""
+        if not self.cfg.bootstrap:
+            return
+        with trio.move_on_after(10):
+            await self.p2p.host.wait_peers(1)
+        if not self.p2p.peers():
+            log.warning("event=no_peers bootstrap=%s", ",".join(self.cfg.bootstrap))
+            return
+        try:
+            reached = await self.p2p.catch_up()
+        except P2PError as exc:
+            log.warning("event=sync_failed error=%r", str(exc))
+            return
+        log.info("event=synced height=%d", reached)
+
+    def _write_info(self, rpc_port: int) -> None:
+        info = {"pid": os.getpid(), "address": "0x" + self.address.hex(), "peer_id": str(self.p2p.peer_id),
+                "rpc": f"http://{self.cfg.rpc_host}:{rpc_port}", "listen": self.p2p.listen_addrs()}
+        tmp = self.cfg.info_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.cfg.info_file)
+
+    # ---- RPC ----
+
+    async def _rpc_node(self, params: Any) -> dict[str, Any]:
+        obs = self.loop.observation
+        return {
+            "address": "0x" + self.address.hex(), "peerId": str(self.p2p.peer_id),
+            "listen": self.p2p.listen_addrs(), "peers": len(self.p2p.peers()),
+            "height": self.chain.tip.height, "driver": self.driver.committed_height,
+            "round": obs.round if obs else None, "windowOpen": obs.window_open if obs else None,
+            "closeTime": obs.close_time if obs else None, "headTime": obs.head_time if obs else None,
+            "participantIndex": obs.participant_index if obs else None,
+            "active": obs.active if obs else None, "expected": obs.expected if obs else None,
+            "validator": obs.validator if obs else None,
+            "baseModel": "0x" + obs.base_hash.hex() if obs else None,
+            "haveBase": self.models.has_model(obs.base_hash) if obs else False,
+            "aggregates": {str(r): "0x" + h.hex() for r, h in sorted(self.loop.aggregates.items())},
+            "history": [{"round": rec.round, "localHash": "0x" + rec.local_hash.hex() if rec.local_hash else None,
+                         "finalHash": "0x" + rec.final_hash.hex() if rec.final_hash else None,
+                         "valAccuracy": rec.val_accuracy, "testAccuracy": rec.test_accuracy,
+                         "seconds": rec.seconds} for rec in self.history.records()],
+            "counters": {**self.loop.counters, **self.work.counters, **self.app.counters,
+                         "blob_bytes_fetched": self.fetcher.counters["bytes_fetched"]},
+            "rounds": self.loop.statistics(),
+            "txs": self.sender.statistics(),
+            "ingest": self.ingest.statistics(),
+            "fetcher": self.fetcher.statistics(),
+            "executor": self.executor.statistics(),
+            "pool": self.pool.statistics(),
+            "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics(),
+                    "consensus": self.p2p.consensus.statistics(), "peerExchange": self.p2p.peer_exchange.statistics()},
+        }
+
+
+def setup_logging(level: str, name: str | None = None) -> None:
+    prefix = f"[{name}] " if name else ""
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format=f"%(asctime)s {prefix}%(levelname)s %(name)s %(message)s")
+    for noisy in ("libp2p", "multiaddr", "async_service", "eth", "trio-websocket"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
