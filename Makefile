@@ -3,9 +3,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm lint clean
+.PHONY: setup data test demo soak bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness lint clean
 
-setup: $(STAMP)
+# setup: the venv with everything installed, and Fashion-MNIST on this machine (Debian's
+# dataset-fashion-mnist, installed when this user may install packages; otherwise it says what to do)
+setup: $(STAMP) data
+
+data:
+	@bash scripts/get_dataset.sh
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +21,16 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q
 
+# soak: 4 daemons on the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
+soak: setup
+	@mkdir -p bench-results
+	$(PY) scripts/soak.py --rounds 200 --out bench-results/soak.json
+
 demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness
 
 bench-learning: setup
 	$(PY) scripts/reproduce_seed.py --preset dominant --out-dir bench-results/dominant
@@ -41,6 +51,11 @@ bench-p2p: setup
 bench-swarm: setup
 	@mkdir -p bench-results
 	$(PY) scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 6 --out bench-results/swarm-seed10.json
+
+# round time with 1 of 4 daemons killed and 1 of 4 cut off (network namespaces: root), and a healed host
+bench-liveness: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_liveness.py --out bench-results/liveness.json
 
 lint: setup
 	$(VENV)/bin/ruff check swarmnode consensus scripts tests
