@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # soak: 4 daemons on the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
 soak: setup

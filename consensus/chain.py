@@ -11,9 +11,11 @@ Life of a block at height h (the BFT engine drives it):
 
 Timestamp rule (py-evm needs strictly increasing integer seconds, and we may run faster than 1 block/s):
   the proposer stamps  ts = max(parent.ts + 1, floor(now));
-  an importer accepts  parent.ts < ts <= max(parent.ts + 1, floor(now)) + MAX_FUTURE_DRIFT.
+  an importer accepts  parent.ts < ts <= max(parent.ts + 1, floor(now) + MAX_FUTURE_DRIFT).
   At more than 1 block/s the chain clock therefore runs ahead of wall time by one second per extra block
-  and catches up when blocks slow down; contracts measure windows in blocks, never in seconds.
+  and catches up when blocks slow down. The drift is bounded against the importer's wall clock, not the
+  parent: a proposer cannot ratchet the chain clock ahead by MAX_FUTURE_DRIFT per block it proposes, which
+  matters because SwarmRounds measures commit windows in block-timestamp seconds.
   `now=None` skips the wall-clock bound (used when syncing final, certified blocks).
 
 Other header rules: gas_limit is pinned to the genesis value; prevrandao (mix_hash) is the parent hash
@@ -116,7 +118,7 @@ def check_timestamp(timestamp: int, parent_timestamp: int, now: float | None) ->
     if timestamp <= parent_timestamp:
         raise InvalidBlock(f"timestamp {timestamp} does not exceed parent timestamp {parent_timestamp}")
     if now is not None:
-        latest = next_timestamp(parent_timestamp, now) + MAX_FUTURE_DRIFT
+        latest = max(parent_timestamp + 1, int(now) + MAX_FUTURE_DRIFT)
         if timestamp > latest:
             raise InvalidBlock(f"timestamp {timestamp} is too far in the future (latest allowed {latest})")
 

@@ -7,6 +7,7 @@ own votes while a height is stuck, and catches up from peers by verifying commit
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -133,7 +134,7 @@ class ConsensusDriver:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Any](config.inbox_size)
         self._blocks: dict[bytes, bytes] = {}
         self._own: dict[tuple[int, int], bytes] = {}  # (round, step) -> encoded own message, this height
-        self._seen: dict[bytes, None] = {}  # insertion-ordered set of recent raw messages
+        self._seen: dict[bytes, None] = {}  # insertion-ordered set of recent messages' digests
         self._future: list[_Authenticated] = []
         self._future_keys: set[tuple[Any, ...]] = set()
         self._synced: dict[int, _Synced] = {}
@@ -234,11 +235,21 @@ class ConsensusDriver:
 
     # ---- inbound ----
 
-    def _is_duplicate(self, data: bytes) -> bool:
-        """Exact re-sends (rebroadcasts, gossip echoes) skip decoding and signature recovery."""
-        if data in self._seen:
+    def is_validator(self, address: bytes) -> bool:
+        """True if `address` holds voting power at the height being decided (for the p2p layer's
+        known-sender check: frames signed by anyone else are refused before they reach us). Before the
+        first height starts nothing is known yet, and everyone passes."""
+        if self._state.rotation is None:
             return True
-        self._seen[data] = None
+        return self._state.validators.power_of(address) > 0
+
+    def _is_duplicate(self, data: bytes) -> bool:
+        """Exact re-sends (rebroadcasts, gossip echoes) skip decoding and signature recovery. Keyed by a
+        digest: dedupe_window whole proposals would be gigabytes."""
+        key = hashlib.blake2b(data, digest_size=16).digest()
+        if key in self._seen:
+            return True
+        self._seen[key] = None
         if len(self._seen) > self.config.dedupe_window:
             del self._seen[next(iter(self._seen))]
         return False

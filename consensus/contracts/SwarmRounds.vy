@@ -417,8 +417,8 @@ def _afterProgress(r: uint256):
     pct: uint256 = self.stragglerGracePct
     if pct == 0 or self.graceApplied[r]:
         return
-    if commitCount < max(minParticipants, (2 * expectedCount + 2) // 3):
-        return
+    if self.rounds[r].expectedCommitted < (2 * expectedCount + 2) // 3:
+        return  # grace starts at 2/3 of the *expected*: newcomers' commits do not shorten anyone's window
     self.graceApplied[r] = True
     elapsed: uint256 = block.timestamp - self.rounds[r].openTime
     deadline: uint256 = block.timestamp + max(self.minGraceSecs, elapsed * pct // 100)
@@ -549,7 +549,8 @@ def rejoin():
     """A participant dropped from the expected set (missed absentRounds rounds in a row) is back: it is
     expected again from the next round, so windows wait for it as for everyone else."""
     assert self.members[msg.sender].active, "rejoin: sender is not an active participant"
-    assert self.members[msg.sender].missed != 0, "rejoin: sender has missed no round"
+    assert self.absentRounds != 0 and self.members[msg.sender].missed >= self.absentRounds, \
+        "rejoin: sender is still expected"
     self.members[msg.sender].missed = 0
     log Rejoined(participant=msg.sender, round=self.currentRound)
 

@@ -146,12 +146,29 @@ def cmd_round(args: argparse.Namespace) -> int:
 def cmd_participants(args: argparse.Namespace) -> int:
     rpc = client(args)
     rows = rpc.call("swarm_participants")
+    for p in rows:
+        p["peerIdMatches"] = _peer_id_matches(p["peerId"], p["address"])
     if args.json:
         print_json({"config": rpc.call("swarm_roundsConfig"), "participants": rows})
         return 0
     print_table(["index", "address", "peer id", "state", "missed rounds", "bond (ether)"],
-                [[p["index"], p["address"], p["peerId"], _state(p), p["missed"], int(p["bond"]) / ETHER] for p in rows])
+                [[p["index"], p["address"], p["peerId"] + ("" if p["peerIdMatches"] else "  (not this address's key)"),
+                  _state(p), p["missed"], int(p["bond"]) / ETHER] for p in rows])
     return 0
+
+
+def _peer_id_matches(peer_id: str, address: str) -> bool:
+    """The contract stores the peer id a participant claims; only one derived from the participant's own
+    key is theirs (anyone can claim anyone's peer id: nodes never rely on it, people should not either)."""
+    from libp2p.peer.id import ID
+
+    from swarmnode.p2p.errors import IdentityError
+    from swarmnode.p2p.identity import address_of_peer
+
+    try:
+        return "0x" + address_of_peer(ID.from_base58(peer_id)).hex() == address.lower()
+    except (IdentityError, ValueError, TypeError, KeyError):
+        return False
 
 
 def _state(p: dict[str, Any]) -> str:

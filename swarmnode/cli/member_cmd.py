@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,12 @@ def _node(config: Path) -> tuple[Any, Any, bytes]:
     return cfg, genesis, secret
 
 
+def _client(args: argparse.Namespace, cfg: Any) -> RpcClient:
+    # --rpc, else this node's own endpoint while it runs, else $SWARMNODE_RPC or the default
+    return RpcClient(args.rpc or rpc_url(argparse.Namespace(rpc=None, config=args.config if cfg.info_file.exists()
+                                                            else None)))
+
+
 def _address(text: str) -> bytes:
     value = text[2:] if text.lower().startswith("0x") else text
     try:
@@ -99,29 +106,25 @@ def _transact(args: argparse.Namespace, what: str, data: bytes, value: int) -> d
 
     cfg, genesis, secret = _node(args.config)
     me = address_of(secret)
-    # --rpc, else this node's own endpoint while it runs, else $SWARMNODE_RPC or the default
-    rpc = RpcClient(args.rpc or rpc_url(argparse.Namespace(rpc=None, config=args.config if cfg.info_file.exists()
-                                                           else None)))
+    rpc = _client(args, cfg)
     chain_id = int(rpc.call("eth_chainId"), 16)
     if chain_id != genesis.chain_id:
         raise CliError(f"{rpc.url} serves chain {chain_id}, but {args.config}'s genesis is chain {genesis.chain_id}")
     call = {"from": _hex(me), "to": _hex(SWARM_ROUNDS_ADDRESS), "data": _hex(data), "value": hex(value)}
-    try:
-        rpc.call("eth_call", call, "latest")
-    except CliError as exc:
-        raise CliError(f"{what} would be refused: {_revert_reason(str(exc))}") from None
-    block = rpc.call("eth_getBlockByNumber", "latest", False)
-    nonce = int(rpc.call("eth_getTransactionCount", _hex(me), "pending"), 16)
-    raw = txs.sign_call(secret, chain_id, nonce, data, int(block.get("baseFeePerGas", "0x0"), 16), value=value)
-    tx_hash = rpc.call("eth_sendRawTransaction", _hex(raw))
-    if not args.json:
-        print(f"{what}: sent {tx_hash} from 0x{me.hex()} (nonce {nonce}); waiting for inclusion...", file=sys.stderr)
-    deadline = time.monotonic() + args.timeout
-    while (receipt := rpc.call("eth_getTransactionReceipt", tx_hash)) is None:
-        if time.monotonic() > deadline:
-            raise CliError(f"{what}: {tx_hash} not included after {args.timeout:.0f} s (still pending; "
-                           f"check later with `swarmnode chain tx {tx_hash}`)")
-        time.sleep(0.5)
+
+    def build(nonce: int) -> bytes:
+        try:  # dry run first (again before a re-send: the call may no longer make sense)
+            rpc.call("eth_call", call, "latest")
+        except CliError as exc:
+            raise CliError(f"{what} would be refused: {_revert_reason(str(exc))}") from None
+        block = rpc.call("eth_getBlockByNumber", "latest", False)
+        return txs.sign_call(secret, chain_id, nonce, data, int(block.get("baseFeePerGas", "0x0"), 16), value=value)
+
+    def note(text: str) -> None:
+        if not args.json:
+            print(f"{what}: {text}", file=sys.stderr)
+
+    tx_hash, receipt = send_followed(rpc, me, build, args.timeout, note, what)
     ok = receipt.get("status") == "0x1"
     result = {"action": what, "address": _hex(me), "transaction": tx_hash,
               "block": int(receipt["blockNumber"], 16), "status": "success" if ok else "reverted"}
@@ -131,6 +134,45 @@ def _transact(args: argparse.Namespace, what: str, data: bytes, value: int) -> d
     if mine:
         result["participant"] = mine[0]
     return result
+
+
+MAX_RESENDS = 8
+
+
+def send_followed(rpc: RpcClient, me: bytes, build: Callable[[int], bytes], timeout: float,
+                  note: Callable[[str], None], what: str = "transaction") -> tuple[str, dict[str, Any]]:
+    """Send `build(nonce)` and follow it until it is included. When another transaction from the same
+    account takes its nonce first (the running daemon's own commit, a wallet), it can never be included:
+    it is built and sent again with the next free nonce (at most MAX_RESENDS times)."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(MAX_RESENDS + 1):
+        nonce = int(rpc.call("eth_getTransactionCount", _hex(me), "pending"), 16)
+        try:
+            tx_hash = rpc.call("eth_sendRawTransaction", _hex(build(nonce)))
+        except CliError as exc:
+            # the node's view of the account moved on between our two calls (a block committed, a
+            # daemon's own transaction arrived), or it is still catching up: ask again
+            if "nonce-too-low" not in str(exc) and "nonce-gap" not in str(exc) or time.monotonic() > deadline:
+                raise
+            note(f"nonce {nonce} no longer free ({exc}); trying again")
+            time.sleep(1.0)
+            continue
+        note(f"sent {tx_hash} from {_hex(me)} (nonce {nonce}); waiting for inclusion...")
+        while (receipt := rpc.call("eth_getTransactionReceipt", tx_hash)) is None:
+            if time.monotonic() > deadline:
+                raise CliError(f"{what}: {tx_hash} not included after {timeout:.0f} s (still pending; "
+                               f"check later with `swarmnode chain tx {tx_hash}`)")
+            time.sleep(0.5)
+            if int(rpc.call("eth_getTransactionCount", _hex(me), "latest"), 16) > nonce:
+                receipt = rpc.call("eth_getTransactionReceipt", tx_hash)  # included meanwhile?
+                if receipt is None:
+                    break  # another transaction from this account used the nonce
+        if receipt is not None:
+            return tx_hash, receipt
+        if attempt < MAX_RESENDS:
+            note(f"nonce {nonce} was taken by another transaction from this account; sending again")
+    raise CliError(f"{what}: the nonce was taken by another transaction from {_hex(me)} {MAX_RESENDS + 1} times; "
+                   "is something else sending from this account in a loop?")
 
 
 def _print(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -155,7 +197,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     cfg, genesis, secret = _node(args.config)
     me = address_of(secret)
-    approvals = []
+    approvals: list[bytes] = []
     for text in args.approval:
         try:
             approvals.append(bytes.fromhex(text.removeprefix("0x")))
@@ -176,8 +218,31 @@ def cmd_register(args: argparse.Namespace) -> int:
                            f"of the stake (`swarmnode admit 0x{me.hex()} --config THEIR_CONFIG`) and pass "
                            "each with --approval")
     data = txs.register_data(str(peer_id_of(secret)), approvals)
+    _check_data_slot(args, cfg, genesis, me)
     _print(args, _transact(args, "register", data, value))
     return 0
+
+
+def _check_data_slot(args: argparse.Namespace, cfg: Any, genesis: Any, me: bytes) -> None:
+    """Refuse a registration that could never train: the genesis task splits its data into num_clients
+    slices by registry index, and a participant at an index past them has no data."""
+    from swarmnode.learning.errors import LearningError
+    from swarmnode.learning.tasks import Task
+
+    try:
+        slots = Task.from_dict(genesis.task).num_clients
+    except (LearningError, TypeError, ValueError) as exc:
+        raise CliError(f"the genesis task is unusable: {exc}") from None
+    try:
+        listed = _client(args, cfg).call("swarm_participants") or []
+    except CliError:
+        return  # the node is unreachable: _transact says so
+    mine = [int(p["index"]) for p in listed if _address(p["address"]) == me]
+    index = mine[0] if mine else len(listed)
+    if index >= slots:
+        raise CliError(f"you would be participant {index}, but this swarm's task splits its data into "
+                       f"{slots} slices (genesis [task] num_clients = {slots}): a participant at index "
+                       f"{index} has no data to train on. Registry indices are never reused.")
 
 
 def cmd_leave(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ log = logging.getLogger("swarmnode.node.blobs")
 
 RECENT_BLOB_BYTES = 32 * 1024 * 1024  # a round of updates is ~8 MB with the seed task and 10 participants
 FETCH_TIMEOUT = 15.0  # one fetch of a set of blobs, all providers, retries included
-MAX_PREFETCHES = 8
+MAX_PREFETCHES = 8  # running at once
+MAX_QUEUED_PREFETCHES = 512  # started on gossip and not finished; more are skipped (fetched when needed)
 
 
 class BlobFetcher:
@@ -47,7 +48,8 @@ class BlobFetcher:
         self._prefetching: dict[bytes, trio.Event] = {}
         self._prefetch_limiter = trio.CapacityLimiter(MAX_PREFETCHES)
         self._nursery: trio.Nursery | None = None
-        self.counters = {"bytes_fetched": 0, "prefetched": 0, "prefetch_failed": 0, "quarantined": 0}
+        self.counters = {"bytes_fetched": 0, "prefetched": 0, "prefetch_failed": 0, "prefetch_skipped": 0,
+                         "quarantined": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hosts the background prefetches until cancelled."""
@@ -66,12 +68,17 @@ class BlobFetcher:
     def awaiting(self) -> int:
         return len(self._prefetching)
 
-    def prefetch(self, cids: list[bytes]) -> None:
-        """Start fetching every blob of `cids` not held and not already being fetched (returns at once)."""
+    def prefetch(self, cids: list[bytes], *, needed: bool = False) -> None:
+        """Start fetching every blob of `cids` not held and not already being fetched (returns at once).
+        Gossip-driven prefetches stop queueing at MAX_QUEUED_PREFETCHES (a flood of commits cannot pile
+        up tasks without bound); `needed` ones (a proposal waits for them) are always started."""
         if self._nursery is None:
             return
         for cid in cids:
             if cid in self._prefetching or cid in self._recent or self.store.has(cid):
+                continue
+            if not needed and len(self._prefetching) >= MAX_QUEUED_PREFETCHES:
+                self.counters["prefetch_skipped"] += 1
                 continue
             self._prefetching[cid] = trio.Event()
             self._nursery.start_soon(self._prefetch_one, cid)
@@ -90,7 +97,7 @@ class BlobFetcher:
     async def wait_held(self, cids: list[bytes]) -> bool:
         """Wait until the running prefetches of `cids` end (start them if needed); True if all are held.
         The caller bounds the wait (trio.move_on_after)."""
-        self.prefetch(cids)
+        self.prefetch(cids, needed=True)
         for cid in cids:
             event = self._prefetching.get(cid)
             if event is not None:

@@ -362,6 +362,8 @@ def _observe(state: RoundState, ev: BlockObserved) -> RoundState:
     if obs.attested:
         done |= {("attest", r)}
         sent -= {("attest", r)}
+    if not ev.has_base:  # fetched once, but the store no longer has it (damaged, quarantined): fetch again
+        done -= {("fetch", r)}
     return replace(
         state, obs=obs, has_base=ev.has_base, done=done, sent=sent, running=recent(state.running),
         retries={k: v for k, v in state.retries.items() if k[1] >= keep},
@@ -399,6 +401,8 @@ def _done(state: RoundState, ev: ActionDone) -> tuple[RoundState, list[Action]]:
     retries = {k: v for k, v in state.retries.items() if k != key}
     state = replace(state, running=running, retries=retries)
     if isinstance(res, TxSubmitted):
+        if key in state.done:  # its inclusion was reported first: nothing left to wait for
+            return state, []
         return replace(state, sent=state.sent | {key}), []
     state = replace(state, done=state.done | {key})
     if isinstance(res, ModelReady):

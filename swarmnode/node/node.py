@@ -114,7 +114,10 @@ class Node:
                                     pending_work=self._pending_work)
         p2p_cfg = P2PConfig(secret=secret, chain_id=genesis.chain_id, genesis_hash=chain.genesis_hash,
                             listen_addrs=cfg.listen, bootstrap=cfg.bootstrap)
-        consensus_policy = TopicPolicy(MAX_MESSAGE_BYTES, window=height_window(lambda: self.chain.tip.height))
+        # only the validators' signed frames get past the p2p layer (to the driver, or relayed): the
+        # driver is built below, hence the late lookup
+        consensus_policy = TopicPolicy(MAX_MESSAGE_BYTES, window=height_window(lambda: self.chain.tip.height),
+                                       known_sender=lambda address: self.driver.is_validator(address))
         self.p2p = P2PNode(p2p_cfg, store=self.blob_store, head_height=lambda: self.chain.tip.height,
                            policies={CONSENSUS: consensus_policy}, app=self.app, app_runner=self._sync_runner)
         self.fetcher = BlobFetcher(self.p2p, self.blob_store, cfg.blob_dir, cfg.data_dir / "corrupt-blobs")

@@ -48,8 +48,13 @@ class RoundLoop:
         self.reader = views.RoundReader(address)
         self._send, self._recv = trio.open_memory_channel[m.Event](256)
         self._nursery: trio.Nursery | None = None
+        # a transaction's outcome (from _watch_chain) must never reach the machine before the ActionDone
+        # that says it was sent: held across send + ActionDone and across check + outcomes
+        self._tx_order = trio.Lock()
+        self._warned_no_data = False
         self.counters = {"mismatches": 0, "actions_failed": 0, "actions_crashed": 0, "gave_up": 0,
-                         "tx_reverted": 0, "events": 0}
+                         "tx_reverted": 0, "attest_late": 0, "events": 0,
+                         "watch_crashed": 0}
 
     @property
     def chain(self) -> ExecutionChain:
@@ -84,7 +89,7 @@ class RoundLoop:
             for action in actions:
                 self._carry_out(action)
 
-    async def _watch_chain(self) -> None:
+    async def _watch_once(self) -> None:
         """One BlockObserved per new committed head (with RoundFinalized for rounds that ended since the
         previous one), then the outcomes of the node's transactions as of that head."""
         last_height, last_round = -1, None
@@ -101,22 +106,40 @@ class RoundLoop:
                 last_round = obs.round
                 self._record(obs)
                 await self._observed(obs)
-                for outcome in await self.sender.check():
-                    now = trio.current_time()
-                    if isinstance(outcome, Included):
-                        await self._send.send(m.TxIncluded(outcome.key, outcome.success, outcome.detail, now))
-                    else:
-                        await self._send.send(m.TxLost(outcome.key, outcome.reason, now))
+                async with self._tx_order:
+                    for outcome in await self.sender.check():
+                        now = trio.current_time()
+                        if isinstance(outcome, Included):
+                            await self._send.send(m.TxIncluded(outcome.key, outcome.success, outcome.detail, now))
+                        else:
+                            await self._send.send(m.TxLost(outcome.key, outcome.reason, now))
                 self.sender.forget_before(obs.round - 1)
             await self.sender.regossip()
             with trio.move_on_after(POLL_INTERVAL):  # woken by the driver's next commit; the timeout
                 await self._wait_height(last_height + 1)  # covers heights that arrive by chain sync
+
+    async def _watch_chain(self) -> None:
+        """Run _watch_once (its own loop). A failure in it (a bug, a chain read that raised) is logged with
+        its traceback and the watch starts afresh after POLL_INTERVAL: the round loop never dies of it."""
+        while True:
+            try:
+                await self._watch_once()
+            except Exception:
+                self.counters["watch_crashed"] += 1
+                log.exception("event=watch_crashed")
+                await trio.sleep(POLL_INTERVAL)
 
     async def _observed(self, obs: m.RoundObservation) -> None:
         has_base = await trio.to_thread.run_sync(self.models.has_model, obs.base_hash)
         await self._send.send(m.BlockObserved(obs, has_base, trio.current_time()))
 
     def _record(self, obs: m.RoundObservation) -> None:
+        index = obs.participant_index
+        if index is not None and index >= self.state.config.num_clients and not self._warned_no_data:
+            self._warned_no_data = True
+            log.warning("event=no_data_slice participant_index=%d num_clients=%d: the genesis task splits its "
+                        "data into %d slices; this participant has none and only aggregates and validates",
+                        index, self.state.config.num_clients, self.state.config.num_clients)
         rec = self.history.get(obs.round)
         rec.participants, rec.commits = obs.participant_count, len(obs.commits)
         prev = self.state.obs
@@ -134,6 +157,13 @@ class RoundLoop:
         self._nursery.start_soon(self._perform, action)
 
     async def _perform(self, action: m.Action) -> None:
+        if isinstance(action, m.SendTx):
+            async with self._tx_order:
+                await self._perform_ordered(action)
+        else:
+            await self._perform_ordered(action)
+
+    async def _perform_ordered(self, action: m.Action) -> None:
         key = action.key  # type: ignore[union-attr]
         try:
             result = await self._do(action)
@@ -143,10 +173,13 @@ class RoundLoop:
             log.warning("event=action_failed action=%s round=%d error=%s: %s retry=%s", key[0], key[1],
                         type(exc).__name__, exc, retry)
             await self._send.send(m.ActionFailed(key, f"{type(exc).__name__}: {exc}", retry, trio.current_time()))
-            if isinstance(exc, DamagedModel):
-                await self._damaged(exc.model_hash)
-            elif self.state.obs is not None:
-                await self._observed(self.state.obs)  # the store may have lost the base: look again
+            try:
+                if isinstance(exc, DamagedModel):
+                    await self._damaged(exc.model_hash)
+                elif self.state.obs is not None:
+                    await self._observed(self.state.obs)  # the store may have lost the base: look again
+            except Exception:
+                log.exception("event=action_followup_crashed action=%s round=%d", key[0], key[1])
         except Exception as exc:  # a bug: loud, with the traceback; the action is retried, the node lives on
             self.counters["actions_crashed"] += 1
             log.exception("event=action_crashed action=%s round=%d", key[0], key[1])
@@ -201,6 +234,10 @@ class RoundLoop:
             self.counters["gave_up"] += 1
             log.error("event=gave_up round=%d action=%s attempts=%s error=%r", r, report.get("action"),
                       report.get("attempts"), report.get("error"))
+        elif report.event == "tx_reverted" and report.get("what") == "attest" and r in self.state.finals:
+            # the others' attestations finalized the round first (in this block or before): expected
+            self.counters["attest_late"] += 1
+            log.info("event=attest_late round=%d (the round was final before our attestation)", r)
         elif report.event == "tx_reverted":
             self.counters["tx_reverted"] += 1
             log.warning("event=tx_reverted round=%d what=%s reason=%r", r, report.get("what"), report.get("reason"))

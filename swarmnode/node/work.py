@@ -257,11 +257,10 @@ class RoundWork:
         async with self._prune_lock:
             marker = self._read_marker()
             chain = self.service.chain
-            updates_through = final_round - self.keep_update_rounds if self.keep_update_rounds else -1
-            models_through = final_round - self.keep_model_rounds if self.keep_model_rounds else -1
-            u0, m0 = marker["through"] + 1, marker["models_through"] + 1
-            if updates_through < u0 and models_through < m0:
+            plan = prune_plan(marker, final_round, self.keep_update_rounds, self.keep_model_rounds)
+            if plan is None:
                 return
+            u0, updates_through, m0, models_through, kept_from = plan
 
             def collect() -> tuple[list[bytes], list[bytes]]:
                 updates = [h for q in range(u0, updates_through + 1) for h in views.update_hashes(chain, q)]
@@ -269,7 +268,7 @@ class RoundWork:
                     return updates, []
                 # a skipped round's final hash is its base, the round before's: a model still referred to
                 # by a kept round is kept
-                kept = {h for _, h in views.final_hashes(chain, models_through + 1, final_round)}
+                kept = {h for _, h in views.final_hashes(chain, kept_from, final_round)}
                 old = {h for _, h in views.final_hashes(chain, m0, models_through)}
                 return updates, sorted(old - kept)
 
@@ -300,3 +299,24 @@ class RoundWork:
         tmp = self.prune_marker.with_suffix(".tmp")
         tmp.write_text(json.dumps(marker) + "\n")
         os.replace(tmp, self.prune_marker)
+
+
+PRUNE_CHUNK_ROUNDS = 64  # rounds of backlog one prune pass covers (one executor job, then the next round)
+
+
+def prune_plan(marker: dict[str, int], final_round: int, keep_updates: int, keep_models: int,
+               chunk: int = PRUNE_CHUNK_ROUNDS) -> tuple[int, int, int, int, int] | None:
+    """What one prune pass after `final_round` covers: (u0, updates_through, m0, models_through, kept_from),
+    or None when nothing is due. A node with a long backlog (first start with pruning, a marker lost)
+    works through it `chunk` rounds at a time, one pass per finalized round, instead of reading every
+    round's commits in one job that would hold the chain executor for seconds. Models of rounds from
+    kept_from on stay (keep 0 = keep everything)."""
+    u0, m0 = marker["through"] + 1, marker["models_through"] + 1
+    updates_target = final_round - keep_updates if keep_updates else -1
+    models_target = final_round - keep_models if keep_models else -1
+    updates_through = min(updates_target, u0 + chunk - 1)
+    models_through = min(models_target, m0 + chunk - 1)
+    if updates_through < u0 and models_through < m0:
+        return None
+    return u0, updates_through, m0, models_through, models_target + 1
+

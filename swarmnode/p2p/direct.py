@@ -33,7 +33,7 @@ from libp2p.peer.id import ID
 from consensus.interfaces import Network
 from consensus.votes import Address
 from swarmnode.p2p import wire
-from swarmnode.p2p.errors import FrameError, OutsideWindow, WireError
+from swarmnode.p2p.errors import FrameError, OutsideWindow, UnknownSigner, WireError
 from swarmnode.p2p.host import P2PHost
 from swarmnode.p2p.topics import TopicPolicy, check_consensus
 
@@ -228,7 +228,14 @@ class DirectConsensusNetwork(Network):
             # a peer that is behind is dropped
             self.counters["outside_window"] += 1
             if exc.ahead:
+                # forgotten again: once we catch up to its height, a re-send of it must count
+                self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)
                 self._deliver(data)
+            return
+        except UnknownSigner:
+            # signed by a key that holds no stake at our height: nothing to deliver or relay. Not blamed on
+            # the peer: after a validator-set change a relay may know validators we do not yet
+            self.counters["unknown_signer"] += 1
             return
         except WireError as exc:
             self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)  # a valid copy may follow

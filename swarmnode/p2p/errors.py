@@ -32,6 +32,11 @@ class OutsideWindow(WireError):
         return self.value > self.high
 
 
+class UnknownSigner(WireError):
+    """A well-formed message signed by a key the policy does not know (for consensus: not a validator at
+    our height). Dropped; not blamed on the relaying peer, which may know a validator set we do not yet."""
+
+
 class FrameError(WireError):
     """A stream frame is truncated, oversize or malformed."""
 

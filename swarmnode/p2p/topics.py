@@ -18,7 +18,7 @@ from consensus.messages import ProposalMessage, SyncResponse, VoteMessage
 from consensus.messages import decode as decode_consensus
 from consensus.votes import Address, vote_signer
 from swarmnode.p2p import wire
-from swarmnode.p2p.errors import IdentityError, OutsideWindow, WireError
+from swarmnode.p2p.errors import IdentityError, OutsideWindow, UnknownSigner, WireError
 from swarmnode.p2p.identity import address_of_peer
 
 TX, CONSENSUS, UPDATES = "tx", "consensus", "updates"
@@ -141,7 +141,7 @@ def check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> Address 
 
 def _check_known(policy: TopicPolicy, address: Address, what: str) -> None:
     if policy.known_sender is not None and not policy.known_sender(address):
-        raise WireError(f"{what} 0x{address.hex()} is not known")
+        raise UnknownSigner(f"{what} 0x{address.hex()} is not known")
 
 
 def _check_window(policy: TopicPolicy, value: int, what: str) -> None:

@@ -106,7 +106,9 @@ async def test_invalid_consensus_frames_never_reach_the_driver_and_a_spammer_is_
         await wire.write_frame(stream, encode_consensus(VoteMessage(good)))
         with trio.fail_after(10):
             assert await victim.consensus.inbound.receive() == encode_consensus(VoteMessage(good))
-        assert victim.consensus.counters["rejected"] == len(invalid)
+        # the stranger's signatures are well formed: dropped without blaming the peer that brought them
+        assert victim.consensus.counters["rejected"] == len(invalid) - 2
+        assert victim.consensus.counters["unknown_signer"] == 2
         assert victim.consensus.inbound.statistics().current_buffer_used == 0
 
         # an oversize frame header: the stream is reset, nothing reaches the driver
@@ -128,6 +130,36 @@ async def test_invalid_consensus_frames_never_reach_the_driver_and_a_spammer_is_
         await attacker.consensus.broadcast(vote_of(1, height=2))
         with trio.fail_after(10):
             assert await victim.consensus.inbound.receive() == vote_of(1, height=2)
+
+
+async def test_far_ahead_frames_reach_the_driver_only_from_validators_and_count_again_later() -> None:
+    """A far-behind node hands a validator's far-ahead vote to its driver (which then syncs) without
+    relaying it; a stranger's far-ahead vote goes nowhere; and the far-ahead frame is not remembered, so
+    the same bytes sent again once the node has caught up are delivered, not dropped as a duplicate."""
+    known = {address_of(node_secret(i)) for i in (0, 1)}
+    policy = TopicPolicy(wire.MAX_GOSSIP_BYTES, known_sender=known.__contains__, window=lambda: (1, 3))
+    async with full_mesh(2, policies={CONSENSUS: policy}) as (victim, sender):
+        with trio.fail_after(JOIN_TIMEOUT):
+            await victim.host.wait_peers(1)
+            await sender.host.wait_peers(1)
+        stream = await sender.host.libp2p.new_stream(victim.peer_id, [CONSENSUS_PROTOCOL])
+        await wire.write_frame(stream, vote_of(7, height=50))  # a stranger, far ahead
+        await wire.write_frame(stream, vote_of(1, height=50))  # a validator, far ahead
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == vote_of(1, height=50)
+        await wire.write_frame(stream, vote_of(1, height=50))  # the same bytes again
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == vote_of(1, height=50)
+        assert victim.consensus.counters["unknown_signer"] == 1
+        assert victim.consensus.counters["outside_window"] == 2
+        assert victim.consensus.counters["rejected"] == 0 and victim.consensus.counters["relayed"] == 0
+        await wire.write_frame(stream, vote_of(1, height=2))  # in the window: remembered as usual
+        await wire.write_frame(stream, vote_of(1, height=2))
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == vote_of(1, height=2)
+            while victim.consensus.counters["duplicates"] < 1:
+                await trio.sleep(0.05)
+        assert victim.consensus.inbound.statistics().current_buffer_used == 0
 
 
 async def test_the_first_vote_after_a_connection_is_not_lost() -> None:

@@ -268,3 +268,77 @@ async def test_wait_height_returns_once_a_block_is_committed(node) -> None:
             assert reached == []
             await produce_block(service)
     assert reached == [1]
+
+
+async def test_cli_sender_sends_again_when_another_transaction_takes_its_nonce(node) -> None:
+    """`swarmnode register/leave` follow their transaction: a wallet transaction from the same account
+    that replaces it in the pool (same nonce, higher fee) and is included first makes the CLI build and
+    send it again with the next nonce, instead of waiting for a receipt that can never come."""
+    from swarmnode.cli.member_cmd import send_followed
+    from swarmnode.cli.rpc_client import RpcClient
+
+    service, _, w3, port = node
+    me = address_of(KEYS[2])
+    built: list[int] = []
+    notes: list[str] = []
+
+    def build(nonce: int) -> bytes:
+        built.append(nonce)
+        return sign_tx(KEYS[2], 7331, nonce, to=TO, value=7)
+
+    result: dict = {}
+
+    def follow() -> None:
+        result["out"] = send_followed(RpcClient(f"http://127.0.0.1:{port}"), me, build, 60.0, notes.append, "leave")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(in_thread, follow)
+        while not built:
+            await trio.sleep(0.05)
+        # the wallet replaces the CLI's transaction (same nonce, fee bumped) and is included first
+        wallet = sign_tx(KEYS[2], 7331, 0, to=b"\x22" * 20, value=1, max_fee=4 * 10**9, tip=2 * 10**9)
+        wallet_hash = await in_thread(w3.eth.send_raw_transaction, wallet)
+        await produce_block(service)
+        while len(built) < 2:
+            await trio.sleep(0.05)
+        await produce_block(service)
+    tx_hash, receipt = result["out"]
+    assert built == [0, 1]
+    assert receipt["status"] == "0x1" and int(receipt["blockNumber"], 16) == 2
+    assert tx_hash != "0x" + bytes(wallet_hash).hex()
+    assert any("nonce 0 was taken" in n for n in notes)
+    assert await in_thread(w3.eth.get_transaction_count, ADDRS[2]) == 2
+
+
+async def test_cli_sender_asks_again_when_the_node_says_its_nonce_is_too_low(node) -> None:
+    """A node that has just restarted (or committed a block between the CLI's two calls) refuses the
+    transaction as nonce-too-low: the CLI asks for the nonce again instead of failing."""
+    from swarmnode.cli.member_cmd import send_followed
+    from swarmnode.cli.rpc_client import RpcClient
+
+    service, _, w3, port = node
+    await in_thread(w3.eth.send_raw_transaction, sign_tx(KEYS[1], 7331, 0, to=TO, value=1))
+    await produce_block(service)
+    asked: list[int] = []
+    notes: list[str] = []
+
+    def build(nonce: int) -> bytes:
+        asked.append(nonce)
+        stale = nonce - 1 if len(asked) == 1 else nonce  # the first time, a view one block old
+        return sign_tx(KEYS[1], 7331, stale, to=TO, value=7)
+
+    result: dict = {}
+
+    def follow() -> None:
+        result["out"] = send_followed(RpcClient(f"http://127.0.0.1:{port}"), address_of(KEYS[1]), build, 60.0,
+                                      notes.append, "leave")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(in_thread, follow)
+        while len(asked) < 2:
+            await trio.sleep(0.05)
+        await trio.sleep(0.3)
+        await produce_block(service)
+    _, receipt = result["out"]
+    assert asked == [1, 1] and receipt["status"] == "0x1"
+    assert any("nonce 1 no longer free" in n and "nonce-too-low" in n for n in notes), notes

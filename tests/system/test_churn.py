@@ -70,7 +70,7 @@ def _wallet_replaces_pending_commit(swarm: LocalSwarm, who: int, to: str) -> tup
         return latest + 1 if w3.eth.get_transaction_count(me, "pending") > latest else None
 
     nonce = wait_for(pending_nonce, ROUND_TIMEOUT, f"node{who} to have a transaction pending", interval=0.02) - 1
-    r = _current(swarm)
+    r = _current(swarm, who)
     tx = {"chainId": w3.eth.chain_id, "nonce": nonce, "to": Web3.to_checksum_address(to), "value": 10 * 10**18,
           "gas": 21_000, "maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 2 * 10**9}
     signed = Account.sign_transaction(tx, secret)
@@ -106,29 +106,30 @@ def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
             now = time.monotonic()
             round_times[r] = now - last
             last = now
+            fresh = None  # a node restarted just now: its RPC may not answer yet
             if down is not None and r >= down_since + 2:
                 swarm.start(down)
                 events.append(f"r{r}: restarted node{down}")
-                down = None
+                down, fresh = None, down
             elif down is None and r >= next_kill and r < ROUNDS - 6:
                 down, down_since = rng.randrange(4), r
                 swarm.kill(down)
                 events.append(f"r{r}: kill -9 node{down}")
                 next_kill = r + rng.randint(5, 7)
-            via = next(i for i in range(4) if i != down)
-            if wallet_round is None and r >= 6 and down != 1:
+            via = next(i for i in range(4) if i not in (down, fresh))
+            if wallet_round is None and r >= 6 and 1 not in (down, fresh):
                 wallet_round, tx = _wallet_replaces_pending_commit(swarm, 1, newcomer)
                 events.append(f"r{r}: wallet tx {tx} from node1 in round {wallet_round}")
             if r == 10:
                 swarm.start(4)
                 out = run_cli("register", "--config", str(swarm.nodes[4].config), "--rpc",
                               str(swarm.nodes[via].rpc_url), "--json")
-                registered_round = _current(swarm)
+                registered_round = _current(swarm, via)
                 events.append(f"r{r}: registered node4 ({json.loads(out.stdout)['participant']['index']})")
             if r == 40 and registered_round is not None:
                 run_cli("leave", "--config", str(swarm.nodes[4].config), "--rpc", str(swarm.nodes[via].rpc_url),
                         "--json")
-                left_round = _current(swarm)
+                left_round = _current(swarm, via)
                 events.append(f"r{r}: node4 left")
         if down is not None:
             swarm.start(down)
@@ -153,9 +154,11 @@ def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
         joined = [q for q in range(registered_round, left_round)
                   if newcomer in {c["participant"].lower() for c in _round(swarm, 0, q)["commits"]}]
         assert joined, "the newcomer never committed an update"
-        participants = swarm.rpc(0, "swarm_participants")
+        listed = json.loads(run_cli("chain", "participants", "--json", "--rpc", str(swarm.nodes[0].rpc_url)).stdout)
+        participants = listed["participants"]
         mine = next(p for p in participants if p["address"].lower() == newcomer)
         assert not mine["active"] and int(mine["bond"]) == 0, mine
+        assert all(p["peerIdMatches"] for p in participants), "every daemon registered its own peer id"
         after = [_round(swarm, 0, q) for q in range(left_round + 1, ROUNDS)]
         assert all(int(a["expectedCount"]) <= 4 for a in after)
 

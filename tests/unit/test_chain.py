@@ -56,10 +56,19 @@ def build_and_commit(chain: ExecutionChain, txs, now: float = T0, cert: bytes = 
 def test_timestamp_rule() -> None:
     assert next_timestamp(100, 50.9) == 101  # faster than 1 block/s: parent + 1
     assert next_timestamp(100, 130.7) == 130  # otherwise wall clock, whole seconds
-    check_timestamp(101, 100, now=50)
-    check_timestamp(101 + MAX_FUTURE_DRIFT, 100, now=50)
+    check_timestamp(101, 100, now=50)  # the chain clock ahead of the wall: parent + 1 is always allowed
     with pytest.raises(InvalidBlock, match="future"):
-        check_timestamp(102 + MAX_FUTURE_DRIFT, 100, now=50)
+        check_timestamp(102, 100, now=50)
+    check_timestamp(130 + MAX_FUTURE_DRIFT, 100, now=130.9)
+    with pytest.raises(InvalidBlock, match="future"):
+        check_timestamp(131 + MAX_FUTURE_DRIFT, 100, now=130.9)
+    # a proposer stamping the most it may cannot walk the chain clock away from the wall clock
+    ts, now = 100, 100.0
+    for _ in range(50):
+        nxt = max(ts + 1, int(now) + MAX_FUTURE_DRIFT)
+        check_timestamp(nxt, ts, now)
+        ts, now = nxt, now + 1.0  # one block a second (old rule: +16 s a block)
+    assert ts <= int(now) + MAX_FUTURE_DRIFT + 1
     with pytest.raises(InvalidBlock, match="does not exceed"):
         check_timestamp(100, 100, now=None)
     check_timestamp(10**9, 100, now=None)  # sync of certified blocks: no wall-clock bound

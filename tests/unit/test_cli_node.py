@@ -43,3 +43,18 @@ def test_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "does not exist" in capsys.readouterr().err
     assert main(["chain", "head", "--rpc", "http://127.0.0.1:1"]) == 2
     assert "cannot reach the node" in capsys.readouterr().err
+
+
+def test_chain_participants_flags_a_peer_id_that_is_not_the_participants_own() -> None:
+    """register(peerId) stores whatever the sender claims: the CLI checks it against the address's key."""
+    from swarmnode.cli.chain_cmd import _peer_id_matches
+    from swarmnode.node.keys import address_of
+    from swarmnode.p2p.identity import peer_id_of
+
+    mine, other = b"\x01" * 32, b"\x02" * 32
+    address = "0x" + address_of(mine).hex()
+    assert _peer_id_matches(str(peer_id_of(mine)), address)
+    assert _peer_id_matches(str(peer_id_of(mine)), address.upper().replace("0X", "0x"))
+    assert not _peer_id_matches(str(peer_id_of(other)), address), "someone else's peer id"
+    assert not _peer_id_matches("", address) and not _peer_id_matches("not base58 !", address)
+    assert not _peer_id_matches("Qm" + "1" * 44, address), "a peer id without a secp256k1 key"

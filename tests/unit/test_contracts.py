@@ -851,6 +851,43 @@ def test_straggler_grace_quorum_is_at_least_min_participants():
     assert evm.call(ROUNDS, "graceApplied", 0) is False
 
 
+def test_straggler_grace_counts_only_expected_commits():
+    """Newcomers registered mid-round are not expected in it: their commits must not start the grace
+    that shortens the window for the expected participants still training."""
+    evm = make_chain(with_params(commit_window_s=GRACE_WINDOW, straggler_grace_pct=50), participants=4)
+    ok(commit(evm, K0, timestamp=GENESIS_TIME + 10))
+    ok(commit(evm, K1, timestamp=GENESIS_TIME + 20))
+    for i, key in enumerate(PARTICIPANT_KEYS[:2]):
+        ok(register(evm, key, f"new{i}", timestamp=GENESIS_TIME + 21 + 2 * i))
+        newcomer = ok(commit(evm, key, timestamp=GENESIS_TIME + 22 + 2 * i))
+        assert "DeadlineShortened" not in newcomer.event_names()
+    info = round_info(evm)
+    assert (info["commitCount"], info["expectedCommitted"], info["closeTime"]) == (4, 2, GENESIS_TIME + GRACE_WINDOW)
+    third = ok(commit(evm, K2, timestamp=GENESIS_TIME + 40))  # the third of four expected: grace 20 s
+    assert third.events_named("DeadlineShortened") == [{"round": 0, "closeTime": GENESIS_TIME + 60}]
+
+
+def test_rejoin_only_after_being_dropped():
+    """rejoin() resets the absence counter: allowed only once dropped, or a participant that never
+    commits could keep itself expected (and every window waiting for it) forever."""
+    evm = make_chain(with_params(absent_rounds=2))
+    ok(commit(evm, K0))
+    wait_deadline(evm, 0)
+    finalize(evm, 0, round_hash(0))
+    assert participant(evm, V[1])["missed"] == 1
+    reverts(evm.transact(K1, ROUNDS, "rejoin"), "rejoin: sender is still expected")  # 1 < 2: still expected
+    ok(commit(evm, K0, 1))
+    wait_deadline(evm, 1)
+    finalize(evm, 1, round_hash(1))
+    assert participant(evm, V[1])["missed"] == 2 and evm.call(ROUNDS, "isExpected", V[1]) is False
+    ok(evm.transact(K1, ROUNDS, "rejoin"))
+    zero = make_chain(with_params(absent_rounds=0))  # never dropped: nothing to rejoin
+    ok(commit(zero, K0))
+    wait_deadline(zero, 0)
+    finalize(zero, 0, round_hash(0))
+    reverts(zero.transact(K1, ROUNDS, "rejoin"), "rejoin: sender is still expected")
+
+
 def test_straggler_grace_lets_a_straggler_commit_inside_the_grace():
     evm = make_chain(with_params(commit_window_s=GRACE_WINDOW, straggler_grace_pct=100), participants=4)
     for key, at in ((K0, 10), (K1, 20), (K2, 30)):
@@ -901,7 +938,7 @@ def test_a_dropped_participant_rejoins_and_is_waited_for_again():
     """A dropped participant's commit can lose the race against an early close every round (the others
     commit first, and the window closes in that block); rejoin() makes it expected from the next round."""
     evm = make_chain(with_params(absent_rounds=1))
-    reverts(evm.transact(K1, ROUNDS, "rejoin"), "rejoin: sender has missed no round")
+    reverts(evm.transact(K1, ROUNDS, "rejoin"), "rejoin: sender is still expected")
     reverts(evm.transact(OUTSIDER_KEY, ROUNDS, "rejoin"), "rejoin: sender is not an active participant")
     ok(commit(evm, K0))
     wait_deadline(evm, 0)

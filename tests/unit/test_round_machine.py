@@ -112,6 +112,17 @@ def test_fetch_failures_are_retried_with_backoff_never_given_up() -> None:
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0], "doubling, capped at retry_cap"
 
 
+def test_a_base_model_lost_after_it_was_fetched_is_fetched_again() -> None:
+    """The store can lose the base after a successful fetch (a damaged file is quarantined): the next
+    observation that says it is missing starts a fetch again instead of waiting for ever."""
+    run = Run()
+    run.block(has_base=False)
+    assert run.done(("fetch", 0), ModelReady(G0)) == [Train(0, G0, 1)]
+    run.fail(("train", 0), "DamagedModel: base unreadable")
+    assert run.block(has_base=False) == [FetchModel(0, G0)]
+    assert run.block(has_base=False) == [], "one fetch at a time"
+
+
 # ---------------------------------------------------------------- step 2: train and commit
 
 
@@ -125,6 +136,15 @@ def test_train_then_commit_then_wait_for_inclusion() -> None:
     assert run.feed(TxIncluded(("commit", 0), True, "block 5", run.now)) == []
     assert run.block() == []
     assert run.block(committed=True) == []
+
+
+def test_an_inclusion_reported_before_the_submission_leaves_nothing_waiting() -> None:
+    run = Run()
+    run.block()
+    run.done(("train", 0), Trained(CALL0))
+    assert run.feed(TxIncluded(("commit", 0), True, "block 5", run.now)) == []
+    assert run.done(("commit", 0), TxSubmitted(b"\x77" * 32)) == []
+    assert ("commit", 0) not in run.state.sent and run.state.status(("commit", 0)) == "done"
 
 
 def test_a_lost_commit_is_sent_again_without_training_again() -> None:
