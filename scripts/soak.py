@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from swarmnode.node.localnet import SwarmTimeout  # noqa: E402
 from swarmnode.node.soak import SoakResult, run_soak  # noqa: E402
 
-MAX_MB_PER_100_ROUNDS = 40.0  # RSS trend per daemon after the first quarter that counts as "memory grows"
+MAX_MB_PER_100_ROUNDS = 40.0  # private memory (RssAnon) trend per daemon after the first quarter: "grows"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,9 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def progress(r: int, res: SoakResult) -> None:
         mem = " ".join(f"{s[-1][1]:.0f}" for s in res.rss_mb.values() if s)
+        anon = " ".join(f"{s[-1][1]:.0f}" for s in res.anon_mb.values() if s)
+        files = " ".join(f"{s[-1][1]:.0f}" for s in res.file_mb.values() if s)
         last = res.round_seconds[-10:]
         pace = f"{sum(last) / len(last):.2f} s/round" if last else "-"
-        print(f"  round {r:4d}  {time.monotonic() - t0:7.0f} s  {pace}  rss MB: {mem}", flush=True)
+        print(f"  round {r:4d}  {time.monotonic() - t0:7.0f} s  {pace}  rss MB: {mem}  "
+              f"(anon {anon}; file {files})", flush=True)
 
     try:
         res = run_soak(base, rounds=args.rounds, nodes=args.nodes, commit_window_s=args.commit_window_s,
@@ -53,12 +56,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summary = res.summary()
     growth, slope = res.memory_growth_mb(), res.memory_slope()
+    rss_slope, file_slope = res.memory_slope("rss"), res.memory_slope("file")
     print(f"\nrounds run {res.rounds_run}, finalized {res.rounds_finalized}, wall clock {res.wall_seconds:.0f} s")
     print(f"round time: median {res.median_round:.2f} s, longest {res.longest_round:.2f} s")
-    for i, samples in res.rss_mb.items():
-        print(f"node{i}: rss {samples[0][1]:.0f} MB at round {samples[0][0]}, {samples[-1][1]:.0f} MB at round "
-              f"{samples[-1][0]} (after round 10: {growth.get(i, 0):+.0f} MB; trend after the first quarter: "
-              f"{slope.get(i, 0):+.1f} MB per 100 rounds)")
+    for i, samples in res.anon_mb.items():
+        print(f"node{i}: private memory (RssAnon) {samples[0][1]:.0f} MB at round {samples[0][0]}, "
+              f"{samples[-1][1]:.0f} MB at round {samples[-1][0]} "
+              f"(after round 10: {growth.get(i, 0):+.0f} MB; "
+              f"trend after the first quarter: {slope.get(i, 0):+.1f} MB per 100 rounds); "
+              f"rss {res.rss_mb[i][-1][1]:.0f} MB ({rss_slope.get(i, 0):+.1f}/100 rounds), "
+              f"of which mapped files {res.file_mb[i][-1][1]:.0f} MB "
+              f"({file_slope.get(i, 0):+.1f}/100 rounds: LevelDB's tables, the chain's size on disk)")
     print(f"all nodes agree with the chain: {res.agree}; log problems: {res.bad_lines or 'none'}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

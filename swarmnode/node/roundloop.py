@@ -113,7 +113,7 @@ class RoundLoop:
                             await self._send.send(m.TxIncluded(outcome.key, outcome.success, outcome.detail, now))
                         else:
                             await self._send.send(m.TxLost(outcome.key, outcome.reason, now))
-                self.sender.forget_before(obs.round - 1)
+                await self.sender.forget_before(obs.round - 1)
             await self.sender.regossip()
             with trio.move_on_after(POLL_INTERVAL):  # woken by the driver's next commit; the timeout
                 await self._wait_height(last_height + 1)  # covers heights that arrive by chain sync

@@ -32,6 +32,25 @@ def status_mb(pid: int, field: str = "VmRSS") -> float | None:
     return None
 
 
+def memory_mb(pid: int) -> dict[str, float] | None:
+    """VmRSS, RssAnon and RssFile of a process in MB (one read of /proc/<pid>/status), None when it is gone.
+
+    RssAnon is the process's private memory: what a leak grows. RssFile is file pages mapped in, mostly the
+    shared libraries plus LevelDB's table files, which LevelDB mmaps (up to 1000 of them) and reads in
+    whole at every compaction: it tracks the chain database's size on disk (~10 MB per 100 rounds of a
+    4-node tiny swarm) and is clean page cache the kernel reclaims, not a leak."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile"):
+            out[key] = int(value.split()[0]) / 1024
+    return out if len(out) == 3 else None
+
+
 def bad_log_lines(text: str, limit: int = 20) -> list[str]:
     return [line for line in text.splitlines() if BAD_LOG_LINES.search(line)][:limit]
 
@@ -43,7 +62,9 @@ class SoakResult:
     rounds_finalized: int
     wall_seconds: float
     round_seconds: list[float]  # wall clock between consecutive finalizations, as node 0 saw them
-    rss_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # node -> [(round, MB)]
+    rss_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # node -> [(round, MB)]: VmRSS
+    anon_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # RssAnon: judged for leaks
+    file_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # RssFile (LevelDB's mmaps)
     agree: bool = True  # every node's chain has the same final hash for every round
     bad_lines: dict[int, list[str]] = field(default_factory=dict)
 
@@ -55,21 +76,23 @@ class SoakResult:
     def median_round(self) -> float:
         return statistics.median(self.round_seconds) if self.round_seconds else 0.0
 
-    def memory_growth_mb(self, warmup: int = 10) -> dict[int, float]:
-        """Per node: RSS at the end minus RSS at the first sample after `warmup` rounds."""
+    def memory_growth_mb(self, warmup: int = 10, series: str = "anon") -> dict[int, float]:
+        """Per node: private memory (RssAnon; series "rss" or "file" for the others) at the end minus at
+        the first sample after `warmup` rounds."""
         out = {}
-        for i, samples in self.rss_mb.items():
+        for i, samples in self._series(series).items():
             later = [mb for r, mb in samples if r >= warmup]
             if len(later) >= 2:
                 out[i] = later[-1] - later[0]
         return out
 
-    def memory_slope(self) -> dict[int, float]:
-        """Per node: MB per 100 rounds, least-squares over the samples after the first quarter of the run
-        (caches and the allocator's arenas fill during the first rounds; a leak keeps growing after)."""
+    def memory_slope(self, series: str = "anon") -> dict[int, float]:
+        """Per node: private memory (RssAnon) in MB per 100 rounds, least-squares over the samples after the
+        first quarter of the run (caches and the allocator's arenas fill during the first rounds; a leak
+        keeps growing after). VmRSS would also count LevelDB's mapped tables, which grow with the chain."""
         out = {}
         start = max(10, self.rounds_run // 4)
-        for i, samples in self.rss_mb.items():
+        for i, samples in self._series(series).items():
             pts = [(r, mb) for r, mb in samples if r >= start]
             if len(pts) < 3:
                 continue
@@ -79,10 +102,15 @@ class SoakResult:
             out[i] = 100 * sum((r - mean_r) * (mb - mean_mb) for r, mb in pts) / var
         return out
 
+    def _series(self, name: str) -> dict[int, list[tuple[int, float]]]:
+        return {"rss": self.rss_mb, "anon": self.anon_mb, "file": self.file_mb}[name]
+
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
         d.update(longest_round=self.longest_round, median_round=self.median_round,
                  memory_growth_mb=self.memory_growth_mb(), memory_mb_per_100_rounds=self.memory_slope(),
+                 rss_mb_per_100_rounds=self.memory_slope("rss"),
+                 file_mb_per_100_rounds=self.memory_slope("file"),
                  memory_start_end_mb={i: (s[0][1], s[-1][1]) for i, s in self.rss_mb.items() if s})
         return d
 
@@ -98,7 +126,8 @@ def run_soak(base: Path, *, rounds: int, nodes: int = 4, task: str = "tiny", com
         for i in range(nodes):
             swarm.init_node(i)
         swarm.start_all(list(range(nodes)))
-        result = SoakResult(nodes, rounds, 0, 0.0, [], {i: [] for i in range(nodes)})
+        result = SoakResult(nodes, rounds, 0, 0.0, [], {i: [] for i in range(nodes)},
+                            {i: [] for i in range(nodes)}, {i: [] for i in range(nodes)})
         last_final = time.monotonic()
         for r in range(rounds):
             def final(want: int = r) -> bool:
@@ -118,9 +147,11 @@ def run_soak(base: Path, *, rounds: int, nodes: int = 4, task: str = "tiny", com
             if r % sample_every == 0 or r == rounds - 1:
                 for i in range(nodes):
                     proc = swarm.nodes[i].proc
-                    mb = status_mb(proc.pid) if proc is not None else None
-                    if mb is not None:
-                        result.rss_mb[i].append((r, mb))
+                    mem = memory_mb(proc.pid) if proc is not None else None
+                    if mem is not None:
+                        result.rss_mb[i].append((r, mem["VmRSS"]))
+                        result.anon_mb[i].append((r, mem["RssAnon"]))
+                        result.file_mb[i].append((r, mem["RssFile"]))
                 if progress is not None:
                     progress(r, result)
         result.wall_seconds = time.monotonic() - t0
@@ -138,4 +169,4 @@ def run_soak(base: Path, *, rounds: int, nodes: int = 4, task: str = "tiny", com
     return result
 
 
-__all__ = ["SoakResult", "SwarmTimeout", "bad_log_lines", "run_soak", "status_mb"]
+__all__ = ["SoakResult", "SwarmTimeout", "bad_log_lines", "memory_mb", "run_soak", "status_mb"]

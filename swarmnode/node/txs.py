@@ -127,6 +127,13 @@ def commits_in(txs: Sequence[Any]) -> list[CommitCall]:
     return out
 
 
+def sign_cancel(secret: bytes, chain_id: int, nonce: int, to: bytes, min_fee_cap: int, base_fee: int) -> bytes:
+    """A 0-value transfer to `to` (the sender itself) at `nonce`: it takes the place of a pending call that
+    no longer makes sense, so that the nonce is used and the account's later transactions can go in."""
+    max_fee = max(min_fee_cap, 2 * base_fee + 1, 10**9 + 1)
+    return sign_tx(secret, chain_id, nonce, to=to, value=0, gas=21_000, max_fee=max_fee, tip=1)
+
+
 def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: int, value: int = 0) -> bytes:
     """A signed EIP-1559 call to SwarmRounds paying at most twice the current base fee (min 1 gwei)."""
     max_fee = max(2 * base_fee, 10**9) + 1

@@ -27,7 +27,7 @@ from consensus.chain import ExecutionChain
 from consensus.chain_reads import ReadError
 from consensus.executor import Priority
 from consensus.service import ChainService
-from consensus.txpool import TxPool
+from consensus.txpool import REPLACEMENT_BUMP_PERCENT, TxPool, TxRejected, fee_cap
 from swarmnode.node import txs
 from swarmnode.node.machine import Key
 
@@ -101,7 +101,8 @@ class TxSender:
         self._publish = publish
         self._notify = notify
         self._followed: dict[Key, Followed] = {}
-        self.counters = {"sent": 0, "included": 0, "reverted": 0, "lost": 0, "regossiped": 0}
+        self.counters = {"sent": 0, "included": 0, "reverted": 0, "lost": 0, "regossiped": 0,
+                         "cancelled": 0}
 
     def followed(self) -> list[Followed]:
         return list(self._followed.values())
@@ -160,10 +161,46 @@ class TxSender:
             await self._publish(f.raw)
         return len(stale)
 
-    def forget_before(self, round_: int) -> None:
-        """Stop following calls of rounds before `round_` (bounded memory if a copy lingers in the pool)."""
-        for key in [k for k in self._followed if k[1] < round_]:
-            del self._followed[key]
+    async def forget_before(self, round_: int) -> int:
+        """Stop following calls of rounds before `round_`, and cancel those still pending: each is replaced
+        at its nonce (fee bumped) by a 0-value transfer to ourselves. Otherwise a call that no longer makes
+        sense (a commit for a round long closed, sent while this node was cut off) would hold its nonce:
+        peers refuse commits for past rounds, so every later transaction of ours would wait behind that
+        gap at every other node. Returns how many were cancelled."""
+        stale = [f for k, f in self._followed.items() if k[1] < round_]
+        for f in stale:
+            del self._followed[f.key]
+        if not stale:
+            return 0
+        chain, pool = self.service.chain, self.service.pool
+        secret, chain_id, me = self._secret, self.chain_id, self.address
+
+        def cancel() -> list[tuple[Followed, bytes]]:
+            state, base_fee = chain.state_view(), chain.next_base_fee()
+            committed = state.get_nonce(me)
+            out = []
+            for f in sorted(stale, key=lambda f: f.nonce):
+                held = pool.get(f.tx_hash)
+                if f.nonce < committed or held is None:
+                    continue  # included, taken by another transaction, or gone from the pool
+                needed = fee_cap(held) * (100 + REPLACEMENT_BUMP_PERCENT) // 100 + 1
+                raw = txs.sign_cancel(secret, chain_id, f.nonce, me, needed, base_fee)
+                try:
+                    pool.add_raw(raw, state, base_fee)
+                except TxRejected:
+                    continue
+                out.append((f, raw))
+            return out
+
+        cancelled = await self.service.run(cancel, priority=Priority.NODE)
+        for f, raw in cancelled:
+            self.counters["cancelled"] += 1
+            log.info("event=tx_cancelled what=%s:%d nonce=%d (no longer wanted; a 0-value transfer to ourselves "
+                     "takes its nonce)", f.key[0], f.key[1], f.nonce)
+            await self._publish(raw)
+        if cancelled:
+            self._notify()
+        return len(cancelled)
 
     def statistics(self) -> dict[str, int]:
         return {**self.counters, "followed": len(self._followed)}

@@ -234,7 +234,9 @@ class DirectConsensusNetwork(Network):
             return
         except UnknownSigner:
             # signed by a key that holds no stake at our height: nothing to deliver or relay. Not blamed on
-            # the peer: after a validator-set change a relay may know validators we do not yet
+            # the peer: after a validator-set change a relay may know validators we do not yet, and a
+            # re-send once we know them too must count (forgotten, as a rejected frame is)
+            self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)
             self.counters["unknown_signer"] += 1
             return
         except WireError as exc:
@@ -246,6 +248,11 @@ class DirectConsensusNetwork(Network):
         self._deliver(data)
         if signer is not None:
             self._relay(source, signer, data)
+        else:
+            # a sync request or response: the same bytes are sent again on purpose when the first copy
+            # was lost or came too early (a node catching up asks for the same height every second), so
+            # they are never remembered as seen; the driver rate-limits what they cost
+            self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)
 
     def _deliver(self, data: bytes) -> None:
         try:

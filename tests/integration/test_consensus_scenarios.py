@@ -106,9 +106,14 @@ async def test_n4f1_silent_proposer_stops_costing_the_full_propose_timeout(autoj
         dead_turns = [h for h, t in driver.timeline.items() if t.get("round", 0) >= 1]
         waited = [driver.timeline[h]["commit"] - driver.timeline[h]["start"] for h in dead_turns]
         assert len(waited) >= 6, f"expected several of the dead validator's turns, got heights {dead_turns}"
-        assert min(waited[:2]) >= config.timeouts.propose, "its first turns wait the full propose timeout"
+        first = waited[:config.silent_after]
+        assert first and min(first) >= config.timeouts.propose, "its first turns wait the full propose timeout"
         assert max(waited[-3:]) < config.timeouts.propose, f"later turns must be short: {waited}"
         assert driver.counters["short_propose_timeouts"] >= 3
+        # nor the precommit timeout: no proposal was seen in its round, there is no value to wait for
+        assert driver.counters["short_precommit_timeouts"] >= 3
+        short = config.silent_propose_timeout + config.silent_precommit_timeout
+        assert max(waited[-3:]) < short + config.timeouts.precommit / 2, f"a dead turn costs ~{short} s: {waited}"
         net.set_silent(3, False)  # it comes back: a proposal of its resets the count
         with trio.fail_after(400):
             await cluster.wait_height(60)

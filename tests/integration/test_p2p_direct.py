@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import trio
 
-from consensus.messages import VoteMessage
+from consensus.messages import SyncRequest, VoteMessage
 from consensus.messages import encode as encode_consensus
 from consensus.votes import STEP_PREVOTE, address_of, sign_vote
 from swarmnode.p2p import wire
@@ -159,6 +159,31 @@ async def test_far_ahead_frames_reach_the_driver_only_from_validators_and_count_
             assert await victim.consensus.inbound.receive() == vote_of(1, height=2)
             while victim.consensus.counters["duplicates"] < 1:
                 await trio.sleep(0.05)
+        assert victim.consensus.inbound.statistics().current_buffer_used == 0
+
+
+async def test_the_same_sync_request_sent_again_is_delivered_again() -> None:
+    """A node catching up asks for the same height every second until it gets it: identical sync frames
+    are never dropped as duplicates (they were, and a healed node whose first answer was lost waited
+    for ever), while an identical vote still is."""
+    async with full_mesh(2, policies=policies_for(0, 1)) as (victim, sender):
+        with trio.fail_after(JOIN_TIMEOUT):
+            await victim.host.wait_peers(1)
+            await sender.host.wait_peers(1)
+        stream = await sender.host.libp2p.new_stream(victim.peer_id, [CONSENSUS_PROTOCOL])
+        request = encode_consensus(SyncRequest(68))
+        for _ in range(3):
+            await wire.write_frame(stream, request)
+        with trio.fail_after(10):
+            for _ in range(3):
+                assert await victim.consensus.inbound.receive() == request
+        await wire.write_frame(stream, vote_of(1))
+        await wire.write_frame(stream, vote_of(1))
+        with trio.fail_after(10):
+            assert await victim.consensus.inbound.receive() == vote_of(1)
+            while victim.consensus.counters["duplicates"] < 1:
+                await trio.sleep(0.05)
+        assert victim.consensus.counters["duplicates"] == 1
         assert victim.consensus.inbound.statistics().current_buffer_used == 0
 
 

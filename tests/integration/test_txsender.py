@@ -114,3 +114,27 @@ async def test_calls_not_yet_included_are_gossiped_again(tmp_path: Path, autojum
         await h.sender.check()
         await trio.sleep(ts.REGOSSIP_SECONDS)
         assert await h.sender.regossip() == 0, "an included call is not gossiped again"
+
+
+async def test_a_pending_call_of_a_past_round_is_cancelled_so_later_ones_are_not_stuck_behind_it(
+        tmp_path: Path) -> None:
+    """A call sent while the node was cut off is still pending when its round is long past: peers refuse
+    commits for past rounds, so it would hold its nonce for ever and every later transaction of ours would
+    wait behind the gap. Forgetting it replaces it with a 0-value transfer to ourselves at that nonce."""
+    h = Harness(tmp_path)
+    me = address_of(dev_key(ME))
+    async with h.executor.running(final=h.chain.close):
+        old = await h.sender.send(("commit", 3), attest(3))
+        done = await h.sender.send(("attest", 3), attest(3))
+        assert await h.sender.forget_before(3) == 0, "nothing of an earlier round"
+        assert await h.sender.forget_before(4) == 2 and h.sender.statistics()["followed"] == 0
+        assert old not in h.pool and done not in h.pool, "both replaced in the pool"
+        cancels = [h.chain.decode_transaction(raw) for raw in h.published[-2:]]
+        assert [(int(t.nonce), bytes(t.to), int(t.value)) for t in cancels] == [(0, me, 0), (1, me, 0)]
+        new = await h.sender.send(("commit", 5), attest(5))
+        assert h.sender.followed()[0].nonce == 2, "the next call goes after the cancelled nonces"
+        await h.block()
+        assert h.chain.state_view().get_nonce(me) == 3
+        (included,) = await h.sender.check()
+        assert isinstance(included, Included) and included.tx_hash == new
+        assert await h.sender.forget_before(10) == 0, "an included call needs no cancelling"
