@@ -69,14 +69,29 @@ def _wallet_replaces_pending_commit(swarm: LocalSwarm, who: int, to: str) -> tup
         latest = w3.eth.get_transaction_count(me, "latest")
         return latest + 1 if w3.eth.get_transaction_count(me, "pending") > latest else None
 
-    nonce = wait_for(pending_nonce, ROUND_TIMEOUT, f"node{who} to have a transaction pending", interval=0.02) - 1
-    r = _current(swarm, who)
-    tx = {"chainId": w3.eth.chain_id, "nonce": nonce, "to": Web3.to_checksum_address(to), "value": 10 * 10**18,
-          "gas": 21_000, "maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 2 * 10**9}
-    signed = Account.sign_transaction(tx, secret)
-    sent = w3.eth.send_raw_transaction(signed.raw_transaction)
-    w3.eth.wait_for_transaction_receipt(sent, timeout=60)
-    return r, sent.hex()
+    for _attempt in range(8):
+        nonce = wait_for(pending_nonce, ROUND_TIMEOUT, f"node{who} to have a transaction pending", interval=0.02) - 1
+        r = _current(swarm, who)
+        tx = {"chainId": w3.eth.chain_id, "nonce": nonce, "to": Web3.to_checksum_address(to), "value": 10 * 10**18,
+              "gas": 21_000, "maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 2 * 10**9}
+        signed = Account.sign_transaction(tx, secret)
+        try:
+            sent = w3.eth.send_raw_transaction(signed.raw_transaction)
+        except Exception:  # noqa: BLE001 - the node's transaction was included meanwhile: nonce too low
+            continue
+
+        def settled(sent=sent, nonce=nonce) -> str | None:  # noqa: ANN001
+            if w3.eth.get_transaction_count(me, "latest") <= nonce:
+                return None  # the nonce is still free: pending
+            try:
+                return "included" if w3.eth.get_transaction_receipt(sent) else "lost"
+            except Exception:  # noqa: BLE001 - not found: the node's own transaction used the nonce
+                return "lost"
+
+        if wait_for(settled, ROUND_TIMEOUT, "the wallet's nonce to be used") == "included":
+            return r, sent.hex()
+        # the node's commit reached a proposer before the wallet's replacement did: try again next time
+    raise AssertionError("the wallet's transaction lost the race to the node's own eight times")
 
 
 def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
