@@ -270,6 +270,14 @@ async def test_wait_height_returns_once_a_block_is_committed(node) -> None:
     assert reached == [1]
 
 
+async def pending_from(w3: Web3, account: str) -> None:
+    """Until the node's pool holds a transaction from `account` (the CLI sends in a thread of its own)."""
+    with trio.fail_after(30):
+        while (await in_thread(w3.eth.get_transaction_count, account, "pending")
+               == await in_thread(w3.eth.get_transaction_count, account, "latest")):
+            await trio.sleep(0.05)
+
+
 async def test_cli_sender_sends_again_when_another_transaction_takes_its_nonce(node) -> None:
     """`swarmnode register/leave` follow their transaction: a wallet transaction from the same account
     that replaces it in the pool (same nonce, higher fee) and is included first makes the CLI build and
@@ -293,14 +301,14 @@ async def test_cli_sender_sends_again_when_another_transaction_takes_its_nonce(n
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(in_thread, follow)
-        while not built:
-            await trio.sleep(0.05)
+        await pending_from(w3, ADDRS[2])
         # the wallet replaces the CLI's transaction (same nonce, fee bumped) and is included first
         wallet = sign_tx(KEYS[2], 7331, 0, to=b"\x22" * 20, value=1, max_fee=4 * 10**9, tip=2 * 10**9)
         wallet_hash = await in_thread(w3.eth.send_raw_transaction, wallet)
         await produce_block(service)
         while len(built) < 2:
             await trio.sleep(0.05)
+        await pending_from(w3, ADDRS[2])  # built is not yet sent: the block must wait for it
         await produce_block(service)
     tx_hash, receipt = result["out"]
     assert built == [0, 1]
@@ -337,7 +345,7 @@ async def test_cli_sender_asks_again_when_the_node_says_its_nonce_is_too_low(nod
         nursery.start_soon(in_thread, follow)
         while len(asked) < 2:
             await trio.sleep(0.05)
-        await trio.sleep(0.3)
+        await pending_from(w3, ADDRS[1])
         await produce_block(service)
     _, receipt = result["out"]
     assert asked == [1, 1] and receipt["status"] == "0x1"
