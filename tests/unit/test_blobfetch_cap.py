@@ -8,6 +8,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import trio
+import trio.testing
 
 from swarmnode.node.blobfetch import MAX_PREFETCHES, MAX_QUEUED_PREFETCHES, BlobFetcher
 from swarmnode.p2p.blobstore import DirectoryBlobStore
@@ -43,6 +44,9 @@ async def test_gossip_prefetches_stop_queueing_at_the_cap_and_needed_ones_still_
         with trio.move_on_after(0.2):  # a proposal's blobs are fetched whatever the queue holds
             await fetcher.wait_held([cid(2 * 10**6)])
         assert fetcher.awaiting == MAX_QUEUED_PREFETCHES + 1
-        await trio.sleep(0.1)
+        with trio.fail_after(10):
+            while blobs.started < MAX_PREFETCHES:  # the first reads of the store run in threads
+                await trio.sleep(0.01)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
         assert blobs.started == MAX_PREFETCHES, "only MAX_PREFETCHES run at once"
         nursery.cancel_scope.cancel()

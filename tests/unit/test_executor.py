@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from consensus.executor import ChainExecutor, ExecutorClosed, Priority
 
@@ -27,7 +28,7 @@ async def test_queued_jobs_run_by_priority_then_in_submission_order() -> None:
         for name, prio in [("rpc-1", Priority.RPC), ("node-1", Priority.NODE), ("consensus-1", Priority.CONSENSUS),
                            ("rpc-2", Priority.RPC), ("sync-1", Priority.SYNC), ("consensus-2", Priority.CONSENSUS)]:
             nursery.start_soon(lambda n=name, p=prio: ex.run(order.append, n, priority=p))
-            await trio.sleep(0.01)  # submitted in this order
+            await trio.testing.wait_all_tasks_blocked()  # queued before the next is submitted
         gate.set()
     assert order == ["consensus-1", "consensus-2", "sync-1", "node-1", "rpc-1", "rpc-2"]
 
