@@ -163,7 +163,7 @@ class ConsensusDriver:
             self._nursery = nursery
             self._committed_height = await self._app(self.app.latest_height)
             vset = await self._app(self.app.validator_set, self._committed_height + 1)
-            await self._feed(eng.StartHeight(self._committed_height + 1, vset))
+            await self._feed(self._start_input(self._committed_height + 1, vset))
             nursery.start_soon(self._receive_loop)
             nursery.start_soon(self._rebroadcast_loop)
             task_status.started()
@@ -484,7 +484,7 @@ class ConsensusDriver:
         self._progress.set()
         self._progress = trio.Event()
         vset = await self._app(self.app.validator_set, out.height + 1)
-        start = eng.StartHeight(out.height + 1, vset)
+        start = self._start_input(out.height + 1, vset)
         if out.height + 1 in self._synced or self._future:
             # peers are already at the next height (a certified block of it, or their votes for it are
             # buffered): we are the one behind, and waiting out the block interval would keep us exactly
@@ -523,6 +523,15 @@ class ConsensusDriver:
             if len(book) > 1024:
                 for h in sorted(book)[:512]:
                     del book[h]
+
+    def _start_input(self, height: int, vset: Any) -> eng.StartHeight:
+        """StartHeight, carrying the lock this validator signed at `height` before a restart, if any."""
+        lock = self.record.lock_at(height)
+        if lock is not None:
+            self.counters["resumed_locks"] += 1
+            log.info("%s event=resume_locked height=%d round=%d value=0x%s", self._who, height, lock[1],
+                     lock[0].hex()[:16])
+        return eng.StartHeight(height, vset, lock)
 
     async def _start_height(self, start: eng.StartHeight) -> None:
         self._mark(start.height, "start")

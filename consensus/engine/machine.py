@@ -67,6 +67,8 @@ def _on_start_height(state: EngineState, inp: StartHeight) -> Result:
         locked_value=None, locked_round=-1, valid_value=None, valid_round=-1,
         proposals={}, verdicts={}, votes={}, fired=frozenset(), decision=None,
     )
+    if inp.lock is not None:  # resumed after a restart: the lock survives (safety across crashes)
+        fresh = replace(fresh, locked_value=inp.lock[0], locked_round=inp.lock[1])
     return start_round(fresh, 0)  # L10 / L54
 
 

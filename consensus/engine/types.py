@@ -52,6 +52,8 @@ class StartHeight:
 
     height: int
     validators: ValidatorSet
+    # (lockedValue, lockedRound) this node held at `height` before a restart (from its signing record)
+    lock: tuple[bytes, int] | None = None
 
 
 @dataclass(frozen=True)

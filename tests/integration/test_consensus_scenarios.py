@@ -190,7 +190,8 @@ async def test_crash_and_restart_catches_up_without_double_signing(autojump_cloc
 
 
 async def test_restart_refuses_to_sign_against_its_record(autojump_clock, tmp_path):
-    """A node whose record says it already prevoted something else at (1, 0) stays silent there."""
+    """A node whose record says it already precommitted something else at (1, 0) stays silent there, and
+    resumes height 1 locked on that value (which no one else has): the others still commit without it."""
     cluster = Cluster(4, CONFIG, record_dir=tmp_path)
     SigningRecord.open(cluster.record_path(1)).record(sign_vote(cluster.keys[1], CHAIN, 1, 0, 2, b"\x5a" * 32))
     async with cluster.run():
@@ -198,6 +199,7 @@ async def test_restart_refuses_to_sign_against_its_record(autojump_clock, tmp_pa
             await cluster.wait_height(4)
     assert_safe(cluster)
     assert cluster.driver(1).counters["sign_refused"] >= 1
+    assert cluster.driver(1).counters["resumed_locks"] == 1
     assert all(not cluster.driver(i).evidence.pending() for i in range(4))
     assert SigningRecord.open(cluster.record_path(1)).last.height >= 4
 

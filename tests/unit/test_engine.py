@@ -319,3 +319,21 @@ def test_observer_follows_without_voting():
     state, outs = feed(state, proposal(state, 0, V), eng.BlockVerdict(1, V, True), *votes_from(ADDRS[:3], 1, 0, 2, V))
     assert not of_type(outs, eng.BroadcastVote)
     assert len(of_type(outs, eng.CommitBlock)) == 1
+
+
+def test_restarted_validator_resumes_its_lock_and_prevotes_nil_for_another_value():
+    me = a_non_proposer(0)
+    state = eng.apply(eng.initial_state(CHAIN, me), eng.StartHeight(1, VSET, (V, 0)))[0]
+    assert (state.locked_value, state.locked_round) == (V, 0)
+    state, outs = feed(state, proposal(state, 0, W), eng.BlockVerdict(1, W, True))
+    assert eng.BroadcastVote(1, 0, eng.Step.PREVOTE, NIL_HASH) in outs  # without the lock: W
+    fresh, _ = started(me)
+    _, outs = feed(fresh, proposal(fresh, 0, W), eng.BlockVerdict(1, W, True))
+    assert eng.BroadcastVote(1, 0, eng.Step.PREVOTE, W) in outs
+
+
+def test_resumed_lock_does_not_leak_into_the_next_height():
+    me = a_non_proposer(0)
+    state = eng.apply(eng.initial_state(CHAIN, me), eng.StartHeight(1, VSET, (V, 0)))[0]
+    state = eng.apply(state, eng.StartHeight(2, VSET))[0]
+    assert (state.locked_value, state.locked_round) == (None, -1)

@@ -71,3 +71,49 @@ def test_corrupt_record_refuses_to_start(tmp_path):
     path.write_bytes(b"\x93garbage")
     with pytest.raises(CorruptSigningRecord):
         SigningRecord.open(path)
+
+
+def test_lock_follows_the_latest_precommit_for_a_value_and_survives_reopen(tmp_path):
+    path = tmp_path / "sign.rec"
+    rec = SigningRecord.open(path)
+    rec.record(vote(5, 0, 1, A))
+    assert rec.lock_at(5) is None  # a prevote does not lock
+    rec.record(vote(5, 0, 2, A))
+    assert rec.lock_at(5) == (A, 0)  # L36: precommitting A locks it
+    rec.record(vote(5, 1, 1, NIL_HASH))
+    rec.record(vote(5, 1, 2, NIL_HASH))
+    assert rec.lock_at(5) == (A, 0)  # nil votes keep the lock
+    reopened = SigningRecord.open(path)
+    assert reopened.lock_at(5) == (A, 0)
+    assert reopened.lock_at(6) is None  # a lock belongs to its height only
+    reopened.record(vote(5, 2, 2, B))
+    assert SigningRecord.open(path).lock_at(5) == (B, 2)  # relocked on a newer polka
+
+
+def test_version_1_record_is_still_read_without_a_lock(tmp_path):
+    from consensus.wire import pack
+
+    v = vote(9, 3, 2, A)
+    path = tmp_path / "sign.rec"
+    path.write_bytes(pack([1, 9, 3, 2, A, v.signature]))
+    rec = SigningRecord.open(path)
+    assert rec.last is not None and rec.last.key == (9, 3, 2)
+    assert rec.lock_at(9) is None
+    with pytest.raises(DoubleSignRefused):
+        rec.record(vote(9, 3, 2, B))
+
+
+@pytest.mark.parametrize("fields", [
+    [2, 9, 3, 2, A, b"s" * 65],  # version 2 without the lock fields
+    [2, 9, 3, 2, A, b"s" * 65, 9, 1, b"short"],  # lock hash not 32 bytes
+    [2, 9, 3, 2, A, b"s" * 65, 9, -2, b""],  # lock round below -1
+    [3, 9, 3, 2, A, b"s" * 65, 0, -1, b""],  # unknown version
+    [],
+])
+def test_malformed_lock_fields_are_a_corrupt_record(tmp_path, fields):
+    from consensus.wire import pack
+
+    path = tmp_path / "sign.rec"
+    path.write_bytes(pack(fields))
+    with pytest.raises(CorruptSigningRecord):
+        SigningRecord.open(path)
