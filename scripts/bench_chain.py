@@ -76,8 +76,11 @@ def register_calls(first: int, chain_id: int) -> list[bytes]:
     from eth_abi import encode
 
     selector = keccak(b"register(string)")[:4]
-    return [sign_tx(dev_key(first + i), chain_id, 0, to=ROUNDS_ADDRESS, gas=300_000,
-                    data=selector + encode(["string"], [f"bench-peer-{first + i}"])) for i in range(CONTRACT_CALLS)]
+    from swarmnode.p2p.identity import peer_id_of
+
+    return [sign_tx(dev_key(first + i), chain_id, 0, to=ROUNDS_ADDRESS, gas=500_000,
+                    data=selector + encode(["string"], [peer_id_of(dev_key(first + i)).to_base58()]))
+            for i in range(CONTRACT_CALLS)]
 
 
 def time_block(builder: ExecutionChain, importer: ExecutionChain, raws: list[bytes],

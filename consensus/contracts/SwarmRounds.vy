@@ -73,6 +73,12 @@ MAX_REWARD: constant(uint256) = 2**128
 ADMISSION_STAKE: constant(uint256) = 0
 ADMISSION_ALLOWLIST: constant(uint256) = 1
 ADMIT_TAG: constant(bytes32) = keccak256("swarmnode-admit")
+# A secp256k1 libp2p peer id: base58btc of the identity multihash (0x00 0x25) of the protobuf PublicKey
+# (0x08 0x02 = KeyType Secp256k1, 0x12 0x21 = 33 data bytes) of the compressed key (0x02|0x03 || x)
+PEER_ID_LEN: constant(uint256) = 53
+PEER_ID_PREFIX: constant(uint256) = 159048143393  # 0x2508021221, the 5 bytes after the leading 0x00 ('1' in base58)
+SECP256K1_P: constant(uint256) = 115792089237316195423570985008687907853269984665640564039457584007908834671663  # 2**256 - 2**32 - 977
+MODEXP: constant(address) = 0x0000000000000000000000000000000000000005
 
 interface IStaking:
     def stakeOf(account: address) -> uint256: view
@@ -331,6 +337,61 @@ def _register(participant: address, peerId: String[MAX_PEER_ID], bond: uint256):
 
 
 @internal
+@pure
+def _base58Digit(c: uint256) -> uint256:
+    """The value of one base58btc character (alphabet without 0, O, I and l)."""
+    if c >= 49 and c <= 57:
+        return c - 49
+    if c >= 65 and c <= 72:
+        return c - 56
+    if c >= 74 and c <= 78:
+        return c - 57
+    if c >= 80 and c <= 90:
+        return c - 58
+    if c >= 97 and c <= 107:
+        return c - 64
+    if c >= 109 and c <= 122:
+        return c - 65
+    raise "register: peer id is not base58"
+
+
+@internal
+@view
+def _peerIdAddress(peerId: String[MAX_PEER_ID]) -> address:
+    """The account whose secp256k1 key `peerId` embeds; reverts unless it is a well-formed such peer id.
+
+    Decodes the base58 digits into two limbs (the value has 304 bits), checks the multihash and
+    protobuf prefix, recovers y from x on the curve (y = (x^3 + 7)^((p + 1) / 4) mod p through the
+    MODEXP precompile) and hashes x || y the way every Ethereum address is derived."""
+    raw: Bytes[MAX_PEER_ID] = convert(peerId, Bytes[MAX_PEER_ID])
+    assert len(raw) == PEER_ID_LEN, "register: peer id is not a secp256k1 peer id (length)"
+    assert convert(convert(slice(raw, 0, 1), bytes1), uint256) == 49, "register: peer id is not a secp256k1 peer id"
+    hi: uint256 = 0
+    lo: uint256 = 0
+    for i: uint256 in range(1, PEER_ID_LEN):
+        lo = lo * 58 + self._base58Digit(convert(convert(slice(raw, i, 1), bytes1), uint256))
+        hi = hi * 58 + (lo >> 128)
+        lo = lo & (2**128 - 1)
+    assert hi >> 136 == PEER_ID_PREFIX, "register: peer id is not a secp256k1 peer id"
+    parity: uint256 = (hi >> 128) & 255
+    assert parity == 2 or parity == 3, "register: peer id key is not compressed secp256k1"
+    x: uint256 = ((hi & (2**128 - 1)) << 128) | lo
+    assert x < SECP256K1_P, "register: peer id key is not on secp256k1"
+    rhs: uint256 = uint256_addmod(uint256_mulmod(uint256_mulmod(x, x, SECP256K1_P), x, SECP256K1_P), 7, SECP256K1_P)
+    out: Bytes[32] = raw_call(
+        MODEXP,
+        concat(convert(32, bytes32), convert(32, bytes32), convert(32, bytes32), convert(rhs, bytes32),
+               convert((SECP256K1_P + 1) // 4, bytes32), convert(SECP256K1_P, bytes32)),
+        max_outsize=32, is_static_call=True,
+    )
+    y: uint256 = convert(convert(out, bytes32), uint256)
+    assert uint256_mulmod(y, y, SECP256K1_P) == rhs, "register: peer id key is not on secp256k1"
+    if y % 2 != parity - 2:
+        y = SECP256K1_P - y
+    return convert(convert(keccak256(concat(convert(x, bytes32), convert(y, bytes32))), uint256) & (2**160 - 1), address)
+
+
+@internal
 @view
 def _checkApprovals(participant: address, approvals: DynArray[Bytes[65], MAX_APPROVALS]):
     """Reverts unless the approvals admit `participant`: valid, sorted, validators, > 2/3 of stake."""
@@ -518,6 +579,8 @@ def register(peerId: String[MAX_PEER_ID], approvals: DynArray[Bytes[65], MAX_APP
     else:
         assert msg.value == 0, "register: allow-list admission takes no value"
         self._checkApprovals(msg.sender, approvals)
+    # the peer id must be the sender's own key: no one can register (or squat) another node's identity
+    assert self._peerIdAddress(peerId) == msg.sender, "register: peer id is not the sender's key"
     self._register(msg.sender, peerId, msg.value)
 
 

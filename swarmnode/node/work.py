@@ -206,6 +206,9 @@ class RoundWork:
                                                            update_id=c.update_hash))
                 except AggregationError as exc:
                     excluded.append(f"0x{c.update_hash.hex()[:12]}:{exc}")
+                except Exception as exc:  # a decoder bug: this input is excluded, not the round (or the node)
+                    log.exception("event=update_check_crashed update=0x%s", c.update_hash.hex())
+                    excluded.append(f"0x{c.update_hash.hex()[:12]}:unchecked {type(exc).__name__}")
             new, _result = aggregate(RuleSpec(task.rule, dict(task.rule_params)), base, contribs)
             encoded = encode_model(new)  # encoded and hashed once: the model and blob stores share them
             return new, excluded, encoded, content_id(encoded)

@@ -17,8 +17,10 @@ from consensus.devtools import address_of, dev_genesis, dev_key, sign_tx
 from consensus.genesis_block import ROUNDS_ADDRESS, STAKING_ADDRESS
 from consensus.rpc import RpcServer
 from consensus.service import ChainService
+from swarmnode.p2p.identity import peer_id_of
 
 KEYS = [dev_key(i) for i in range(3)]
+PEER_TWO = peer_id_of(KEYS[2]).to_base58()  # register accepts only the sender's own peer id
 ADDRS = [Web3.to_checksum_address(address_of(k)) for k in KEYS]
 COINBASE = address_of(KEYS[0])
 TO = b"\x11" * 20
@@ -106,7 +108,7 @@ async def test_contracts_through_their_abi_with_logs_and_reverts(node) -> None:
         await in_thread(rounds.functions.commitUpdate(0, b"\x01" * 32, 10, 1, 1).call, {"from": ADDRS[2]})
 
     def register_tx() -> bytes:
-        tx = rounds.functions.register("peer-two").build_transaction({"from": ADDRS[2], "nonce": 0})
+        tx = rounds.functions.register(PEER_TWO).build_transaction({"from": ADDRS[2], "nonce": 0})
         return bytes(Account.sign_transaction(tx, KEYS[2]).raw_transaction)
 
     tx_hash = await in_thread(w3.eth.send_raw_transaction, await in_thread(register_tx))
@@ -114,7 +116,7 @@ async def test_contracts_through_their_abi_with_logs_and_reverts(node) -> None:
     receipt = await in_thread(w3.eth.get_transaction_receipt, tx_hash)
     assert receipt["status"] == 1
     (event,) = rounds.events.Registered().process_receipt(receipt)
-    assert event["args"]["participant"] == ADDRS[2] and event["args"]["peerId"] == "peer-two"
+    assert event["args"]["participant"] == ADDRS[2] and event["args"]["peerId"] == PEER_TWO
     logs = await in_thread(w3.eth.get_logs, {"fromBlock": 0, "toBlock": "latest", "address": rounds.address})
     assert [log["transactionHash"] for log in logs] == [tx_hash]
     topic = logs[0]["topics"][0]

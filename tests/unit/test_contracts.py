@@ -12,6 +12,8 @@ from eth_abi import encode as abi_encode
 from eth_keys import keys
 from eth_utils import keccak
 
+from swarmnode.p2p.identity import peer_id_of
+
 from consensus.contracts import (
     CONTRACT_NAMES,
     STAKING_ADDRESS,
@@ -59,7 +61,14 @@ GAS_KEYS = [keys.PrivateKey(keccak(f"gas participant {i}".encode())) for i in ra
 V = [k.public_key.to_canonical_address() for k in VALIDATOR_KEYS]
 P = [k.public_key.to_canonical_address() for k in PARTICIPANT_KEYS]
 OUTSIDER = OUTSIDER_KEY.public_key.to_canonical_address()
-PEER_IDS = [f"16Uiu2HAm{f'V{i}' * 22}" for i in range(4)]  # 53 chars, like secp256k1 peer ids
+
+
+def peer_id(key: keys.PrivateKey) -> str:
+    """The libp2p peer id of `key`, the only one `register` accepts from its account."""
+    return peer_id_of(key.to_bytes()).to_base58()
+
+
+PEER_IDS = [peer_id(k) for k in VALIDATOR_KEYS]
 K0, K1, K2, K3 = VALIDATOR_KEYS
 
 PARAMS = ContractParams(
@@ -170,8 +179,9 @@ def attest(evm, key, round_=0, model_hash=HASH_A, timestamp=None):
     return evm.transact(key, ROUNDS, "attestAggregate", round_, model_hash, timestamp=timestamp)
 
 
-def register(evm, key, peer_id, value=BOND, approvals=None, timestamp=None):
-    args = (peer_id,) if approvals is None else (peer_id, approvals)
+def register(evm, key, peer=None, value=BOND, approvals=None, timestamp=None):
+    peer = peer_id(key) if peer is None else peer
+    args = (peer,) if approvals is None else (peer, approvals)
     return evm.transact(key, ROUNDS, "register", *args, value=value, timestamp=timestamp)
 
 
@@ -696,7 +706,7 @@ def test_commit_window_is_a_timestamp_deadline(attest_first):
 
 
 def test_window_closes_early_when_every_expected_participant_committed(evm):
-    ok(register(evm, PARTICIPANT_KEYS[0], "late-peer"))  # registered mid-round: not expected, not waited for
+    ok(register(evm, PARTICIPANT_KEYS[0]))  # registered mid-round: not expected, not waited for
     assert round_info(evm)["expectedCount"] == 2
     ok(commit(evm, PARTICIPANT_KEYS[0]))
     assert (round_info(evm)["commitCount"], round_info(evm)["expectedCommitted"]) == (1, 0)
@@ -709,7 +719,7 @@ def test_window_closes_early_when_every_expected_participant_committed(evm):
     assert (info["closeBlock"], info["closedEarly"], info["expectedCommitted"]) == (last.block_number, True, 2)
     assert info["closeTime"] == GENESIS_TIME + WINDOW  # unchanged; the early close does not need it
     assert evm.call(ROUNDS, "windowOpen") is False
-    ok(register(evm, PARTICIPANT_KEYS[1], "later-peer"))
+    ok(register(evm, PARTICIPANT_KEYS[1]))
     reverts(commit(evm, PARTICIPANT_KEYS[1]), "commitUpdate: commit window closed")
     assert evm.head_timestamp < info["closeTime"]
     ok(attest(evm, K2))  # before closeTime: the window is closed
@@ -765,7 +775,7 @@ def test_extend_before_the_deadline_needs_min_commits_for_an_early_close():
     ok(commit(evm, K0))
     ok(commit(evm, K1))  # every expected participant committed, but 2 < min
     assert round_info(evm)["closedEarly"] is False and evm.call(ROUNDS, "windowOpen") is True
-    ok(register(evm, PARTICIPANT_KEYS[0], "third"))
+    ok(register(evm, PARTICIPANT_KEYS[0]))
     closing = ok(commit(evm, PARTICIPANT_KEYS[0]))
     assert closing.events_named("WindowClosedEarly") == [{"round": 0, "closeBlock": closing.block_number, "commitCount": 3}]
 
@@ -835,7 +845,7 @@ def test_straggler_grace_shortens_the_deadline_once_two_thirds_committed(pct, mi
     assert third.events_named("DeadlineShortened") == ([{"round": 0, "closeTime": t0 + close_at}] if shortened else [])
     assert evm.call(ROUNDS, "graceApplied", 0) is (pct > 0)
     # only once: a later commit (a participant registered mid-round) leaves the deadline alone
-    ok(register(evm, PARTICIPANT_KEYS[0], "late", timestamp=t0 + third_at + 1))
+    ok(register(evm, PARTICIPANT_KEYS[0], timestamp=t0 + third_at + 1))
     later = ok(commit(evm, PARTICIPANT_KEYS[0], timestamp=t0 + third_at + 2))
     assert "DeadlineShortened" not in later.event_names()
     assert round_info(evm)["closeTime"] == t0 + close_at
@@ -858,7 +868,7 @@ def test_straggler_grace_counts_only_expected_commits():
     ok(commit(evm, K0, timestamp=GENESIS_TIME + 10))
     ok(commit(evm, K1, timestamp=GENESIS_TIME + 20))
     for i, key in enumerate(PARTICIPANT_KEYS[:2]):
-        ok(register(evm, key, f"new{i}", timestamp=GENESIS_TIME + 21 + 2 * i))
+        ok(register(evm, key, timestamp=GENESIS_TIME + 21 + 2 * i))
         newcomer = ok(commit(evm, key, timestamp=GENESIS_TIME + 22 + 2 * i))
         assert "DeadlineShortened" not in newcomer.event_names()
     info = round_info(evm)
@@ -968,7 +978,7 @@ def test_absent_rounds_zero_never_drops():
 # ================================================================ SwarmRounds: membership
 
 def test_register_with_the_exact_bond_and_leave_refunds_it(evm):
-    peer = "12D3KooW" + "p" * 44
+    peer = peer_id(PARTICIPANT_KEYS[0])
     for value in (0, BOND - 1, BOND + 1):
         reverts(register(evm, PARTICIPANT_KEYS[0], peer, value=value), "register: value is not the participant bond")
     reverts(register(evm, PARTICIPANT_KEYS[0], peer, approvals=[b"\x00" * 65]),
@@ -982,9 +992,9 @@ def test_register_with_the_exact_bond_and_leave_refunds_it(evm):
     assert (evm.call(ROUNDS, "participantCount"), evm.call(ROUNDS, "registrySize")) == (3, 3)
     assert evm.call(ROUNDS, "participantAt", 2) == hexaddr(P[0])
     assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1]), hexaddr(P[0])]
-    reverts(register(evm, PARTICIPANT_KEYS[0], "another"), "register: already registered")
-    reverts(register(evm, PARTICIPANT_KEYS[1], peer), "register: peer id already taken")
-    reverts(register(evm, PARTICIPANT_KEYS[1], ""), "register: empty peer id")
+    reverts(register(evm, PARTICIPANT_KEYS[0]), "register: already registered")
+    reverts(register(evm, PARTICIPANT_KEYS[1], peer), "register: peer id is not the sender's key")
+    reverts(register(evm, PARTICIPANT_KEYS[1], ""), "register: peer id is not a secp256k1 peer id (length)")
     reverts(register(evm, PARTICIPANT_KEYS[1], "x" * 65), "0x")  # ABI bound String[64]
     with pytest.raises(CallReverted, match="participantAt: index out of range"):
         evm.call(ROUNDS, "participantAt", 3)
@@ -1006,12 +1016,12 @@ def test_register_with_the_exact_bond_and_leave_refunds_it(evm):
     reverts(evm.transact(PARTICIPANT_KEYS[0], ROUNDS, "leave"), "leave: sender is not an active participant")
     reverts(evm.transact(OUTSIDER_KEY, ROUNDS, "leave"), "leave: sender is not an active participant")
     reverts(commit(evm, PARTICIPANT_KEYS[0], 1), "commitUpdate: sender not registered")
-    # back under a new peer id: same index, the old id is free again
-    ok(register(evm, PARTICIPANT_KEYS[0], "other-peer"))
+    # back under its (only possible) peer id: same index
+    ok(register(evm, PARTICIPANT_KEYS[0]))
     assert participant(evm, P[0])["index"] == 2 and evm.call(ROUNDS, "registrySize") == 3
-    assert evm.call(ROUNDS, "peerIdOwner", keccak(text=peer)) == ZERO_ADDRESS
+    assert evm.call(ROUNDS, "peerIdOwner", keccak(text=peer)) == hexaddr(P[0])
     assert evm.call(ROUNDS, "isExpected", P[0]) is False  # not in the round it came back in
-    taken = ok(register(evm, PARTICIPANT_KEYS[1], peer))
+    taken = ok(register(evm, PARTICIPANT_KEYS[1]))
     assert taken.events_named("Registered")[0]["index"] == 3
     assert_solvent(evm)
 
@@ -1019,12 +1029,59 @@ def test_register_with_the_exact_bond_and_leave_refunds_it(evm):
 def test_a_genesis_participant_leaves_and_comes_back_under_its_peer_id(evm):
     left = ok(evm.transact(K1, ROUNDS, "leave"))
     assert evm.balance(SWARM_ROUNDS_ADDRESS) == 0 and left.events_named("Left") == [{"participant": hexaddr(V[1])}]
-    reverts(register(evm, PARTICIPANT_KEYS[0], PEER_IDS[1]), "register: peer id already taken")  # still reserved
+    reverts(register(evm, PARTICIPANT_KEYS[0], PEER_IDS[1]), "register: peer id is not the sender's key")
     again = ok(register(evm, K1, PEER_IDS[1]))
     assert again.events_named("Registered") == [{"participant": hexaddr(V[1]), "peerId": PEER_IDS[1], "index": 1,
                                                  "bond": BOND}]
     assert list(evm.call(ROUNDS, "getParticipants")) == [hexaddr(V[0]), hexaddr(V[1])]
     assert_solvent(evm)
+
+
+def _b58(raw: bytes) -> str:
+    import base58
+
+    return base58.b58encode(raw).decode()
+
+
+def _forged_peer_ids(key: keys.PrivateKey) -> dict[str, tuple[str, str]]:
+    """Peer ids a hostile registrant might send, with the revert each must get."""
+    real = peer_id_of(key.to_bytes()).to_bytes()  # 00 25 08 02 12 21 | parity | x
+    x = int.from_bytes(real[7:], "big")
+    p = 2**256 - 2**32 - 977
+    not_on_curve = next(v for v in range(5, 100) if pow((v**3 + 7) % p, (p - 1) // 2, p) != 1)
+    flipped = real[:6] + bytes([real[6] ^ 1]) + real[7:]  # the other y: another key, another address
+    return {
+        "other y": (_b58(flipped), "register: peer id is not the sender's key"),
+        "ed25519 peer id": ("12D3KooW" + "p" * 44, "register: peer id is not a secp256k1 peer id (length)"),
+        "not base58": ("0" + _b58(real)[1:], "register: peer id is not a secp256k1 peer id"),
+        "bad char": (_b58(real)[:20] + "l" + _b58(real)[21:], "register: peer id is not base58"),
+        "rsa prefix": (_b58(real[:3] + b"\x00" + real[4:]), "register: peer id is not a secp256k1 peer id"),
+        "parity 4": (_b58(real[:6] + b"\x04" + real[7:]), "register: peer id key is not compressed secp256k1"),
+        "x not on curve": (_b58(real[:7] + not_on_curve.to_bytes(32, "big")),
+                           "register: peer id key is not on secp256k1"),
+        "x above p": (_b58(real[:7] + (p + x % 100).to_bytes(32, "big")), "register: peer id key is not on secp256k1"),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_forged_peer_ids(PARTICIPANT_KEYS[0])))
+def test_register_refuses_a_peer_id_that_is_not_the_senders_key(evm, case):
+    forged, reason = _forged_peer_ids(PARTICIPANT_KEYS[0])[case]
+    reverts(register(evm, PARTICIPANT_KEYS[0], forged), reason)
+    assert evm.call(ROUNDS, "isRegistered", P[0]) is False
+
+
+def test_register_accepts_every_key_own_peer_id_both_y_parities():
+    keys_ = GAS_KEYS[:12]
+    evm = make_chain(extra_funded=tuple(address_of(k) for k in keys_))
+    parities = set()
+    gas = []
+    for key in keys_:
+        parities.add(peer_id_of(key.to_bytes()).to_bytes()[6])
+        result = ok(register(evm, key))
+        assert result.events_named("Registered")[0]["peerId"] == peer_id(key)
+        gas.append(result.gas_used)
+    assert parities == {2, 3}
+    print(f"\nregister with the peer id bound to the key: {min(gas):,}-{max(gas):,} gas")
 
 
 def test_leave_of_the_last_missing_participant_closes_the_window_early():
@@ -1084,22 +1141,22 @@ ALLOWLIST = with_params(admission_mode=ADMISSION_ALLOWLIST)
 def test_allowlist_admits_with_approvals_over_two_thirds_of_stake():
     evm = make_chain(ALLOWLIST)
     good = approvals(VALIDATOR_KEYS[:3], P[0])  # 30 of 40
-    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=1, approvals=good),
+    reverts(register(evm, PARTICIPANT_KEYS[0], value=1, approvals=good),
             "register: allow-list admission takes no value")
-    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0), "register: approvals hold at most 2/3 of stake")
-    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
+    reverts(register(evm, PARTICIPANT_KEYS[0], value=0), "register: approvals hold at most 2/3 of stake")
+    reverts(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
             "register: approvals hold at most 2/3 of stake")
-    result = ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=good))
-    assert result.events_named("Registered") == [{"participant": hexaddr(P[0]), "peerId": "peer", "index": 2, "bond": 0}]
+    result = ok(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=good))
+    assert result.events_named("Registered") == [{"participant": hexaddr(P[0]), "peerId": peer_id(PARTICIPANT_KEYS[0]), "index": 2, "bond": 0}]
     assert evm.balance(SWARM_ROUNDS_ADDRESS) == 0
-    ok(register(evm, PARTICIPANT_KEYS[1], "peer-1", value=0, approvals=approvals(VALIDATOR_KEYS, P[1])))
+    ok(register(evm, PARTICIPANT_KEYS[1], value=0, approvals=approvals(VALIDATOR_KEYS, P[1])))
 
 
 def test_allowlist_exactly_two_thirds_is_not_enough():
     evm = make_chain(ALLOWLIST, stakes=[ETHER] * 3)
-    reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
+    reverts(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=approvals(VALIDATOR_KEYS[:2], P[0])),
             "register: approvals hold at most 2/3 of stake")
-    ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=approvals(VALIDATOR_KEYS[:3], P[0])))
+    ok(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=approvals(VALIDATOR_KEYS[:3], P[0])))
 
 
 def test_allowlist_refuses_bad_approvals():
@@ -1122,9 +1179,9 @@ def test_allowlist_refuses_bad_approvals():
          "register: approval signer is not a validator"),
     ]
     for signatures, reason in cases:
-        reverts(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=signatures), reason)
+        reverts(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=signatures), reason)
     assert evm.call(ROUNDS, "isRegistered", P[0]) is False
-    ok(register(evm, PARTICIPANT_KEYS[0], "peer", value=0, approvals=good))
+    ok(register(evm, PARTICIPANT_KEYS[0], value=0, approvals=good))
 
 
 def test_allowlist_genesis_participants_need_no_approval_and_leave_without_refund():
@@ -1258,7 +1315,7 @@ def test_gas_of_a_finalizing_attestation(n):
     extra = GAS_KEYS[: n - 2]
     evm = make_chain(with_params(commit_window_s=10_000), extra_funded=tuple(address_of(k) for k in extra))
     for i, key in enumerate(extra):
-        ok(register(evm, key, f"gas-peer-{i}"))
+        ok(register(evm, key))
     ok(commit(evm, K0))
     ok(commit(evm, K1))  # the two genesis participants close round 0 early
     finalize(evm, 0, round_hash(0))
@@ -1289,7 +1346,7 @@ def test_gas_of_a_finalizing_attestation_at_the_limits():
     alloc = build_genesis_alloc(CHAIN_ID, [(a, ETHER, f"peer-v{i}") for i, a in enumerate(validators)], funded, params)
     evm = EvmHarness(CHAIN_ID, alloc, [STAKING, ROUNDS], genesis_time=params.genesis_time)
     for i, key in enumerate(extra):
-        ok(register(evm, key, f"gas-peer-{i}"))
+        ok(register(evm, key))
     for key in BIG_VALIDATOR_KEYS:
         ok(commit(evm, key, 0))
     finalize(evm, 0, round_hash(0), BIG_VALIDATOR_KEYS[:43])

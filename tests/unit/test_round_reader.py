@@ -16,14 +16,9 @@ from consensus.txpool import TxPool
 from swarmnode.node import txs
 from swarmnode.node.machine import CommitInfo, RoundObservation
 from swarmnode.node.views import RoundReader, window_may_take_commits
+from swarmnode.p2p.identity import peer_id_of
 
-PEER_IDS = [
-    "16Uiu2HAmFQfvhrGfw35jX2RuGUZ9DoiwS52fiokpejS559gsLcGb",
-    "16Uiu2HAmGFCHBZyuQBwFw3ubX7PKjrEKC6zumXV22C2jhmDT9mcz",
-    "16Uiu2HAkwTUKLuDf8e6ezMzoF1HXaoUSnL9JkGN4fxY3V3MRboep",
-    "16Uiu2HAmJKnPTGvEKbzN2xWiR2vEm97G7Hq1S9maGuBzuQMoCbQb",
-    "16Uiu2HAm1FT42nifXcb7Y52DJWHewKZiA2uAMbiUepbs1jB6SBk6",
-]
+PEER_IDS = [peer_id_of(dev_key(i)).to_base58() for i in range(5)]  # register takes only its own key's id
 GENESIS_MODEL = b"\x11" * 32
 WINDOW_S = 30
 

@@ -11,8 +11,9 @@ from consensus.devtools import address_of, dev_genesis, dev_key
 from consensus.rpc_swarm import SwarmViews
 from consensus.txpool import TxPool
 from swarmnode.node import txs
+from swarmnode.p2p.identity import peer_id_of
 
-PEER_ID = "16Uiu2HAmFQfvhrGfw35jX2RuGUZ9DoiwS52fiokpejS559gsLcGb"
+PEER_ID = peer_id_of(dev_key(1)).to_base58()  # dev key 1 registers: only its own id is accepted
 
 
 def test_views_follow_the_head(tmp_path: Path) -> None:
