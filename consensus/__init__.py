@@ -12,3 +12,9 @@ except ImportError:
     pass
 else:
     _os.environ.setdefault("ETH_HASH_BACKEND", "pysha3")
+
+# pyrlp's decoder is recursive and quadratic in a list's width; every decoder in the process gets the
+# linear, iterative one (see consensus.rlp_guard). Bytes from peers are also bounded before decoding.
+from consensus import rlp_guard as _rlp_guard  # noqa: E402
+
+_rlp_guard.install()

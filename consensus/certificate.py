@@ -57,7 +57,7 @@ class CommitCertificate:
     @classmethod
     def decode(cls, data: bytes) -> CommitCertificate:
         """Strict decoding; raises MalformedMessage."""
-        fields = as_list(unpack(data, MAX_CERTIFICATE_BYTES), 6, "certificate")
+        fields = as_list(unpack(data, MAX_CERTIFICATE_BYTES, max_objects=MAX_PRECOMMITS + 16), 6, "certificate")
         version = as_int(fields[0], "certificate version")
         if version != CERTIFICATE_VERSION:
             raise MalformedMessage(f"unsupported certificate version {version}")

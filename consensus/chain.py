@@ -20,7 +20,11 @@ Timestamp rule (py-evm needs strictly increasing integer seconds, and we may run
 
 Other header rules: gas_limit is pinned to the genesis value; prevrandao (mix_hash) is the parent hash
 (deterministic, NOT random); extra_data is b"swarmnode"; parent_beacon_block_root carries an optional
-32-byte consensus commitment chosen by the proposer.
+32-byte consensus commitment chosen by the proposer; there are no withdrawals (no beacon chain: py-evm
+would credit whatever a proposer listed).
+
+Blocks and transactions from peers are decoded by `decode_block` / `decode_transaction`, which bound
+their RLP first (consensus.rlp_guard) and raise only InvalidBlock / InvalidTransaction.
 
 Threading: py-evm is not thread-safe. An ExecutionChain must be used from one thread only; the async
 shell calls it via `trio.to_thread.run_sync(fn, limiter=CapacityLimiter(1))` with one shared limiter.
@@ -35,9 +39,8 @@ from typing import Any
 
 import plyvel
 import rlp
-from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI
-from eth_utils import ValidationError
-from rlp.exceptions import DecodingError, DeserializationError
+from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, VirtualMachineAPI
+from eth.constants import BLANK_ROOT_HASH
 
 from consensus.chain_reads import ChainReader
 from consensus.db import LevelDB, StagedDB
@@ -45,6 +48,7 @@ from consensus.envelope import Envelope
 from consensus.errors import ConsensusError
 from consensus.genesis import Genesis
 from consensus.genesis_block import chain_class, genesis_hash, genesis_params, genesis_state
+from consensus.rlp_guard import MalformedRLP, check_block, check_transaction, max_block_items
 
 MAX_FUTURE_DRIFT = 15  # seconds
 EXTRA_DATA = b"swarmnode"
@@ -67,6 +71,10 @@ class GenesisMismatch(ChainError):
 
 class InvalidBlock(ChainError):
     """A block fails validation or execution; the message says why."""
+
+
+class InvalidTransaction(ChainError):
+    """Bytes that do not decode to a signed transaction (junk, too deep, too many items)."""
 
 
 class UnknownBlock(ChainError):
@@ -134,7 +142,37 @@ def check_header(header: BlockHeaderAPI, parent: BlockHeaderAPI, gas_limit: int,
         raise InvalidBlock(f"gas_limit {header.gas_limit}, the genesis pins {gas_limit}")
     if header.mix_hash != parent.hash:
         raise InvalidBlock("prevrandao (mix_hash) must equal the parent hash")
+    if header.withdrawals_root != BLANK_ROOT_HASH:
+        # there is no beacon chain: py-evm would credit any withdrawal a proposer lists (minting ether)
+        raise InvalidBlock("withdrawals are not allowed (withdrawals_root must be the empty trie's)")
     check_timestamp(header.timestamp, parent.timestamp, now)
+
+
+def decode_block(block_rlp: bytes, vm_class: type[VirtualMachineAPI], gas_limit: int) -> BlockAPI:
+    """Decode an encoded block of `vm_class`; InvalidBlock for anything else. Total: the RLP's depth and
+    item count (typed transaction payloads included, bounded by `gas_limit`) are checked before pyrlp's
+    recursive decoder sees it."""
+    try:
+        check_block(block_rlp, max_items=max_block_items(gas_limit))
+        return rlp.decode(block_rlp, sedes=vm_class.get_block_class())
+    except MemoryError:
+        raise  # our machine, not the block (the guard bounds what a block can make us allocate)
+    except Exception as exc:  # MalformedRLP, and pyrlp / py-evm / eth-utils raise many unrelated types
+        raise InvalidBlock(f"block is not a valid RLP Prague block: {type(exc).__name__}: {exc}") from exc
+
+
+def decode_transaction(raw: bytes, vm_class: type[VirtualMachineAPI]) -> SignedTransactionAPI:
+    """Decode a signed transaction with `vm_class`'s builder; InvalidTransaction for anything else.
+    Total, like decode_block: the RLP is bounded before py-evm decodes it."""
+    try:
+        check_transaction(raw)
+        return vm_class.get_transaction_builder().decode(bytes(raw))
+    except MemoryError:
+        raise
+    except MalformedRLP as exc:
+        raise InvalidTransaction(str(exc)) from exc
+    except Exception as exc:  # rlp, eth-utils and py-evm raise many unrelated types for junk input
+        raise InvalidTransaction(f"{type(exc).__name__}: {exc}") from exc
 
 
 def signature_problem(tx: SignedTransactionAPI) -> str | None:
@@ -229,9 +267,9 @@ class ExecutionChain:
         return self._head_view()[2]
 
     def decode_transaction(self, raw: bytes) -> SignedTransactionAPI:
-        """Decode a signed transaction with the Prague builder (raises rlp/ValidationError on junk).
+        """Decode a signed transaction with the Prague builder (InvalidTransaction on junk).
         Touches no chain state: safe from any thread (the chain is Prague from block 0)."""
-        return self._vm_class.get_transaction_builder().decode(raw)
+        return decode_transaction(raw, self._vm_class)
 
     def decode_block_transactions(self, block_rlp: bytes) -> tuple[SignedTransactionAPI, ...]:
         """The transactions of an encoded block, without executing it (InvalidBlock if it does not decode).
@@ -297,6 +335,8 @@ class ExecutionChain:
         self.discard_pending()
         parent = self.head
         check_header(block.header, parent, self.genesis.block_gas_limit, now)
+        if tuple(block.withdrawals):
+            raise InvalidBlock(f"block #{block.number} lists {len(block.withdrawals)} withdrawals: none are allowed")
         check_transactions(block.transactions, self.chain_id)
         try:
             result = self._evm.import_block(block)
@@ -344,11 +384,7 @@ class ExecutionChain:
         return Tip(int(head.block_number), bytes(head.hash), int(head.timestamp))
 
     def _decode_block(self, block_rlp: bytes) -> BlockAPI:
-        block_class = self._vm_class.get_block_class()
-        try:
-            return rlp.decode(block_rlp, sedes=block_class)
-        except (DecodingError, DeserializationError, ValidationError, ValueError, TypeError, RecursionError) as exc:
-            raise InvalidBlock(f"block is not a valid RLP Prague block: {exc}") from exc
+        return decode_block(block_rlp, self._vm_class, self.genesis.block_gas_limit)
 
     def state_view(self) -> Any:
         """Committed state at the head (for the tx pool): has get_nonce/get_balance. Read only."""

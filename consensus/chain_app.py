@@ -18,12 +18,26 @@ from consensus.certificate import CommitCertificate
 from consensus.chain import ChainError, ExecutionChain
 from consensus.engine.validators import ValidatorSet
 from consensus.interfaces import Application, Verdict
+from consensus.rlp_guard import MalformedRLP, header_rlp
 from consensus.txpool import TxPool
 from consensus.wire import MalformedMessage
 
 # Data availability: given a block's height and transactions (already executed), say whether this node
 # holds (or has just fetched and verified) everything the block commits to. The daemon supplies it.
 AvailabilityCheck = Callable[[int, Sequence[object]], Verdict]
+
+
+def block_hash_of(block_bytes: bytes) -> bytes:
+    """The id of an encoded block: keccak of its header's RLP slice; MalformedMessage if there is none.
+
+    Read iteratively (consensus.rlp_guard), never decoded and re-encoded: re-encoding a list nested a few
+    thousand levels deep (20 KB from any peer) overflowed the C stack. Equal to keccak(rlp.encode(header))
+    of the decoded block. Only the header is checked here (cheap: the driver calls this on the event loop
+    for every proposal and synced block); the body is bounded and checked when the block is validated."""
+    try:
+        return keccak(header_rlp(block_bytes))
+    except MalformedRLP as exc:
+        raise MalformedMessage(f"block is not RLP with a header list: {exc}") from exc
 
 
 class ChainApplication(Application):
@@ -85,13 +99,7 @@ class ChainApplication(Application):
         return ValidatorSet.from_powers(members, epoch_start=self.chain.reader.epoch_start(height))
 
     def block_hash(self, block_bytes: bytes) -> bytes:
-        try:
-            fields = rlp.decode(block_bytes)
-        except rlp.exceptions.DecodingError as exc:
-            raise MalformedMessage(f"block is not RLP: {exc}") from exc
-        if not isinstance(fields, list) or not fields or not isinstance(fields[0], list):
-            raise MalformedMessage("block RLP has no header list")
-        return keccak(rlp.encode(fields[0]))
+        return block_hash_of(block_bytes)
 
     def committed_block(self, height: int) -> tuple[bytes, CommitCertificate] | None:
         if not 1 <= height <= self.chain.height:

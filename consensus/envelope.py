@@ -12,6 +12,7 @@ import rlp
 from rlp.exceptions import DecodingError
 
 from consensus.errors import ConsensusError
+from consensus.rlp_guard import MalformedRLP, scan
 
 ENVELOPE_VERSION = 1
 MAX_BLOCK_RLP = 16 * 1024 * 1024
@@ -38,11 +39,15 @@ class Envelope:
 
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
+        """Strict decoding; raises EnvelopeError."""
+        if not isinstance(data, bytes | bytearray):
+            raise EnvelopeError(f"expected bytes, got {type(data).__name__}")
         if len(data) > MAX_BLOCK_RLP + MAX_CONSENSUS_BYTES + 64:
             raise EnvelopeError(f"envelope is {len(data)} bytes, too large")
         try:
+            scan(data, max_depth=1, max_items=4)  # [version, block, consensus]: bounded before pyrlp recurses
             items = rlp.decode(data)
-        except (DecodingError, RecursionError) as exc:  # deeply nested junk ends in RecursionError
+        except (MalformedRLP, DecodingError) as exc:
             raise EnvelopeError(f"envelope is not valid RLP: {exc}") from exc
         if not isinstance(items, list) or len(items) != 3 or not all(isinstance(i, bytes) for i in items):
             raise EnvelopeError("envelope must be an RLP list [version, block, consensus] of byte strings")

@@ -18,6 +18,7 @@ from consensus.wire import MalformedMessage, as_bytes, as_int, as_list, pack, un
 
 WIRE_VERSION = 1
 MAX_MESSAGE_BYTES = 900 * 1024  # below gossipsub's silent 1 MiB drop
+MAX_MESSAGE_OBJECTS = 32  # msgpack objects in a message: a proposal has 12 (the block travels as one binary)
 KIND_PROPOSAL, KIND_VOTE, KIND_SYNC_REQUEST, KIND_SYNC_RESPONSE = 1, 2, 3, 4
 
 
@@ -87,7 +88,7 @@ def encode(msg: Message, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
 
 def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Strictly decode one message; raises MalformedMessage for anything unexpected."""
-    fields = as_list(unpack(data, max_bytes), None, "message")
+    fields = as_list(unpack(data, max_bytes, max_objects=MAX_MESSAGE_OBJECTS), None, "message")
     if len(fields) < 2:
         raise MalformedMessage(f"message has {len(fields)} fields")
     version, kind = as_int(fields[0], "version"), as_int(fields[1], "kind")

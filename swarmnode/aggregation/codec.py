@@ -124,9 +124,10 @@ def model_hash(model: GlobalModel | Mapping[str, torch.Tensor]) -> bytes:
 
 
 class _Reader:
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, blob: bytes, max_elements: int) -> None:
         self.blob = blob
         self.pos = 0
+        self.max_elements = max_elements  # of any one tensor shape, zero dimensions counted as one
 
     def take(self, n: int, what: str) -> bytes:
         if n < 0 or self.pos + n > len(self.blob):
@@ -159,6 +160,12 @@ def _read_tensor(r: _Reader, kind: int, prev: str | None) -> tuple[str, torch.Te
     if not MIN_EXPONENT <= exponent <= MAX_EXPONENT or (code == _F32 and exponent != 0):
         raise MalformedBlob(f"tensor {name!r} has invalid exponent {exponent}")
     dtype, np_dtype = _DTYPES[code]
+    # Bound the shape before numpy sees it: with one zero dimension the data is empty whatever the others
+    # are, and numpy raises ValueError ("array is too big") for huge ones. Counting a zero as one keeps
+    # every product below the blob limit, so no shape can overflow or allocate more than the blob holds.
+    nominal = math.prod(max(d, 1) for d in shape)
+    if nominal > r.max_elements:
+        raise MalformedBlob(f"tensor {name!r} has shape {shape}: more than {r.max_elements} elements")
     count = math.prod(shape)
     raw = r.take(count * np.dtype(np_dtype).itemsize, f"data of {name!r}")
     tensor = torch.from_numpy(np.frombuffer(raw, dtype=np_dtype).astype(np_dtype[1:], copy=True).reshape(shape))
@@ -171,7 +178,7 @@ def _unpack(blob: bytes, kind: int, max_bytes: int) -> list[tuple[str, torch.Ten
     blob = bytes(blob)
     if len(blob) > max_bytes:
         raise MalformedBlob(f"blob of {len(blob)} bytes exceeds the limit of {max_bytes}")
-    r = _Reader(blob)
+    r = _Reader(blob, max(1, max_bytes))
     magic, version, got_kind, count = r.unpack(_HEADER.format, "header")
     if magic != MAGIC:
         raise MalformedBlob(f"bad magic {magic!r}, expected {MAGIC!r}")
@@ -190,14 +197,19 @@ def _unpack(blob: bytes, kind: int, max_bytes: int) -> list[tuple[str, torch.Ten
 
 
 def decode_update(blob: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Update:
+    """Strictly decode a canonical update blob. Total: any malformed input raises MalformedBlob."""
     return {name: QTensor(t.to(torch.int64), e) for name, t, e in _unpack(blob, KIND_UPDATE, max_bytes)}
 
 
 def decode_model(blob: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> GlobalModel:
+    """Strictly decode a canonical model blob. Total: malformed input raises MalformedBlob, a NaN or Inf
+    parameter NonFiniteValue (both AggregationError)."""
     params: dict[str, torch.Tensor] = {}
     state: dict[str, QTensor] = {}
     for name, t, e in _unpack(blob, KIND_MODEL, max_bytes):
         if name.startswith(SERVER_PREFIX):
+            if t.dtype != torch.int64:  # fixed point only: a float here would not re-encode to these bytes
+                raise MalformedBlob(f"server state {name!r} must be int64, got {t.dtype}")
             state[name[len(SERVER_PREFIX) :]] = QTensor(t, e)
         elif t.dtype == torch.float32:
             if not bool(torch.isfinite(t).all()):

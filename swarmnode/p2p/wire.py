@@ -3,6 +3,8 @@
     envelope = [version, chain_id, kind, body]
 
 Every body is checked field by field (exact types, lengths, bounds). Nothing is ever unpickled.
+Before msgpack builds anything, the bytes' nesting depth and object count are bounded
+(consensus.wire.check_structure: an iterative walk that skips binaries whole).
 Streams carry frames: a 4-byte big-endian length, then that many bytes.
 """
 
@@ -14,6 +16,7 @@ from typing import Any, Protocol
 
 import msgpack
 
+from consensus.wire import MalformedMessage, check_structure
 from swarmnode.p2p.errors import FrameError, WireError
 
 WIRE_VERSION = 1
@@ -21,6 +24,8 @@ MAX_INT = 2**63 - 1
 MAX_GOSSIP_BYTES = 900 * 1024  # gossipsub silently drops >= 1 MiB
 MAX_CONTROL_FRAME = 64 * 1024  # requests, handshakes, response headers
 LENGTH_BYTES = 4
+MAX_DEPTH = 8  # arrays nested in an envelope: the deepest body (a peer listing) makes 4
+MAX_OBJECTS = 4096  # msgpack objects in one envelope: a full peer listing holds ~710
 
 # kinds
 TX, CONSENSUS, ANNOUNCE = 1, 2, 3
@@ -47,10 +52,15 @@ def encode(env: Envelope, max_bytes: int = MAX_GOSSIP_BYTES) -> bytes:
 
 
 def unpack_strict(data: bytes, max_bytes: int) -> Any:
+    """msgpack with strict options, after bounding size, nesting depth and object count; WireError."""
     if not isinstance(data, bytes | bytearray):
         raise WireError(f"expected bytes, got {type(data).__name__}")
     if len(data) > max_bytes:
         raise WireError(f"message of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        check_structure(data, max_depth=MAX_DEPTH, max_objects=MAX_OBJECTS)
+    except MalformedMessage as exc:
+        raise WireError(f"undecodable msgpack: {exc}") from exc
     try:
         return msgpack.unpackb(
             bytes(data), raw=False, use_list=True, strict_map_key=True, max_bin_len=max_bytes,
