@@ -4,11 +4,14 @@
   (announced providers first, then every other peer, each group in random order), retried until a
   deadline while no provider has it yet. A damaged stored copy is quarantined and fetched again.
 - `prefetch(cids)`: starts fetching in the background (deduplicated, bounded concurrency): called when a
-  commit arrives on gossip, so that the data is here before a block commits to it.
+  commit arrives on gossip (only once TxIngest has checked its signature, sender and round: unverified
+  input never queues a fetch), so that the data is here before a block commits to it. At most
+  MAX_QUEUED_PREFETCHES wait or run; past that, gossip-driven ones are skipped (a proposal's are not).
 - `holds_all(cids)`: the data-availability check. It answers at once from this machine (a file stat per
   blob) and never touches the network: it runs on the chain executor, which must not wait for peers.
-- `wait_held(cids, timeout)`: waits (on the event loop) until the prefetches of `cids` are done; the
-  consensus driver calls it before validating a proposal that commits to updates.
+- `wait_held(cids)`: starts what is missing (whatever the queue holds) and waits (on the event loop)
+  until the prefetches of `cids` are done; the consensus driver calls it before validating a proposal
+  that commits to updates. `wait_prefetched(cids)` only waits for prefetches already queued.
 - `awaiting`: how many prefetches are running (the driver counts them as pending work).
 """
 
@@ -68,20 +71,24 @@ class BlobFetcher:
     def awaiting(self) -> int:
         return len(self._prefetching)
 
-    def prefetch(self, cids: list[bytes], *, needed: bool = False) -> None:
-        """Start fetching every blob of `cids` not held and not already being fetched (returns at once).
-        Gossip-driven prefetches stop queueing at MAX_QUEUED_PREFETCHES (a flood of commits cannot pile
-        up tasks without bound); `needed` ones (a proposal waits for them) are always started."""
+    def prefetch(self, cids: list[bytes], *, needed: bool = False) -> bool:
+        """Start fetching every blob of `cids` not held and not already being fetched (returns at once);
+        False if any was skipped. Gossip-driven prefetches stop queueing at MAX_QUEUED_PREFETCHES (a
+        flood of commits cannot pile up tasks without bound); `needed` ones (a proposal waits for them)
+        are always started."""
         if self._nursery is None:
-            return
+            return False
+        queued_all = True
         for cid in cids:
             if cid in self._prefetching or cid in self._recent or self.store.has(cid):
                 continue
             if not needed and len(self._prefetching) >= MAX_QUEUED_PREFETCHES:
                 self.counters["prefetch_skipped"] += 1
+                queued_all = False
                 continue
             self._prefetching[cid] = trio.Event()
             self._nursery.start_soon(self._prefetch_one, cid)
+        return queued_all
 
     async def _prefetch_one(self, cid: bytes) -> None:
         try:
@@ -98,6 +105,11 @@ class BlobFetcher:
         """Wait until the running prefetches of `cids` end (start them if needed); True if all are held.
         The caller bounds the wait (trio.move_on_after)."""
         self.prefetch(cids, needed=True)
+        return await self.wait_prefetched(cids)
+
+    async def wait_prefetched(self, cids: list[bytes]) -> bool:
+        """Wait until the prefetches of `cids` that are queued or running end (starts none); True if all
+        are held. The caller bounds the wait."""
         for cid in cids:
             event = self._prefetching.get(cid)
             if event is not None:

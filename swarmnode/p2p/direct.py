@@ -7,9 +7,14 @@ take a direct path instead:
 
 - `broadcast` queues the message on every verified peer's stream. A writer task per peer sends what is
   queued as one batch of length-prefixed frames, so a burst of votes costs one Noise/yamux frame.
-- A received frame is checked exactly as the gossip topic validator checks it (strict decoding, chain
-  id, vote signature, known signer, height window). Invalid frames never reach the driver; a peer that
-  sends too many has its stream reset.
+- A received frame first costs the peer a token of its frame and byte rates (config.Limits): past them
+  it is dropped unread and the peer is penalized (PeerGuard; a persistent flooder is disconnected and
+  banned). Then it is checked exactly as the gossip topic validator checks it (strict decoding, chain
+  id, vote signature, known signer, height window), and a proposal's block must hash to what its
+  proposer signed (`block_hash`, when given): nothing unchecked reaches the driver or another peer.
+  Invalid frames cost the sender penalty points; past `max_invalid` on one stream, that stream is reset
+  (a persistent offender is banned by its points).
+- At most `max_streams_per_protocol` streams per peer (one is used; a reconnect may briefly add one).
 - A new valid proposal or vote is relayed to the other peers, except its sender, its signer, and peers
   whose latest peer listing (swarmnode.p2p.peers) says they are connected to the signer, who heard it
   first-hand. With validators fully connected there is no relaying at all; in a partial mesh (a
@@ -31,23 +36,26 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from consensus.interfaces import Network
+from consensus.messages import ProposalMessage
 from consensus.votes import Address
 from swarmnode.p2p import wire
 from swarmnode.p2p.errors import FrameError, OutsideWindow, UnknownSigner, WireError
 from swarmnode.p2p.host import P2PHost
-from swarmnode.p2p.topics import TopicPolicy, check_consensus
+from swarmnode.p2p.topics import TopicPolicy, check_consensus_message
 
 CONSENSUS_PROTOCOL = TProtocol("/swarmnode/consensus/1")
 
 log = logging.getLogger(__name__)
 
 KnowsConnected = Callable[[ID, Address], bool]
+BlockHash = Callable[[bytes], bytes]  # Application.block_hash: pure, raises on bytes that are not a block
 
 
 class DirectConsensusNetwork(Network):
     """consensus.interfaces.Network over direct streams. Start `run` in a nursery (after `attach`)."""
 
     def __init__(self, host: P2PHost, policy: TopicPolicy, *, knows_connected: KnowsConnected | None = None,
+                 block_hash: BlockHash | None = None,
                  capacity: int = 4096, peer_queue: int = 1024, batch_bytes: int = 256 * 1024,
                  max_invalid: int = 32, seen_window: int = 16384, write_timeout: float = 10.0,
                  verify_wait: float = 5.0) -> None:
@@ -55,6 +63,8 @@ class DirectConsensusNetwork(Network):
         self.chain_id = host.config.chain_id
         self.policy = policy
         self._knows_connected = knows_connected
+        self._block_hash = block_hash
+        self._guard = host.guard
         self._send, self._recv = trio.open_memory_channel[bytes](capacity)
         self._peer_queue = peer_queue
         self._batch_bytes = batch_bytes
@@ -70,7 +80,7 @@ class DirectConsensusNetwork(Network):
         self.counters: Counter[str] = Counter()
 
     def attach(self) -> None:
-        self.host.libp2p.set_stream_handler(CONSENSUS_PROTOCOL, self._on_stream)
+        self.host.libp2p.set_stream_handler(CONSENSUS_PROTOCOL, self._guard.wrap(CONSENSUS_PROTOCOL, self._on_stream))
 
     # ---- consensus.interfaces.Network ----
 
@@ -178,6 +188,7 @@ class DirectConsensusNetwork(Network):
             await wire.reset_quietly(stream, "consensus")
             return
         buf = bytearray()
+        invalid_before = self._invalid[peer_id]  # counted per stream; the guard's points span streams
         try:
             while True:
                 chunk = await stream.read(65536)
@@ -193,12 +204,20 @@ class DirectConsensusNetwork(Network):
                         break
                     data = bytes(buf[wire.LENGTH_BYTES:end])
                     del buf[:end]
+                    if self._guard.banned(peer_id):
+                        raise WireError("the peer is banned")
+                    limits = self._guard.limits
+                    if not (self._guard.allow(peer_id, "consensus frames", limits.consensus_frames)
+                            and self._guard.allow(peer_id, "consensus bytes", limits.consensus_bytes, len(data))):
+                        self.counters["over_rate"] += 1  # dropped unread; the guard counted it against the peer
+                        continue
                     self._on_frame(peer_id, data)
-                    if self._invalid[peer_id] > self._max_invalid:
-                        raise WireError(f"{self._invalid[peer_id]} invalid consensus messages")
+                    if self._invalid[peer_id] - invalid_before > self._max_invalid:
+                        raise WireError(f"{self._invalid[peer_id] - invalid_before} invalid consensus messages")
         except WireError as exc:
             self.counters["streams_reset"] += 1
             log.warning("resetting consensus stream from %s: %s", peer_id, exc)
+            self._guard.penalize(peer_id, self._guard.limits.invalid_points, f"consensus stream reset: {exc}")
             await wire.reset_quietly(stream, "consensus")
         except Exception as exc:  # the peer reset or vanished
             log.debug("consensus stream from %s ended: %s", peer_id, exc)
@@ -221,7 +240,7 @@ class DirectConsensusNetwork(Network):
             self.counters["duplicates"] += 1
             return
         try:
-            signer = check_consensus(data, self.chain_id, self.policy)
+            msg, signer = check_consensus_message(data, self.chain_id, self.policy)
         except OutsideWindow as exc:
             # a validator's signed message for a height we are not at: not misbehaviour. One far ahead
             # goes to the driver, not relayed (it means we fell behind: the driver syncs); an old one from
@@ -241,9 +260,14 @@ class DirectConsensusNetwork(Network):
             return
         except WireError as exc:
             self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)  # a valid copy may follow
-            self._invalid[source] += 1
-            self.counters["rejected"] += 1
-            log.debug("rejected consensus message from %s: %s", source, exc)
+            self._blame(source, str(exc))
+            return
+        if isinstance(msg, ProposalMessage) and not self._block_matches(msg):
+            # a validator's signature over another block: a relay swapped the bytes (or the proposer
+            # signed garbage). Neither delivered nor relayed; a correct copy may still come
+            self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)
+            self.counters["block_mismatch"] += 1
+            self._blame(source, "proposal block does not hash to the signed block hash")
             return
         self._deliver(data)
         if signer is not None:
@@ -253,6 +277,22 @@ class DirectConsensusNetwork(Network):
             # was lost or came too early (a node catching up asks for the same height every second), so
             # they are never remembered as seen; the driver rate-limits what they cost
             self._seen.pop(hashlib.blake2b(data, digest_size=16).digest(), None)
+
+    def _blame(self, source: ID, reason: str) -> None:
+        self._invalid[source] += 1
+        self.counters["rejected"] += 1
+        log.debug("rejected consensus message from %s: %s", source, reason)
+        self._guard.penalize(source, self._guard.limits.invalid_points, f"invalid consensus message: {reason}")
+
+    def _block_matches(self, proposal: ProposalMessage) -> bool:
+        """The proposal's block bytes hash to the block hash its proposer signed (True when no block_hash
+        function was given)."""
+        if self._block_hash is None:
+            return True
+        try:
+            return self._block_hash(proposal.block) == proposal.vote.block_hash
+        except Exception:  # noqa: BLE001 - an Application raises its own types for bytes that are not a block
+            return False
 
     def _deliver(self, data: bytes) -> None:
         try:

@@ -1,4 +1,17 @@
-"""Gossip service: subscribes to the chain's topics, validates every message, drains into bounded channels."""
+"""Gossip service: subscribes to the chain's topics, validates every message, drains into bounded channels.
+
+The topic validator, for every message that passed py-libp2p's signature check (so its publisher is
+authentic):
+- a token bucket per (forwarding peer, publisher, topic): past it the message is dropped and not relayed.
+  A peer flooding its own messages is penalized; a relay is not (keying on the relay too means that
+  replaying an honest publisher's old messages drains only the replaying peer's bucket);
+- the topic policy (topics.check_message): a malformed, oversize or forged message costs its forwarder
+  invalid_points in the PeerGuard and 10 points of gossipsub score; a well-formed one that is merely
+  outside our window or from a sender we do not know (not yet a validator or registered participant)
+  is dropped without blame ("ignored": a relay whose chain view differs from ours may forward it).
+Policies are looked up per message, so `set_policy` takes effect at once (the node installs the updates
+policy once it knows the participant registry).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +26,17 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 
 from swarmnode.p2p import wire
-from swarmnode.p2p.errors import P2PError
-from swarmnode.p2p.topics import TOPIC_NAMES, GossipMessage, TopicPolicy, encode_body, safe_check, topic_id
+from swarmnode.p2p.errors import IdentityError, OutsideWindow, P2PError, UnknownSigner, WireError
+from swarmnode.p2p.host import PeerGuard
+from swarmnode.p2p.topics import (
+    TOPIC_NAMES,
+    GossipMessage,
+    TopicPolicy,
+    check_message,
+    encode_body,
+    safe_check,
+    topic_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +51,24 @@ class Gossip:
     """
 
     def __init__(self, pubsub: Pubsub, chain_id: int, policies: dict[str, TopicPolicy], *,
-                 capacity: int = 256, observer: Observer | None = None) -> None:
+                 capacity: int = 256, observer: Observer | None = None, guard: PeerGuard | None = None) -> None:
         self._pubsub = pubsub
         self.chain_id = chain_id
         self.policies = dict(policies)
         self._observer = observer
+        self._guard = guard
+        self._scorer = getattr(pubsub.router, "scorer", None)
         self._channels = {name: trio.open_memory_channel[GossipMessage](capacity) for name in TOPIC_NAMES}
         self.counters: Counter[str] = Counter()
 
     def topic(self, name: str) -> str:
         return topic_id(self.chain_id, name)
+
+    def set_policy(self, name: str, policy: TopicPolicy) -> None:
+        """Replace topic `name`'s acceptance rules (effective for the next message)."""
+        if name not in self.policies:
+            raise P2PError(f"unknown topic {name!r}")
+        self.policies[name] = policy
 
     def channel(self, name: str) -> trio.MemoryReceiveChannel[GossipMessage]:
         """Validated messages of topic `name` from other peers."""
@@ -62,26 +92,46 @@ class Gossip:
             task_status.started()
 
     def _validator(self, name: str) -> Callable[[ID, Any], bool]:
-        policy = self.policies[name]
+        topic = self.topic(name)
 
         def validate(forwarder: ID, msg: Any) -> bool:
-            checked, reason = safe_check(name, msg.data, msg.from_id, self.chain_id, policy)
-            if checked is None:
-                self.counters[f"rejected.{name}"] += 1
-                log.debug("rejected %s message via %s: %s", name, forwarder, reason)
-                return False
+            if forwarder == self._pubsub.my_id:  # our own publish: checked for our own sake only
+                return safe_check(name, msg.data, msg.from_id, self.chain_id, self.policies[name])[0] is not None
+            publisher = ID(msg.from_id)
+            guard = self._guard
+            if guard is not None and not guard.allow(
+                    (forwarder, publisher), f"publisher {name}", guard.limits.gossip_originated,
+                    blame=forwarder if forwarder == publisher else None):
+                return self._reject(name, topic, forwarder, publisher, "past its publisher's rate", blame=False)
+            try:
+                check_message(name, msg.data, msg.from_id, self.chain_id, self.policies[name])
+            except (OutsideWindow, UnknownSigner) as exc:  # well-formed and signed: ignored, not blamed
+                self.counters[f"ignored.{name}"] += 1
+                return self._reject(name, topic, forwarder, publisher, str(exc), blame=False)
+            except (WireError, IdentityError) as exc:
+                return self._reject(name, topic, forwarder, publisher, str(exc), blame=True)
             return True
 
         return validate
 
+    def _reject(self, name: str, topic: str, forwarder: ID, publisher: ID, reason: str, *, blame: bool) -> bool:
+        """Count a rejection; without `blame`, gossipsub is told not to count it against the forwarder."""
+        self.counters[f"rejected.{name}"] += 1
+        log.debug("rejected %s message of %s via %s: %s", name, publisher, forwarder, reason)
+        if blame:
+            if self._guard is not None:
+                self._guard.penalize(forwarder, self._guard.limits.invalid_points, f"invalid {name} message: {reason}")
+        elif self._scorer is not None and hasattr(self._scorer, "excuse"):
+            self._scorer.excuse(forwarder, topic)
+        return False
+
     async def _drain(self, name: str, subscription: Any) -> None:
         send = self._channels[name][0]
         me = self._pubsub.my_id.to_bytes()
-        policy = self.policies[name]
         async for raw in subscription:
             if raw.from_id == me:
                 continue
-            msg, reason = safe_check(name, raw.data, raw.from_id, self.chain_id, policy, verify=False)
+            msg, reason = safe_check(name, raw.data, raw.from_id, self.chain_id, self.policies[name], verify=False)
             if msg is None:  # the topic validator accepted it: cannot happen unless a validator is missing
                 self.counters[f"late_rejected.{name}"] += 1
                 log.warning("undecodable %s message reached the subscription: %s", name, reason)

@@ -45,13 +45,17 @@ class P2PNode:
         self.config = config
         self.host = P2PHost(config, head_height=head_height)
         all_policies = {**default_policies(), **(policies or {})}
+        guard = self.host.guard
         self.gossip = Gossip(self.host.pubsub, config.chain_id, all_policies,
-                             capacity=config.gossip_capacity, observer=self._observe)
+                             capacity=config.gossip_capacity, observer=self._observe, guard=guard)
         self.peer_exchange = PeerExchange(self.host, max_peers=config.max_peers, interval=config.peer_exchange_interval)
+        # a proposal is relayed only once its block hashes to what its proposer signed (Application.block_hash
+        # is pure: it hashes bytes)
         self.consensus = DirectConsensusNetwork(self.host, all_policies[CONSENSUS],
-                                                knows_connected=self.peer_exchange.knows_connected)
-        self.blobs = BlobExchange(self.host.libp2p, store or MemoryBlobStore(), config)
-        self.sync = ChainSync(self.host.libp2p, app, config, app_runner) if app is not None else None
+                                                knows_connected=self.peer_exchange.knows_connected,
+                                                block_hash=app.block_hash if app is not None else None)
+        self.blobs = BlobExchange(self.host.libp2p, store or MemoryBlobStore(), config, guard)
+        self.sync = ChainSync(self.host.libp2p, app, config, app_runner, guard) if app is not None else None
 
     @classmethod
     def from_config(cls, config: P2PConfig) -> P2PNode:
@@ -79,6 +83,7 @@ class P2PNode:
             "sync": self.sync.statistics() if self.sync is not None else {},
             "consensus": self.consensus.statistics(),
             "peer_exchange": self.peer_exchange.statistics(),
+            "host": self.host.statistics(),
         }
 
     async def announce_blob(self, round_: int, blob: bytes, cid: bytes | None = None) -> bytes:
@@ -99,8 +104,10 @@ class P2PNode:
         return await self.sync.catch_up([p.peer_id for p in peers])
 
     def _observe(self, msg: GossipMessage) -> None:
+        """A validated announcement (the updates policy decides whose, and for which rounds) records its
+        publisher as a provider of the blob, for that round."""
         if isinstance(msg.body, Announcement):
-            self.blobs.add_provider(msg.body.content_id, msg.sender)
+            self.blobs.add_provider(msg.body.content_id, msg.sender, msg.body.round)
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[P2PNode]:

@@ -6,7 +6,8 @@ verified and the addresses they stated in their handshakes, and dials the ones i
 that to skip relaying a vote to a peer that already heard it from its signer.
 
 To avoid both ends dialing each other at once, the node with the smaller peer id dials first; the
-other one dials only if the listed peer is still unconnected `interval` seconds later.
+other one dials only if the listed peer is still unconnected `interval` seconds later. A banned peer is
+never dialed; listing requests are held to Limits.control_streams per peer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from swarmnode.p2p.identity import address_of_peer
 PEERS_PROTOCOL = TProtocol("/swarmnode/peers/1")
 MAX_LISTED = 64
 MAX_ADDRS = 8
+MAX_REMEMBERED = 4096  # listed peers we have not connected to, remembered for the dial-order rule
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +71,9 @@ class PeerExchange:
         self.counters: Counter[str] = Counter()
 
     def attach(self) -> None:
-        self.host.libp2p.set_stream_handler(PEERS_PROTOCOL, self._serve)
+        guard = self.host.guard
+        self.host.libp2p.set_stream_handler(PEERS_PROTOCOL, guard.wrap(PEERS_PROTOCOL, self._serve,
+                                                                       rate=guard.limits.control_streams))
 
     def knows_connected(self, peer: ID, address: Address) -> bool:
         """True when `peer`'s latest listing says it is connected to the node with chain `address`."""
@@ -114,6 +118,7 @@ class PeerExchange:
         except WireError as exc:
             self.counters["bad_listing"] += 1
             log.info("peer %s sent a bad peer listing: %s", peer_id, exc)
+            self.host.guard.penalize(peer_id, self.host.guard.limits.invalid_points, f"bad peer listing: {exc}")
             return
         except (trio.TooSlowError, Exception) as exc:  # the peer went away or does not speak the protocol
             self.counters["failed"] += 1
@@ -131,7 +136,7 @@ class PeerExchange:
 
     def _should_dial(self, peer_id: ID, addrs: tuple[str, ...]) -> bool:
         me = self.host.peer_id
-        if peer_id == me or not addrs or peer_id in self._dialing:
+        if peer_id == me or not addrs or peer_id in self._dialing or self.host.guard.banned(peer_id):
             return False
         if self.host.libp2p.get_network().get_connections(peer_id):
             self._first_listed.pop(peer_id, None)
@@ -139,6 +144,9 @@ class PeerExchange:
         if len(self.host.peers()) >= self.max_peers:
             return False
         now = trio.current_time()
+        if peer_id not in self._first_listed and len(self._first_listed) >= MAX_REMEMBERED:
+            # listings are a peer's word: a hostile one can name any number of ids. Oldest forgotten first
+            del self._first_listed[next(iter(self._first_listed))]
         first = self._first_listed.setdefault(peer_id, now)
         return me.to_bytes() < peer_id.to_bytes() or now - first >= self.interval
 

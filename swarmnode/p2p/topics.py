@@ -115,6 +115,12 @@ def _decode_announcement(body: Any) -> Announcement:
 def check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> Address | None:
     """Strict decoding, chain id, vote signature, known signer and height window; returns the signer of
     a proposal or vote (None for sync messages). Raises WireError."""
+    return check_consensus_message(data, chain_id, policy)[1]
+
+
+def check_consensus_message(data: bytes, chain_id: int, policy: TopicPolicy) -> tuple[Any, Address | None]:
+    """check_consensus, also returning the decoded message. The signer is checked before anything else
+    about a proposal: its block is only looked at by the caller, once the signer is known."""
     if len(data) > policy.max_bytes:
         raise WireError(f"consensus message of {len(data)} bytes exceeds {policy.max_bytes}")
     try:
@@ -124,9 +130,9 @@ def check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> Address 
     if isinstance(msg, SyncResponse):
         if msg.certificate.chain_id != chain_id:
             raise WireError(f"certificate for chain {msg.certificate.chain_id}, expected {chain_id}")
-        return None  # the driver verifies the certificate itself
+        return msg, None  # the driver verifies the certificate itself
     if not isinstance(msg, ProposalMessage | VoteMessage):
-        return None  # a sync request carries only a height
+        return msg, None  # a sync request carries only a height
     vote = msg.vote
     if vote.chain_id != chain_id:
         raise WireError(f"vote for chain {vote.chain_id}, expected {chain_id}")
@@ -136,7 +142,7 @@ def check_consensus(data: bytes, chain_id: int, policy: TopicPolicy) -> Address 
         raise WireError(f"vote signature: {exc}") from exc
     _check_known(policy, signer, "vote signer")
     _check_window(policy, vote.height, "height")
-    return signer
+    return msg, signer
 
 
 def _check_known(policy: TopicPolicy, address: Address, what: str) -> None:
