@@ -88,6 +88,7 @@ class ChainExecutor:
         self.busy_seconds = 0.0
         self.longest_job = 0.0  # seconds
         self.longest_wait = 0.0  # seconds a job waited in the queue
+        self.running_priority: Priority | None = None  # of the job running now (written by the worker only)
         self._idle = threading.Event()
 
     # ---- lifecycle ----
@@ -159,6 +160,12 @@ class ChainExecutor:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def urgent_running(self) -> bool:
+        """True while a job more urgent than RPC runs: CPU-heavy work elsewhere in the process (the RPC
+        server's large parses, for one) should wait, since it would take the interpreter lock from it."""
+        running = self.running_priority
+        return running is not None and running < Priority.RPC
+
     def statistics(self) -> dict[str, Any]:
         return {"queued": self.pending(), "busySeconds": round(self.busy_seconds, 3),
                 "longestJobMs": round(1000 * self.longest_job, 1),
@@ -168,7 +175,8 @@ class ChainExecutor:
 
     def _work(self) -> None:
         while True:
-            _, _, item = self._queue.get()
+            entry = self._queue.get()
+            item = entry[2]
             if isinstance(item, tuple) and item[0] is _STOP:
                 final = item[1]
                 if final is not None:
@@ -177,12 +185,16 @@ class ChainExecutor:
                     except Exception:
                         log.exception("event=executor_final_failed name=%s", self.name)
                 return
-            job: _Job = item
+            priority, job = entry[0], item
             if not job.begin():
                 continue
             started = time.monotonic()
             self.longest_wait = max(self.longest_wait, started - job.queued_at)
-            result = outcome.capture(job.fn, *job.args)
+            self.running_priority = Priority(priority)
+            try:
+                result = outcome.capture(job.fn, *job.args)
+            finally:
+                self.running_priority = None
             took = time.monotonic() - started
             self.busy_seconds += took
             self.longest_job = max(self.longest_job, took)

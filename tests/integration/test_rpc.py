@@ -179,7 +179,7 @@ def _complete(data: bytes) -> bool:
 
 
 def post(body: bytes, extra: bytes = b"") -> bytes:
-    return (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\n" + extra
+    return (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n" + extra
             + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
@@ -215,13 +215,13 @@ async def test_hostile_requests_get_errors_and_the_server_survives(node) -> None
     huge = post(b"x" * (2 * 1024 * 1024))
     status, _ = await raw_http(port, huge[: huge.index(b"\r\n\r\n") + 4 + 1000])  # announced 2 MiB body
     assert status == 413
-    chunked = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunked = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
                + (b"10000\r\n" + b"x" * 0x10000 + b"\r\n") * 17)  # 1.06 MiB, no length announced
     status, _ = await raw_http(port, chunked)
     assert status == 413
     status, body = await raw_http(port, post(b'{"jsonrpc":"2.0","method":"eth_blockNumber"}'))  # notification
     assert (status, body) == (204, b"")
-    status, _ = await raw_http(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _ = await raw_http(port, b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     assert status == 405
     status, _ = await raw_http(port, b"\x00\x01garbage\r\n\r\n")
     assert status == 400
