@@ -26,6 +26,8 @@ are used when writing because TOML integers stop at 2**63):
     under_min = "extend"               # or "skip": what a round below min_participants does at its deadline
     absent_rounds = 3                  # missing this many rounds in a row leaves the expected set (0: never)
     admission = "stake"                # or "allowlist": register with participant_bond, or with validator approvals
+    max_samples = 1000000              # the largest numSamples a commit may report: caps a participant's
+                                       # reward share and the weight the aggregation rule may give it
     participant_bond = "1 ether"       # refunded on leave (stake admission only)
     reward_per_round = "1 ether"
 
@@ -153,6 +155,7 @@ _ROUNDS_RANGES = {  # inclusive bounds of the integer [rounds] fields
     "min_grace_s": (0, 3_600),
     "min_participants": (1, 128),
     "absent_rounds": (0, 1_000_000),
+    "max_samples": (1, 2**64),
 }
 _ROUNDS_CHOICES = {"under_min": UNDER_MIN_CHOICES, "admission": ADMISSION_CHOICES}
 
@@ -170,6 +173,7 @@ class RoundsParams:
     absent_rounds: int = 3  # consecutive missed rounds that drop a participant from the expected set; 0: never
     admission: str = "stake"  # "stake": register pays participant_bond; "allowlist": > 2/3 of stake approves
     participant_bond: int = 10**18  # wei, refunded on leave (stake admission)
+    max_samples: int = 1_000_000  # the largest numSamples a commit may report (reward share, rule weight)
     reward_per_round: int = 10**18  # wei
 
     def __post_init__(self) -> None:

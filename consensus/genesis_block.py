@@ -107,6 +107,7 @@ def _contract_params(params_cls: Any, g: Genesis) -> Any:
         "skip_under_min": r.under_min == "skip",
         "absent_rounds": r.absent_rounds,
         "admission_mode": 1 if r.admission == "allowlist" else 0,  # SwarmRounds.admissionMode
+        "max_samples": r.max_samples,
         "participant_bond": r.participant_bond,
         "reward_per_round": r.reward_per_round,
     }

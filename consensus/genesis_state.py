@@ -57,7 +57,7 @@ _ROUNDS_INIT_TYPES = [
     "bytes32",  # genesisModelHash
     "uint256", "uint256", "uint256", "uint256",  # commitWindowSecs, stragglerGracePct, minGraceSecs, minParticipants
     "bool",  # skipUnderMin
-    "uint256", "uint256", "uint256",  # absentRounds, admissionMode, participantBond
+    "uint256", "uint256", "uint256", "uint256",  # absentRounds, admissionMode, maxSamples, participantBond
     "uint256", "uint256", "uint256",  # rewardPerRound, contributorShareBps, mismatchPenaltyBps
     "address[]", "string[]",  # initialParticipants, initialPeerIds
 ]
@@ -66,6 +66,7 @@ ADMISSION_ALLOWLIST = 1  # register carries approvals by > 2/3 of stake
 MAX_GRACE_PCT = 1_000  # SwarmRounds.vy MAX_GRACE_PCT
 MAX_DURATION = 2**40  # SwarmRounds.vy MAX_DURATION (seconds)
 MAX_REWARD_PER_ROUND = 2**128  # SwarmRounds.vy MAX_REWARD
+MAX_SAMPLES = 2**64  # SwarmRounds.vy MAX_REPORTED
 
 
 class GenesisError(ConsensusError):
@@ -89,6 +90,7 @@ class ContractParams:
     skip_under_min: bool = False  # at the deadline below min_participants: skip the round (else wait)
     absent_rounds: int = 3  # consecutive missed rounds that leave the expected set; 0: never
     admission_mode: int = ADMISSION_STAKE  # or ADMISSION_ALLOWLIST
+    max_samples: int = 1_000_000  # the largest numSamples a commit may report (reward share, rule weight)
     participant_bond: int = 1 * ETHER  # paid by register in stake mode, refunded by leave
     reward_per_round: int = 1 * ETHER  # paid from the pool at each finalization
     contributor_share_bps: int = 7_000  # part of reward_per_round for contributors (rest: attesters)
@@ -117,6 +119,8 @@ class ContractParams:
         for name, limit in limits.items():
             if getattr(self, name) > limit:
                 raise GenesisError(f"contract param {name} must be <= {limit}, got {getattr(self, name)}")
+        if not 1 <= self.max_samples <= MAX_SAMPLES:
+            raise GenesisError(f"contract param max_samples must be in [1, {MAX_SAMPLES}], got {self.max_samples}")
         if self.admission_mode not in (ADMISSION_STAKE, ADMISSION_ALLOWLIST):
             raise GenesisError(f"contract param admission_mode must be 0 or 1, got {self.admission_mode}")
         if self.skip_under_min and not any(self.genesis_model_hash):
@@ -202,6 +206,7 @@ def swarm_rounds_constructor_args(validators: Sequence[GenesisValidator], params
             params.skip_under_min,
             params.absent_rounds,
             params.admission_mode,
+            params.max_samples,
             params.participant_bond,
             params.reward_per_round,
             params.contributor_share_bps,

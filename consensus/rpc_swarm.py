@@ -107,14 +107,23 @@ class SwarmViews:
 
     def round(self, r: int) -> dict[str, Any] | None:
         """Round r with its commits, or None if the round is not open yet (or no contract)."""
+        info = self.round_info(r)
+        if info is None:
+            return None
+        return {"round": r, **info, "commits": self.commits(r, 0, int(info["commitCount"]))}
+
+    def round_info(self, r: int) -> dict[str, Any] | None:
+        """Round r without its commits (None if not open yet, or no contract): one view call."""
         if not self._ready():
             return None
         try:
-            info = self.call_view("SwarmRounds", "getRound", r)
+            return dict(self.call_view("SwarmRounds", "getRound", r))
         except CallFailed:
             return None
-        commits = [self._commit(r, i) for i in range(int(info["commitCount"]))]
-        return {"round": r, **info, "commits": commits}
+
+    def commits(self, r: int, start: int, stop: int) -> list[Any]:
+        """Commits start..stop-1 of round r (one view call each, the first time)."""
+        return [self._commit(r, i) for i in range(start, stop)]
 
     def _commit(self, r: int, i: int) -> Any:
         """Commits are append-only: once read, one never changes, whatever the head."""
@@ -126,7 +135,7 @@ class SwarmViews:
         return self._immutable[key]
 
     ROUNDS_CONFIG = ("commitWindowSecs", "stragglerGracePct", "minGraceSecs", "minParticipants", "skipUnderMin",
-                     "absentRounds", "admissionMode", "participantBond", "rewardPerRound", "contributorShareBps",
+                     "absentRounds", "admissionMode", "maxSamples", "participantBond", "rewardPerRound", "contributorShareBps",
                      "mismatchPenaltyBps")
 
     def rounds_config(self) -> dict[str, Any] | None:
@@ -140,11 +149,18 @@ class SwarmViews:
 
     def participants(self) -> list[dict[str, Any]]:
         """The whole registry in index order (indices never change), each with its membership state."""
+        addresses, current = self.participant_list()
+        return self.participant_infos(addresses, current)
+
+    def participant_list(self) -> tuple[list[str], int]:
+        """(the registry's addresses in index order, the current round); ([], 0) without the contract."""
         if not self._ready():
-            return []
-        current = int(self.call_view("SwarmRounds", "currentRound"))
+            return [], 0
+        return list(self.call_view("SwarmRounds", "getParticipants")), int(self.call_view("SwarmRounds", "currentRound"))
+
+    def participant_infos(self, addresses: list[str], current: int) -> list[dict[str, Any]]:
         out = []
-        for address in self.call_view("SwarmRounds", "getParticipants"):
+        for address in addresses:
             info = self.call_view("SwarmRounds", "getParticipant", address)
             expected = bool(info["active"]) and int(info["expectedRound"]) == current + 1
             out.append({"address": address, **info, "expected": expected})
@@ -152,9 +168,13 @@ class SwarmViews:
 
     def history(self, start: int | None, count: int) -> list[dict[str, Any]]:
         """Up to `count` rounds from `start` (default: the latest `count` rounds), oldest first."""
+        rounds = (self.round(r) for r in self.history_rounds(start, count))
+        return [r for r in rounds if r is not None]
+
+    def history_rounds(self, start: int | None, count: int) -> list[int]:
+        """The round numbers `history` covers."""
         if not self._ready():
             return []
         current = int(self.call_view("SwarmRounds", "currentRound"))
         first = max(0, current - count + 1) if start is None else start
-        rounds = (self.round(r) for r in range(first, min(current, first + count - 1) + 1))
-        return [r for r in rounds if r is not None]
+        return list(range(first, min(current, first + count - 1) + 1))

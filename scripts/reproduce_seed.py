@@ -50,9 +50,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p", type=float, help="dominant-class fraction (partition dominant)")
     p.add_argument("--alpha", type=float, help="Dirichlet concentration (partition dirichlet)")
     p.add_argument("--model", choices=["federated-net", "small-cnn", "mlp"])
-    p.add_argument("--rule", choices=["fedavg", "fedavgm", "median", "trimmed-mean", "krum", "multi-krum"])
+    p.add_argument("--rule", choices=["fedavg", "fedavgm", "median", "trimmed-mean", "krum", "multi-krum",
+                                      "norm-bounded", "centered-clipping", "robust"])
     p.add_argument("--rule-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="aggregation rule parameter, e.g. momentum=0.9, beta=0.2, f=2 (repeatable)")
+                   help="aggregation rule parameter, e.g. momentum=0.9, beta=0.2, f=2, weight_cap=median (repeatable)")
     p.add_argument("--optimizer", choices=["sgd", "adam"])
     p.add_argument("--lr", type=float)
     p.add_argument("--momentum", type=float, help="client optimizer momentum")
@@ -69,6 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", type=Path, help="where to write history.json and history.png (default runs/<preset>)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     return p.parse_args(argv)
+
+
+def _param_value(value: str) -> int | float | str:
+    """A --rule-param value: an int, else a float, else the string itself (e.g. weight_cap=median)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def build_task(args: argparse.Namespace) -> Any:
@@ -97,7 +108,7 @@ def build_task(args: argparse.Namespace) -> Any:
             key, _, value = item.partition("=")
             if not _:
                 raise SystemExit(f"error: --rule-param wants KEY=VALUE, got {item!r}")
-            params[key] = float(value) if "." in value else int(value)
+            params[key] = _param_value(value)
         overrides["rule_params"] = params
     elif args.rule and args.rule != "fedavgm":
         overrides["rule_params"] = {}

@@ -2,6 +2,13 @@
 
 `Swarm` holds the clients' data and the global model; `run_round` does one learning round exactly as the
 round protocol does (train, quantize, encode, hash, validate, aggregate). The daemon reuses `local_update`.
+
+With an `Adversary` (swarmnode.adversary) some clients are Byzantine: they may train on transformed
+labels, and each round their attack decides the hash they commit, the samples they report and the bytes
+they serve. The round then goes through a model of the protocol's checks (`include_commits`): the
+contract refuses a hash already committed in the round and a zero sample count, and data availability
+keeps a commit whose blob nobody can fetch out of every block; included blobs go through the same decode
+and validation as in the daemon, so malformed, wrong-shape or absurd-norm updates are excluded with a reason.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,7 +31,7 @@ from swarmnode.aggregation.codec import (
     model_hash,
     quantize_delta,
 )
-from swarmnode.aggregation.errors import UpdateRejected
+from swarmnode.aggregation.errors import AggregationError, NonFiniteValue
 from swarmnode.aggregation.rules import Contribution, RuleSpec, aggregate
 from swarmnode.aggregation.validate import validate_update
 from swarmnode.learning.data import Dataset, Split, to_float
@@ -32,6 +40,11 @@ from swarmnode.learning.models import build_model
 from swarmnode.learning.partition import partition, train_val_split
 from swarmnode.learning.tasks import Task, initial_params, training_seed
 from swarmnode.learning.train import LocalResult, batches, train_local
+
+if TYPE_CHECKING:
+    from swarmnode.adversary.attacks import Adversary, Submission
+
+MAX_REPORTED = (1 << 64) - 1  # SwarmRounds.commitUpdate refuses zero and numSamples above the genesis max_samples
 
 
 @dataclass(frozen=True)
@@ -95,47 +108,135 @@ def contribution_from_blob(blob: bytes, num_samples: int, params: Mapping[str, t
     return Contribution(update_id if update_id is not None else content_id(blob), num_samples, update)
 
 
+@dataclass(frozen=True)
+class Commit:
+    """One participant's commit in a round: the hash on chain, the reported samples, the bytes it serves."""
+
+    client: int
+    committed_hash: bytes
+    num_samples: int
+    served: bytes | None
+
+
+def include_commits(commits: list[Commit], max_samples: int = MAX_REPORTED
+                    ) -> tuple[list[Commit], list[tuple[str, str]]]:
+    """Which commits end up in a finalized block, in commit order, and why the others do not.
+
+    Models SwarmRounds.commitUpdate (one commit per participant; a hash already committed in the round is
+    refused; numSamples must be in 1..max_samples, the genesis bound) and the data-availability rule
+    (validators prevote a block only when they hold a blob that verifies against every commit's hash: a
+    commit whose blob is never served, or served with other bytes, is never included).
+    """
+    seen: set[bytes] = set()
+    included: list[Commit] = []
+    refused: list[tuple[str, str]] = []
+    for c in commits:
+        if c.committed_hash in seen:
+            refused.append((c.committed_hash.hex(), "duplicate-hash"))
+        elif not 0 < c.num_samples <= max_samples:
+            refused.append((c.committed_hash.hex(), "bad-num-samples"))
+        elif c.served is None:
+            refused.append((c.committed_hash.hex(), "unavailable:withheld"))
+        elif content_id(c.served) != c.committed_hash:
+            refused.append((c.committed_hash.hex(), "unavailable:hash-mismatch"))
+        else:
+            seen.add(c.committed_hash)
+            included.append(c)
+    return included, refused
+
+
 class Swarm:
     """N simulated clients sharing one global model, run round by round in this process."""
 
-    def __init__(self, task: Task, dataset: Dataset) -> None:
+    def __init__(self, task: Task, dataset: Dataset, adversary: Adversary | None = None,
+                 max_samples: int = MAX_REPORTED) -> None:
         self.task = task
         self.dataset = dataset
         self.clients = build_clients(task, dataset)
         self.model = GlobalModel(initial_params(task))
         self.round = 0
+        self.adversary = adversary
+        self.committed: dict[int, list[bytes]] = {}  # attackers' earlier commits (what they can replay)
+        self.max_samples = max_samples  # the contract's bound on a commit's numSamples (genesis max_samples)
 
-    def run_round(self, tamper: Mapping[int, float] | None = None) -> RoundReport:
-        """One round; `tamper` maps a client index to a factor its delta is multiplied by (attack studies)."""
+    def _train_data(self, c: ClientData) -> Split:
+        adv = self.adversary
+        if adv is None or c.index not in adv.attackers or adv.attack.label_map is None:
+            return c.train
+        return Split(c.train.images, adv.attack.labels(c.train.labels))
+
+    def run_round(self, tamper: Mapping[int, float] | None = None, *, score_clients: bool = True,
+                  score_test: bool = True) -> RoundReport:
+        """One round; `tamper` maps a client index to a factor its delta is multiplied by (attack studies).
+        `score_clients` / `score_test` off skip the clients' validation scores / the global test score
+        (reported as NaN), which cost more than training for small models."""
         t0 = time.perf_counter()
-        contribs, results, vals, excluded = [], [], [], []
+        trained: list[tuple[ClientData, LocalUpdate]] = []
+        results, vals, diverged = [], [], []
         for c in self.clients:
-            upd = local_update(self.task, self.model.params, c.train, self.round, c.index)
+            try:
+                upd = local_update(self.task, self.model.params, self._train_data(c), self.round, c.index)
+            except NonFiniteValue:  # training diverged: like a daemon, the client has nothing to commit
+                diverged.append((f"client-{c.index}", "training-diverged"))
+                continue
             if tamper and c.index in tamper:
                 scaled = {n: d * tamper[c.index] for n, d in upd.result.delta.items()}
                 blob = encode_update(quantize_delta(scaled))
                 upd = LocalUpdate(upd.result, blob, content_id(blob))
+            trained.append((c, upd))
             results.append(upd.result)
-            local = {n: self.model.params[n] + upd.result.delta[n] for n in self.model.params}
-            if len(c.val):
+            if score_clients and len(c.val):
+                local = {n: self.model.params[n] + upd.result.delta[n] for n in self.model.params}
                 vals.append(evaluate(self.task.model, local, c.val))
-            try:
-                contribs.append(contribution_from_blob(upd.blob, upd.result.num_samples, self.model.params,
-                                                       self.task.max_update_norm))
-            except UpdateRejected as exc:
-                excluded.append((upd.update_id.hex(), exc.reason))
         train_seconds = (time.perf_counter() - t0) / max(1, len(self.clients))
+        included, excluded = include_commits(self._commits(trained), self.max_samples)
+        excluded = diverged + excluded
+        contribs = []
+        for commit in included:
+            assert commit.served is not None
+            try:
+                contribs.append(contribution_from_blob(commit.served, commit.num_samples, self.model.params,
+                                                       self.task.max_update_norm, update_id=commit.committed_hash))
+            except AggregationError as exc:
+                excluded.append((commit.committed_hash.hex(), getattr(exc, "reason", "malformed")))
         self.model, agg = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), self.model, contribs)
         excluded += [(uid.hex(), why) for uid, why in agg.excluded]
-        test = evaluate(self.task.model, self.model.params, self.dataset.test)
+        test = (evaluate(self.task.model, self.model.params, self.dataset.test) if score_test
+                else EvalResult(float("nan"), float("nan"), (), (), (), ()))
         report = RoundReport(
-            self.round, float(np.mean([r.loss for r in results])), float(np.mean([r.accuracy for r in results])),
+            self.round, float(np.mean([r.loss for r in results])) if results else float("nan"),
+            float(np.mean([r.accuracy for r in results])) if results else float("nan"),
             float(np.mean([v.loss for v in vals])) if vals else float("nan"),
             float(np.mean([v.accuracy for v in vals])) if vals else float("nan"), test, model_hash(self.model), len(agg.used), excluded,
             time.perf_counter() - t0, train_seconds,
         )
         self.round += 1
         return report
+
+    def _commits(self, trained: list[tuple[ClientData, LocalUpdate]]) -> list[Commit]:
+        """Honest clients commit first, in index order (they hold their bytes first); attackers, who see the
+        round's announcements, commit after them."""
+        adv = self.adversary
+        bad = adv.attackers if adv is not None else frozenset()
+        honest = [Commit(c.index, u.update_id, u.result.num_samples, u.blob) for c, u in trained if c.index not in bad]
+        if adv is None:
+            return honest
+        return honest + [self._attacker_commit(adv, c, u, trained) for c, u in trained if c.index in bad]
+
+    def _attacker_commit(self, adv: Adversary, c: ClientData, upd: LocalUpdate,
+                         trained: list[tuple[ClientData, LocalUpdate]]) -> Commit:
+        from swarmnode.adversary.attacks import RoundContext
+
+        honest_deltas = [u.result.delta for cl, u in trained if cl.index not in adv.attackers]
+        peers = [u.blob for cl, u in trained if cl.index not in adv.attackers]
+        ctx = RoundContext(self.round, c.index, upd.result.delta, upd.blob, upd.result.num_samples, honest_deltas,
+                           len(self.clients), len(adv.attackers), tuple(self.committed.get(c.index, ())), peers,
+                           adv.seed)
+        sub: Submission = adv.attack.craft(ctx)
+        if sub.available():
+            assert sub.served is not None
+            self.committed.setdefault(c.index, []).append(sub.served)
+        return Commit(c.index, sub.committed_hash, sub.num_samples, sub.served)
 
 
 class Centralized:

@@ -226,6 +226,7 @@ minParticipants: public(uint256)
 skipUnderMin: public(bool)
 absentRounds: public(uint256)
 admissionMode: public(uint256)
+maxSamples: public(uint256)  # the largest numSamples a commit may report (genesis)
 participantBond: public(uint256)
 rewardPerRound: public(uint256)
 contributorShareBps: public(uint256)
@@ -266,6 +267,7 @@ def __init__(
     skipUnderMin: bool,
     absentRounds: uint256,
     admissionMode: uint256,
+    maxSamples: uint256,
     participantBond: uint256,
     rewardPerRound: uint256,
     contributorShareBps: uint256,
@@ -282,6 +284,8 @@ def __init__(
     assert minParticipants <= MAX_PARTICIPANTS, "init: min participants above 128"
     assert not skipUnderMin or genesisModelHash != empty(bytes32), "init: skipping needs a genesis model hash"
     assert admissionMode <= ADMISSION_ALLOWLIST, "init: admission mode is not 0 or 1"
+    assert maxSamples >= 1, "init: max samples below 1"
+    assert maxSamples <= MAX_REPORTED, "init: max samples above 2**64"
     assert rewardPerRound <= MAX_REWARD, "init: reward per round above 2**128"
     assert contributorShareBps <= BPS, "init: contributor share above 10000 bps"
     assert mismatchPenaltyBps <= BPS, "init: mismatch penalty above 10000 bps"
@@ -295,6 +299,7 @@ def __init__(
     self.skipUnderMin = skipUnderMin
     self.absentRounds = absentRounds
     self.admissionMode = admissionMode
+    self.maxSamples = maxSamples
     self.participantBond = participantBond
     self.rewardPerRound = rewardPerRound
     self.contributorShareBps = contributorShareBps
@@ -702,7 +707,9 @@ def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, local
     assert updateHash != empty(bytes32), "commitUpdate: empty update hash"
     assert not self.updateSeen[round][updateHash], "commitUpdate: duplicate update hash"
     assert numSamples > 0, "commitUpdate: zero samples"
-    assert numSamples <= MAX_REPORTED, "commitUpdate: numSamples above 2**64"
+    # a sample count is the participant's own claim: the genesis caps it, which bounds both its share of
+    # the contributor rewards and the weight the aggregation rules may give it
+    assert numSamples <= self.maxSamples, "commitUpdate: numSamples above maxSamples"
     assert localLoss <= MAX_REPORTED, "commitUpdate: localLoss above 2**64"
     assert localAccuracy <= FIXED_ONE, "commitUpdate: accuracy above 1e6"
     index: uint256 = self.rounds[round].commitCount

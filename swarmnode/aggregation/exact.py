@@ -49,3 +49,23 @@ def exact_sum_of_squares(values: torch.Tensor) -> int:
     hi = int((sq >> 31).sum())
     lo = int((sq & ((1 << 31) - 1)).sum())
     return (hi << 31) + lo
+
+
+def exact_row_sums_of_squares(values: torch.Tensor) -> list[int]:
+    """sum(v**2) over every row (all dimensions but the first), each an exact Python int; |v| <= 2**31.
+
+    When no row sum can reach 2**63 the squares are summed directly; otherwise with the same split at
+    bit 31 as exact_sum_of_squares. Both are exact integer sums, so the result is the same either way.
+    """
+    v = values.to(torch.int64).reshape(values.shape[0], -1)
+    if not v.numel():
+        return [0] * int(values.shape[0])
+    peak = int(v.abs().max())
+    if peak > (1 << 31):
+        raise ValueError("exact_row_sums_of_squares takes magnitudes up to 2**31")
+    sq = v * v
+    if peak * peak * v.shape[1] < (1 << 63):
+        return [int(x) for x in sq.sum(dim=1).tolist()]
+    hi = (sq >> 31).sum(dim=1).tolist()
+    lo = (sq & ((1 << 31) - 1)).sum(dim=1).tolist()
+    return [(int(h) << 31) + int(lo_) for h, lo_ in zip(hi, lo, strict=True)]

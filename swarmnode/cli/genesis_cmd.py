@@ -99,6 +99,10 @@ def _add_rounds_arguments(new: argparse.ArgumentParser) -> None:
                              f"(default: {d.admission})")
     rounds.add_argument("--participant-bond", default=format_amount(d.participant_bond), metavar="AMOUNT",
                         help=f"bond paid by register in stake admission (default: {format_amount(d.participant_bond)})")
+    rounds.add_argument("--max-samples", type=int, default=None, metavar="N",
+                        help="the largest sample count a commit may report; it caps a participant's share of the "
+                             "rewards and the weight the aggregation rule may give it (default: twice the task's "
+                             "largest client share)")
     rounds.add_argument("--reward", default=format_amount(d.reward_per_round), metavar="AMOUNT",
                         help=f"reward per learning round (default: {format_amount(d.reward_per_round)})")
     # replaced: without this, argparse would take "--commit-window 20" as an abbreviation of --commit-window-s
@@ -149,11 +153,22 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
                 commit_window_s=args.commit_window_s, straggler_grace_pct=args.straggler_grace_pct,
                 min_grace_s=args.min_grace_s, min_participants=args.min_participants, under_min=args.under_min,
                 absent_rounds=args.absent_rounds, admission=args.admission, participant_bond=bond,
-                reward_per_round=reward),
+                reward_per_round=reward, max_samples=_max_samples(args, task)),
             task=task, genesis_model_hash=genesis_model_hash(task), genesis_time=args.genesis_time,
         )
     except ConsensusError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _max_samples(args: argparse.Namespace, task: dict[str, Any]) -> int:
+    """--max-samples, or twice the largest share a client of the task can hold (every preset splits the
+    dataset's 60000 training images over num_clients, or takes samples_per_client of them)."""
+    if args.max_samples is not None:
+        if not 1 <= args.max_samples <= 2**64:
+            raise CliError(f"--max-samples must be between 1 and 2**64, got {args.max_samples}")
+        return int(args.max_samples)
+    share = int(task.get("samples_per_client") or 0) or -(-60_000 // max(1, int(task.get("num_clients", 1))))
+    return 2 * share
 
 
 def peer_id_of(secret: bytes) -> str:
@@ -195,7 +210,7 @@ def _command_line(args: argparse.Namespace) -> str:
     defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": format_amount(r.reward_per_round),
                 "commit_window_s": r.commit_window_s, "straggler_grace_pct": r.straggler_grace_pct,
                 "min_grace_s": r.min_grace_s, "min_participants": r.min_participants, "under_min": r.under_min,
-                "absent_rounds": r.absent_rounds, "admission": r.admission,
+                "absent_rounds": r.absent_rounds, "admission": r.admission, "max_samples": None,
                 "participant_bond": format_amount(r.participant_bond),
                 "epoch_length": ConsensusParams().epoch_length,
                 "block_interval_ms": ConsensusParams().block_interval_ms,
@@ -234,4 +249,5 @@ def describe_rounds(r: RoundsParams) -> str:
     admission = (f"stake admission (bond {format_amount(r.participant_bond)})" if r.admission == "stake"
                  else "allow-list admission")
     return (f"window {r.commit_window_s} s, {grace}, min {r.min_participants} commit(s) ({r.under_min}), "
-            f"{absent}, {admission}, reward {format_amount(r.reward_per_round)}")
+            f"{absent}, {admission}, reward {format_amount(r.reward_per_round)}, at most {r.max_samples} samples "
+            f"per commit")

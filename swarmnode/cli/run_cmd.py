@@ -18,7 +18,42 @@ def register(subparsers: Any) -> None:
                    help="bootstrap peer multiaddr with /p2p/<id> (repeatable; added to the config's)")
     p.add_argument("--name", help="label for log lines (default: address prefix)")
     p.add_argument("--eval-test", action="store_true", help="also evaluate every global model on the test set")
+    p.add_argument("--byzantine", metavar="ATTACK[:KEY=VALUE,...]",
+                   help="TESTING ONLY: attack the swarm as a Byzantine participant, e.g. sign-flip, "
+                        "scaling:factor=-10, gaussian:sigma=0.5, label-flip, inflated-samples, nan, wrong-shape, "
+                        "absurd-norm, replay-old, withhold, equivocate (see swarmnode/adversary/attacks.py)")
+    rpc = p.add_argument_group("JSON-RPC (each overrides the config's [rpc] value)")
+    rpc.add_argument("--rpc-vhosts", metavar="NAMES",
+                     help="comma-separated Host names the RPC answers besides localhost/127.0.0.1/[::1] and its "
+                          "bind address; '*' answers any (as geth --http.vhosts)")
+    rpc.add_argument("--rpc-cors", metavar="ORIGINS",
+                     help="comma-separated browser origins (scheme://host[:port]) allowed besides localhost "
+                          "pages; '*' allows any (as geth --http.corsdomain)")
+    rpc.add_argument("--rpc-gas-cap", type=int, metavar="GAS",
+                     help="gas of one eth_call/eth_estimateGas; more is clamped to it (default 5000000)")
+    rpc.add_argument("--rpc-call-timeout", type=float, metavar="SECONDS",
+                     help="wall-clock limit of one eth_call/eth_estimateGas (default 5)")
     p.set_defaults(func=cmd_run)
+
+
+def rpc_options(cfg: Any, args: argparse.Namespace) -> Any:
+    """consensus.rpc.RpcOptions from the config's [rpc] table and the command line."""
+    from consensus.chain_reads import CallLimits
+    from consensus.rpc import RpcOptions
+
+    def names(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+        return default if text is None else tuple(n.strip() for n in text.split(",") if n.strip())
+
+    gas_cap = args.rpc_gas_cap if getattr(args, "rpc_gas_cap", None) is not None else cfg.rpc_gas_cap
+    timeout = args.rpc_call_timeout if getattr(args, "rpc_call_timeout", None) is not None else cfg.rpc_call_timeout
+    if not 21_000 <= gas_cap <= 2**40:
+        raise CliError(f"--rpc-gas-cap {gas_cap}: expected 21000 to 2**40")
+    if not 0.01 <= timeout <= 3600:
+        raise CliError(f"--rpc-call-timeout {timeout}: expected 0.01 to 3600 seconds")
+    calls = CallLimits(gas_cap=gas_cap, timeout=timeout, workers=cfg.rpc_call_workers)
+    return RpcOptions(vhosts=names(getattr(args, "rpc_vhosts", None), cfg.rpc_vhosts),
+                      cors_origins=names(getattr(args, "rpc_cors", None), cfg.rpc_cors_origins),
+                      max_connections=cfg.rpc_max_connections, calls=calls)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -44,7 +79,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config).with_bootstrap(tuple(args.bootstrap))
         setup_logging(cfg.log_level, args.name)
-        node = Node.from_config(cfg, evaluate_test=args.eval_test)
+        options = rpc_options(cfg, args)
+        node = Node.from_config(cfg, evaluate_test=args.eval_test, byzantine=args.byzantine)
+        node.rpc.configure(options)  # Node builds its RpcServer with the defaults
         trio.run(node.run)
     except (NodeConfigError, KeyFileError, NodeError, LearningError, ConsensusError) as exc:
         raise CliError(str(exc)) from None

@@ -25,7 +25,10 @@ class Task:
     partition_params: dict[str, Any] = field(default_factory=lambda: {"p": 0.9})
     val_fraction: float = 0.1
     samples_per_client: int = 0  # 0 = the client's whole share
-    rule: str = "fedavgm"
+    # robust: capped sample weights, updates bounded at the round's median norm, a sign gate against the
+    # coordinate-wise median, centred clipping and server momentum (swarmnode/aggregation/rules.py); on the
+    # clean seed experiment it stays within a point of fedavgm (README, "Hostile peers and participants")
+    rule: str = "robust"
     rule_params: dict[str, Any] = field(default_factory=lambda: {"server_lr": 1.0, "momentum": 0.9})
     max_update_norm: float = 1000.0
     optimizer: str = "sgd"

@@ -23,6 +23,12 @@ class NodeConfig:
     bootstrap: tuple[str, ...] = ()
     rpc_host: str = "127.0.0.1"
     rpc_port: int = 0  # 0: any free port (written to <data_dir>/node.json)
+    rpc_vhosts: tuple[str, ...] = ()  # Host names the RPC answers besides localhost and rpc_host ("*": any)
+    rpc_cors_origins: tuple[str, ...] = ()  # browser Origins allowed besides localhost pages ("*": any)
+    rpc_gas_cap: int = 5_000_000  # gas of one eth_call / eth_estimateGas (more is clamped to this)
+    rpc_call_timeout: float = 5.0  # wall-clock seconds of one eth_call / eth_estimateGas
+    rpc_call_workers: int = 2  # processes running eth_call / eth_estimateGas (calls at once)
+    rpc_max_connections: int = 64  # RPC connections at once; more wait, then get 503
     torch_threads: int = 1
     dataset_dir: Path | None = None  # where the task's dataset is looked for first
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
@@ -68,6 +74,12 @@ def _int(raw: Any, name: str, lo: int, hi: int) -> int:
     return raw
 
 
+def _seconds(raw: Any, name: str, lo: float = 0.01, hi: float = 3600.0) -> float:
+    if not isinstance(raw, (int, float)) or isinstance(raw, bool) or not lo <= raw <= hi:
+        raise NodeConfigError(f"config field '{name}': expected seconds in [{lo}, {hi}], got {raw!r}")
+    return float(raw)
+
+
 def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     """Parse the TOML tables [node], [p2p], [rpc], [learning]; relative paths are relative to `base`."""
     known = {"node", "p2p", "rpc", "learning"}
@@ -100,6 +112,12 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         bootstrap=_str_list(p2p.get("bootstrap", []), "p2p.bootstrap"),
         rpc_host=str(rpc.get("host", "127.0.0.1")),
         rpc_port=_int(rpc.get("port", 0), "rpc.port", 0, 65535),
+        rpc_vhosts=_str_list(rpc.get("vhosts", []), "rpc.vhosts"),
+        rpc_cors_origins=_str_list(rpc.get("cors_origins", []), "rpc.cors_origins"),
+        rpc_gas_cap=_int(rpc.get("gas_cap", 5_000_000), "rpc.gas_cap", 21_000, 2**40),
+        rpc_call_timeout=_seconds(rpc.get("call_timeout", 5.0), "rpc.call_timeout"),
+        rpc_call_workers=_int(rpc.get("call_workers", 2), "rpc.call_workers", 1, 64),
+        rpc_max_connections=_int(rpc.get("max_connections", 64), "rpc.max_connections", 1, 10_000),
         torch_threads=threads,
         dataset_dir=path(learning, "dataset_dir", "learning", required=False),
         validate_fraction=float(fraction),
@@ -131,7 +149,10 @@ def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
                  "log_level": cfg.log_level, "keep_update_rounds": cfg.keep_update_rounds,
                  "keep_model_rounds": cfg.keep_model_rounds},
         "p2p": {"listen": list(cfg.listen), "bootstrap": list(cfg.bootstrap)},
-        "rpc": {"host": cfg.rpc_host, "port": cfg.rpc_port},
+        "rpc": {"host": cfg.rpc_host, "port": cfg.rpc_port, "vhosts": list(cfg.rpc_vhosts),
+                "cors_origins": list(cfg.rpc_cors_origins), "gas_cap": cfg.rpc_gas_cap,
+                "call_timeout": cfg.rpc_call_timeout, "call_workers": cfg.rpc_call_workers,
+                "max_connections": cfg.rpc_max_connections},
         "learning": learning,
     }
 

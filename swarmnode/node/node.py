@@ -39,6 +39,7 @@ from consensus.rpc import RpcServer
 from consensus.service import ChainService, make_pool
 from consensus.signing_record import SigningRecord
 from consensus.txpool import TxPool
+from swarmnode.adversary.participant import ByzantineParticipant
 from swarmnode.learning.tasks import Task
 from swarmnode.node import machine, txs
 from swarmnode.node.blobfetch import BlobFetcher
@@ -99,7 +100,7 @@ class Node:
     """`Node.from_config(cfg)` then `await node.run()` (returns on SIGINT/SIGTERM or cancellation)."""
 
     def __init__(self, cfg: NodeConfig, genesis: Genesis, task: Task, secret: bytes, chain: ExecutionChain,
-                 clients: list[Any], test_split: Any) -> None:
+                 clients: list[Any], test_split: Any, byzantine: ByzantineParticipant | None = None) -> None:
         self.cfg = cfg
         self.genesis = genesis
         self.task = task
@@ -145,7 +146,8 @@ class Node:
                               fetcher=self.fetcher, p2p=self.p2p, service=self.service, clients=clients,
                               test_split=test_split, history=self.history, data_dir=cfg.data_dir,
                               niceness=cfg.compute_niceness, keep_update_rounds=cfg.keep_update_rounds,
-                              keep_model_rounds=cfg.keep_model_rounds)
+                              keep_model_rounds=cfg.keep_model_rounds, byzantine=byzantine,
+                              max_samples=genesis.rounds.max_samples)
         self.loop = RoundLoop(config=machine.MachineConfig(num_clients=len(clients)),
                               address=self.address, service=self.service, work=self.work, sender=self.sender,
                               models=self.models, history=self.history, wait_height=self.driver.wait_height)
@@ -153,8 +155,10 @@ class Node:
         self.rpc.register_method("swarm_node", self._rpc_node)
 
     @classmethod
-    def from_config(cls, cfg: NodeConfig, *, evaluate_test: bool = False) -> Node:
-        """Read the genesis, key and dataset and open the chain; NodeError says what is wrong."""
+    def from_config(cls, cfg: NodeConfig, *, evaluate_test: bool = False, byzantine: str | None = None) -> Node:
+        """Read the genesis, key and dataset and open the chain; NodeError says what is wrong.
+        `byzantine`: an attack spec (tests and benchmarks): this node attacks instead of training honestly."""
+        from swarmnode.adversary.attacks import AttackError
         from swarmnode.experiment import build_clients
         from swarmnode.learning.data import load_dataset
 
@@ -163,6 +167,10 @@ class Node:
         except Exception as exc:  # GenesisError and I/O errors: both are the user's to fix
             raise NodeError(f"genesis {cfg.genesis}: {exc}") from exc
         task = Task.from_dict(genesis.task)
+        try:
+            attacker = ByzantineParticipant.from_spec(byzantine, task.seed) if byzantine else None
+        except AttackError as exc:
+            raise NodeError(f"--byzantine: {exc}") from None
         secret = load_key(cfg.key_file)
         import torch
 
@@ -175,7 +183,7 @@ class Node:
         except Exception as exc:
             raise NodeError(f"cannot open the chain in {cfg.chain_dir}: {exc}") from exc
         try:
-            return cls(cfg, genesis, task, secret, chain, clients, dataset.test if evaluate_test else None)
+            return cls(cfg, genesis, task, secret, chain, clients, dataset.test if evaluate_test else None, attacker)
         except BaseException:
             chain.close()
             raise

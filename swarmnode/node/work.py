@@ -21,6 +21,7 @@ import trio
 
 from consensus.executor import Priority
 from consensus.service import ChainService
+from swarmnode.adversary.participant import ByzantineParticipant
 from swarmnode.aggregation.codec import GlobalModel, content_id, decode_model, encode_model
 from swarmnode.aggregation.errors import AggregationError
 from swarmnode.aggregation.rules import RuleSpec, aggregate
@@ -104,7 +105,8 @@ class RoundWork:
     def __init__(self, *, task: Task, genesis_model_hash: bytes, models: ModelStore, fetcher: BlobFetcher,
                  p2p: P2PNode, service: ChainService, clients: list[ClientData], test_split: Any,
                  history: History, data_dir: Path, niceness: int, keep_update_rounds: int = 16,
-                 keep_model_rounds: int = 64) -> None:
+                 keep_model_rounds: int = 64, byzantine: ByzantineParticipant | None = None,
+                 max_samples: int = 2**64) -> None:
         self.task = task
         self.genesis_model_hash = genesis_model_hash
         self.models = models
@@ -117,6 +119,8 @@ class RoundWork:
         self.prune_marker = data_dir / "pruned.json"
         self.keep_update_rounds = keep_update_rounds  # 0: keep every update blob
         self.keep_model_rounds = keep_model_rounds  # 0: keep every final model
+        self.byzantine = byzantine  # tests and benchmarks: this node attacks instead of training honestly
+        self.max_samples = max_samples  # the genesis cap on a commit's numSamples (the contract refuses more)
         # training runs below the priority of consensus, libp2p and the chain
         self.compute = ComputeThreads(workers=2, niceness=niceness)
         # scoring is for people, never on the round's critical path: one thread at the lowest priority
@@ -176,15 +180,27 @@ class RoundWork:
             raise WorkError(f"no data partition {action.client_index} (the task has {len(self.clients)})", False)
         model = await self.load_model(action.base_hash)
         data = self.clients[action.client_index].train
+        if self.byzantine is not None:
+            data = self.byzantine.training_data(data)
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, limiter=self.train_limiter)
-        cid = await self.p2p.announce_blob(action.round, upd.blob, upd.update_id)
-        self.fetcher.remember(cid, upd.blob)
+        cid, samples = upd.update_id, min(upd.result.num_samples, self.max_samples)
+        if samples < upd.result.num_samples:
+            log.info("event=samples_capped round=%d trained=%d reported=%d (genesis max_samples)", action.round,
+                     upd.result.num_samples, samples)
+        if self.byzantine is None:
+            await self.p2p.announce_blob(action.round, upd.blob, cid)
+            self.fetcher.remember(cid, upd.blob)
+        else:
+            sub = self.byzantine.submit(action.round, action.client_index, upd)
+            cid, samples = sub.committed_hash, sub.num_samples
+            if sub.served is not None:  # stored and served under the committed hash, matching or not
+                await self.p2p.announce_blob(action.round, sub.served, cid)
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
-                 action.round, cid.hex(), len(upd.blob), upd.result.num_samples, upd.result.loss,
+                 action.round, cid.hex(), len(upd.blob), samples, upd.result.loss,
                  upd.result.accuracy, time.monotonic() - t0)
-        return Trained(CommitCall(action.round, upd.update_id, upd.result.num_samples, txs.fixed(upd.result.loss),
+        return Trained(CommitCall(action.round, cid, samples, txs.fixed(upd.result.loss),
                                   txs.fixed(upd.result.accuracy)))
 
     # ---- step 4 ----

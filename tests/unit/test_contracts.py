@@ -85,6 +85,7 @@ PARAMS = ContractParams(
     skip_under_min=False,
     absent_rounds=3,
     admission_mode=ADMISSION_STAKE,
+    max_samples=2**64,  # the contract's own bound unless a test is about the genesis cap
     participant_bond=BOND,
     reward_per_round=1 * ETHER,
     contributor_share_bps=7_000,
@@ -243,8 +244,8 @@ def test_every_swarm_rounds_constructor_argument_has_a_getter():
     ctor = next(e for e in ROUNDS_ABI if e["type"] == "constructor")
     names = [i["name"] for i in ctor["inputs"]]
     assert names == ["staking", "genesisModelHash", "commitWindowSecs", "stragglerGracePct", "minGraceSecs",
-                     "minParticipants", "skipUnderMin", "absentRounds", "admissionMode", "participantBond",
-                     "rewardPerRound", "contributorShareBps", "mismatchPenaltyBps", "initialParticipants",
+                     "minParticipants", "skipUnderMin", "absentRounds", "admissionMode", "maxSamples",
+                     "participantBond", "rewardPerRound", "contributorShareBps", "mismatchPenaltyBps", "initialParticipants",
                      "initialPeerIds"]
     getters = {n: n for n in names[:-2]} | {"initialParticipants": "getInitialParticipants",
                                             "initialPeerIds": "getInitialPeerIds"}
@@ -270,7 +271,7 @@ def test_genesis_staking_holds_total_stake_plus_reward_pool(evm):
 @pytest.mark.parametrize("change", [
     {"commit_window_s": 9}, {"straggler_grace_pct": 50}, {"min_grace_s": 3}, {"min_participants": 2},
     {"skip_under_min": True}, {"absent_rounds": 0}, {"admission_mode": ADMISSION_ALLOWLIST},
-    {"participant_bond": 2}, {"genesis_model_hash": HASH_B}, {"genesis_time": GENESIS_TIME + 1},
+    {"participant_bond": 2}, {"max_samples": 7}, {"genesis_model_hash": HASH_B}, {"genesis_time": GENESIS_TIME + 1},
 ])
 def test_genesis_is_deterministic_and_depends_on_every_round_param(change):
     assert make_alloc() == make_alloc()
@@ -310,8 +311,8 @@ def test_genesis_swarm_rounds_getters(evm):
     expected = {
         "staking": hexaddr(STAKING_ADDRESS), "genesisModelHash": GENESIS_MODEL, "commitWindowSecs": WINDOW,
         "stragglerGracePct": 0, "minGraceSecs": 2, "minParticipants": 1, "skipUnderMin": False, "absentRounds": 3,
-        "admissionMode": 0, "participantBond": BOND, "rewardPerRound": ETHER, "contributorShareBps": 7_000,
-        "mismatchPenaltyBps": 500, "currentRound": 0, "participantCount": 2, "registrySize": 2,
+        "admissionMode": 0, "maxSamples": 2**64, "participantBond": BOND, "rewardPerRound": ETHER,
+        "contributorShareBps": 7_000, "mismatchPenaltyBps": 500, "currentRound": 0, "participantCount": 2, "registrySize": 2,
         "initialParticipantCount": 2, "totalBonds": 0, "windowOpen": True,
     }
     assert {name: evm.call(ROUNDS, name) for name in expected} == expected
@@ -364,6 +365,8 @@ def test_genesis_rejects_bad_validators(mutate, message):
     ({"admission_mode": 2}, "admission_mode must be 0 or 1, got 2"),
     ({"reward_per_round": 2**128 + 1}, "reward_per_round must be <= "),
     ({"absent_rounds": -1}, "absent_rounds must be >= 0, got -1"),
+    ({"max_samples": 0}, "max_samples must be in \\[1, 18446744073709551616\\], got 0"),
+    ({"max_samples": 2**64 + 1}, "max_samples must be in \\[1, 18446744073709551616\\]"),
     ({"skip_under_min": True, "genesis_model_hash": ZERO32}, "skip_under_min needs a non-zero genesis_model_hash"),
     ({"genesis_model_hash": b"\x01"}, "genesis_model_hash must be 32 bytes"),
     ({"slash_fraction_bps": 10_001}, "slash_fraction_bps must be in \\[0, 10000\\], got 10001"),
@@ -381,8 +384,8 @@ def test_genesis_rejects_bad_accounts():
 CTOR_DEFAULTS = {
     "staking": STAKING_ADDRESS, "genesisModelHash": GENESIS_MODEL, "commitWindowSecs": WINDOW,
     "stragglerGracePct": 100, "minGraceSecs": 2, "minParticipants": 1, "skipUnderMin": False, "absentRounds": 3,
-    "admissionMode": 0, "participantBond": BOND, "rewardPerRound": ETHER, "contributorShareBps": 7_000,
-    "mismatchPenaltyBps": 500, "initialParticipants": [V[0]], "initialPeerIds": [PEER_IDS[0]],
+    "admissionMode": 0, "maxSamples": 10_000, "participantBond": BOND, "rewardPerRound": ETHER,
+    "contributorShareBps": 7_000, "mismatchPenaltyBps": 500, "initialParticipants": [V[0]], "initialPeerIds": [PEER_IDS[0]],
 }
 
 
@@ -415,6 +418,10 @@ def deploy_rounds(**changes) -> str | None:
     ({"genesisModelHash": ZERO32}, None),
     ({"admissionMode": 1}, None),
     ({"admissionMode": 2}, "init: admission mode is not 0 or 1"),
+    ({"maxSamples": 0}, "init: max samples below 1"),
+    ({"maxSamples": 1}, None),
+    ({"maxSamples": 2**64}, None),
+    ({"maxSamples": 2**64 + 1}, "init: max samples above 2**64"),
     ({"rewardPerRound": 2**128}, None),
     ({"rewardPerRound": 2**128 + 1}, "init: reward per round above 2**128"),
     ({"contributorShareBps": 10_001}, "init: contributor share above 10000 bps"),
@@ -667,9 +674,24 @@ def test_duplicate_update_hash_is_refused_within_a_round(evm):
     reverts(commit(evm, K1, round_=1, update=HASH_A), "commitUpdate: duplicate update hash")
 
 
+def test_genesis_max_samples_caps_the_reported_count_and_so_the_reward_share():
+    """A participant claiming a huge sample count gets at most maxSamples' worth of the contributor pool."""
+    evm = make_chain(with_params(max_samples=12_000), participants=3)
+    assert evm.call(ROUNDS, "maxSamples") == 12_000
+    reverts(commit(evm, K0, samples=12_001), "commitUpdate: numSamples above maxSamples")
+    reverts(commit(evm, K0, samples=2**64), "commitUpdate: numSamples above maxSamples")
+    ok(commit(evm, K0, samples=12_000))
+    ok(commit(evm, K1, samples=6_000))
+    ok(commit(evm, K2, samples=6_000))
+    final = finalize(evm)
+    pool = 7 * ETHER // 10
+    assert [e["amount"] for e in final.events_named("ContributorRewarded")] == [pool // 2, pool // 4, pool // 4]
+    assert_solvent(evm)
+
+
 def test_reported_numbers_are_bounded_by_2_64():
     evm = make_chain(participants=3)
-    reverts(commit(evm, K0, samples=2**64 + 1), "commitUpdate: numSamples above 2**64")
+    reverts(commit(evm, K0, samples=2**64 + 1), "commitUpdate: numSamples above maxSamples")
     reverts(commit(evm, K0, loss=2**64 + 1), "commitUpdate: localLoss above 2**64")
     ok(commit(evm, K0, samples=2**64, loss=2**64))
     ok(commit(evm, K1, samples=2**64))

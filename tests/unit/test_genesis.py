@@ -44,7 +44,7 @@ def test_minimal_file_gets_defaults() -> None:
     assert dataclasses.asdict(g.rounds) == {
         "commit_window_s": 60, "straggler_grace_pct": 100, "min_grace_s": 2, "min_participants": 1,
         "under_min": "extend", "absent_rounds": 3, "admission": "stake", "participant_bond": 10**18,
-        "reward_per_round": 10**18}
+        "max_samples": 1_000_000, "reward_per_round": 10**18}
     assert dict(g.task) == {}
     assert g.genesis_model_hash == b"\x00" * 32
 
@@ -262,12 +262,16 @@ def test_cli_rounds_flags(tmp_path, capsys) -> None:
     out = tmp_path / "g.toml"
     flags = ["--commit-window-s", "30", "--straggler-grace-pct", "50", "--min-grace-s", "5", "--min-participants",
              "2", "--under-min", "skip", "--absent-rounds", "0", "--admission", "allowlist", "--participant-bond",
-             "2 ether", "--reward", "3 ether"]
+             "2 ether", "--reward", "3 ether", "--max-samples", "777"]
     assert main([*base, "--out", str(out), *flags]) == 0
     g = load_genesis(out)
     assert g.rounds == RoundsParams(commit_window_s=30, straggler_grace_pct=50, min_grace_s=5, min_participants=2,
                                     under_min="skip", absent_rounds=0, admission="allowlist",
-                                    participant_bond=2 * 10**18, reward_per_round=3 * 10**18)
+                                    participant_bond=2 * 10**18, reward_per_round=3 * 10**18, max_samples=777)
+    default = tmp_path / "d.toml"
+    assert main([*base, "--out", str(default)]) == 0
+    assert load_genesis(default).rounds.max_samples == 600  # twice the tiny task's 300 samples per client
+    assert main([*base, "--out", str(default), "--max-samples", "0"]) == 2
     first_line = out.read_text().splitlines()[0]
     for flag in flags[::2]:
         assert flag in first_line, f"{flag} missing from the regenerating command: {first_line}"
