@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 
 import torch
@@ -75,7 +76,9 @@ def _metadata(raw: bytes) -> dict[str, str]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    # a temporary name per writer: two threads may store the same content-addressed model at once (a
+    # fetch and the node's own aggregate); with one shared name, the second rename found nothing
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

@@ -112,3 +112,37 @@ def test_blob_store_trusts_only_unchanged_files(tmp_path, monkeypatch):
     path.write_bytes(blob[:-1] + b"X")
     with pytest.raises(BlobCorrupted):
         store.get(cid)
+
+
+def test_the_same_model_stored_by_many_threads_at_once(tmp_path):
+    """A fetch and the node's own aggregate can store one model at the same moment (the churn test saw
+    the second writer's rename fail when both used one temporary name)."""
+    import threading
+
+    import torch
+
+    from swarmnode.aggregation.codec import GlobalModel
+    from swarmnode.node.store import ModelStore
+
+    store = ModelStore(tmp_path)
+    model = GlobalModel({"w": torch.arange(200_000, dtype=torch.float32)})
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def put() -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                store.put_model(model)
+                store.remove_model(store.put_model(model))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert store.get_model(store.put_model(model)).params["w"].equal(model.params["w"])
+    assert not list((tmp_path / "models").glob("*.tmp"))
