@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data test demo soak bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness lint clean
+.PHONY: setup data test demo soak bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall fuzz lint clean
 
 # setup: the venv with everything installed, and Fashion-MNIST on this machine (Debian's
 # dataset-fashion-mnist, installed when this user may install packages; otherwise it says what to do)
@@ -30,7 +30,7 @@ demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall
 
 bench-learning: setup
 	$(PY) scripts/reproduce_seed.py --preset dominant --out-dir bench-results/dominant
@@ -51,6 +51,21 @@ bench-p2p: setup
 bench-swarm: setup
 	@mkdir -p bench-results
 	$(PY) scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 6 --out bench-results/swarm-seed10.json
+
+# the attack table: 16 attacks x 6 rules x f = 1, 2, 3 of 10, 30 rounds each, in process (about an hour)
+bench-attacks: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_attacks.py --out bench-results/attacks.json
+
+# how long one hostile RPC client can stall the node's RPC and its chain (about 4 minutes)
+bench-stall: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_stall.py --out bench-results/stall.json
+
+# long fuzzing of every decoder of peer and RPC bytes (FUZZ_SECONDS per target; crashes kept in runs/)
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	$(PY) scripts/fuzz.py --seconds $(FUZZ_SECONDS) --json runs/fuzz.json --crash-dir runs/fuzz-crashes
 
 # round time with 1 of 4 daemons killed and 1 of 4 cut off (network namespaces: root), and a healed host
 bench-liveness: setup
