@@ -12,8 +12,6 @@ import torch
 from swarmnode.aggregation.codec import (
     GlobalModel,
     QTensor,
-    content_id,
-    encode_update,
     model_hash,
     quantize_delta,
 )
@@ -35,7 +33,9 @@ from swarmnode.aggregation.rules import (
     run_rule,
 )
 
-SHAPES = {"conv.weight": (4, 1, 3, 3), "conv.bias": (4,), "fc.weight": (10, 36)}
+# the same small model and honest updates as the classic rules' tests
+from tests.unit.test_rules import SHAPES, _contrib, _flat, _flat_float, _honest, _model  # noqa: E402
+
 U = 1 / 1024  # a power of two: hand-computed cases stay exact in fixed point
 
 ROBUST_SPECS = [
@@ -51,28 +51,6 @@ ROBUST_SPECS = [
     RuleSpec("fedavgm", {"weight_cap": "median"}),
 ]
 
-
-def _honest(n: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    base = {k: torch.randn(s, generator=g) * 0.01 for k, s in SHAPES.items()}
-    return [{k: base[k] + torch.randn(s, generator=g) * 0.002 for k, s in SHAPES.items()} for _ in range(n)]
-
-
-def _contrib(delta: dict[str, torch.Tensor], samples: int) -> Contribution:
-    upd = quantize_delta(delta)
-    return Contribution(content_id(encode_update(upd)), samples, upd)
-
-
-def _model() -> GlobalModel:
-    return GlobalModel({k: torch.zeros(s) for k, s in SHAPES.items()})
-
-
-def _flat(delta) -> torch.Tensor:
-    return torch.cat([delta[k].to_float().reshape(-1).double() for k in sorted(delta)])
-
-
-def _flat_float(d: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([d[k].reshape(-1).double() for k in sorted(d)])
 
 
 def _vec(*xs: float) -> dict[str, torch.Tensor]:
