@@ -49,8 +49,13 @@
         participants are registered with no bond and are expected in round 0.
         Attestations: validators (stake > 0 in Staking) attest once the window is closed; a round
         finalizes when the stake that attested one hash is more than 2/3 of Staking.totalStake().
-        Fixed point and bounds: localLoss and localAccuracy are value * 1e6; accuracy <= 1e6;
-        numSamples and localLoss <= 2**64 and rewardPerRound <= 2**128, so payouts cannot overflow.
+        Fixed point and bounds: localLoss, localAccuracy, heldOutLoss and heldOutAccuracy are
+        value * 1e6; accuracies <= 1e6; numSamples and heldOutCount <= maxSamples (<= 2**64), losses
+        <= 2**64 and rewardPerRound <= 2**128, so payouts cannot overflow.
+        Held-out scores: with its commit, a participant reports how the round's base model scored on
+        heldOutCount examples of its own held-out split (a node without one reports 0, 0, 0: a count
+        of 0 means not scored, and then the scores must be 0). They are public history only: no reward
+        or aggregation weight depends on them.
         Rewards: rewardPerRound * contributorShareBps / 10000 goes to the contributors of a round that
         is not skipped, by sample count; the rest to the validators that attested the final hash, by
         attested stake. Validators that attested another hash get nothing and lose mismatchPenaltyBps
@@ -120,6 +125,9 @@ struct Commit:
     numSamples: uint256
     localLoss: uint256
     localAccuracy: uint256
+    heldOutLoss: uint256  # the base model's on the committer's held-out split
+    heldOutAccuracy: uint256
+    heldOutCount: uint256  # held-out examples scored; 0: not scored
     blockNumber: uint256
 
 struct Attestation:
@@ -158,6 +166,9 @@ event UpdateCommitted:
     numSamples: uint256
     localLoss: uint256
     localAccuracy: uint256
+    heldOutLoss: uint256
+    heldOutAccuracy: uint256
+    heldOutCount: uint256
 
 event WindowClosedEarly:
     round: indexed(uint256)
@@ -698,8 +709,18 @@ def getInitialPeerIds() -> DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS]:
 # ---------------------------------------------------------------- commits
 
 @external
-def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, localLoss: uint256, localAccuracy: uint256):
-    """Commit the hash of the sender's update for the current round, once, inside the window."""
+def commitUpdate(
+    round: uint256,
+    updateHash: bytes32,
+    numSamples: uint256,
+    localLoss: uint256,
+    localAccuracy: uint256,
+    heldOutLoss: uint256,
+    heldOutAccuracy: uint256,
+    heldOutCount: uint256,
+):
+    """Commit the hash of the sender's update for the current round, once, inside the window, with its
+    training metrics and the round's base model's scores on the sender's held-out split (count 0: none)."""
     assert self.members[msg.sender].active, "commitUpdate: sender not registered"
     assert round == self.currentRound, "commitUpdate: wrong round"
     assert self._windowOpen(round), "commitUpdate: commit window closed"
@@ -712,6 +733,12 @@ def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, local
     assert numSamples <= self.maxSamples, "commitUpdate: numSamples above maxSamples"
     assert localLoss <= MAX_REPORTED, "commitUpdate: localLoss above 2**64"
     assert localAccuracy <= FIXED_ONE, "commitUpdate: accuracy above 1e6"
+    # a held-out count weighs the score in the public history (not in rewards): capped like numSamples
+    assert heldOutCount <= self.maxSamples, "commitUpdate: heldOutCount above maxSamples"
+    assert heldOutLoss <= MAX_REPORTED, "commitUpdate: heldOutLoss above 2**64"
+    assert heldOutAccuracy <= FIXED_ONE, "commitUpdate: heldOutAccuracy above 1e6"
+    assert heldOutCount > 0 or (heldOutLoss == 0 and heldOutAccuracy == 0), \
+        "commitUpdate: held-out scores without a held-out count"
     index: uint256 = self.rounds[round].commitCount
     if index == 0 and block.timestamp >= self.rounds[round].closeTime:
         self._restartClock(round)
@@ -721,6 +748,9 @@ def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, local
         numSamples=numSamples,
         localLoss=localLoss,
         localAccuracy=localAccuracy,
+        heldOutLoss=heldOutLoss,
+        heldOutAccuracy=heldOutAccuracy,
+        heldOutCount=heldOutCount,
         blockNumber=block.number,
     )
     self.committed[round][msg.sender] = True
@@ -731,7 +761,8 @@ def commitUpdate(round: uint256, updateHash: bytes32, numSamples: uint256, local
         self.rounds[round].expectedCommitted += 1
     if self.members[msg.sender].missed != 0:
         self.members[msg.sender].missed = 0
-    log UpdateCommitted(round=round, participant=msg.sender, index=index, updateHash=updateHash, numSamples=numSamples, localLoss=localLoss, localAccuracy=localAccuracy)
+    log UpdateCommitted(round=round, participant=msg.sender, index=index, updateHash=updateHash, numSamples=numSamples, localLoss=localLoss, localAccuracy=localAccuracy,
+        heldOutLoss=heldOutLoss, heldOutAccuracy=heldOutAccuracy, heldOutCount=heldOutCount)
     self._afterProgress(round)
 
 

@@ -171,9 +171,12 @@ def round_hash(round_: int) -> bytes:
     return keccak(b"aggregate" + round_.to_bytes(32, "big"))
 
 
-def commit(evm, key, round_=0, update=None, samples=100, loss=250_000, acc=900_000, timestamp=None):
+def commit(evm, key, round_=0, update=None, samples=100, loss=250_000, acc=900_000, held_out=(0, 0, 0),
+           timestamp=None):
+    """commitUpdate; `held_out` is (heldOutLoss, heldOutAccuracy, heldOutCount), not scored by default."""
     update = update_of(key, round_) if update is None else update
-    return evm.transact(key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc, timestamp=timestamp)
+    return evm.transact(key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc, *held_out,
+                        timestamp=timestamp)
 
 
 def attest(evm, key, round_=0, model_hash=HASH_A, timestamp=None):
@@ -642,15 +645,43 @@ def test_commit_update_records_history(evm):
     result = ok(commit(evm, K0, update=HASH_A, samples=120, loss=345_678, acc=876_543))
     assert result.events_named("UpdateCommitted") == [
         {"round": 0, "participant": hexaddr(V[0]), "index": 0, "updateHash": HASH_A,
-         "numSamples": 120, "localLoss": 345_678, "localAccuracy": 876_543}
+         "numSamples": 120, "localLoss": 345_678, "localAccuracy": 876_543,
+         "heldOutLoss": 0, "heldOutAccuracy": 0, "heldOutCount": 0}
     ]
-    assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 120, 345_678, 876_543, result.block_number)
+    assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 120, 345_678, 876_543, 0, 0, 0,
+                                                   result.block_number)
     assert evm.call(ROUNDS, "hasCommitted", 0, V[0]) is True
     assert evm.call(ROUNDS, "hasCommitted", 0, V[1]) is False
     info = round_info(evm)
     assert (info["commitCount"], info["totalSamples"], info["expectedCommitted"], info["closedEarly"]) == (1, 120, 1, False)
     with pytest.raises(CallReverted, match="getCommit: no such commit"):
         evm.call(ROUNDS, "getCommit", 0, 1)
+
+
+def test_commit_records_the_held_out_score_of_the_base_model(evm):
+    # Prepare / Execute: one committer scored the base model on 30 held-out examples, the other has none
+    scored = ok(commit(evm, K0, update=HASH_A, held_out=(1_234_567, 812_345, 30)))
+    unscored = ok(commit(evm, K1, update=HASH_B, held_out=(0, 0, 0)))
+    # Assert: stored, returned by getCommit and logged
+    assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 100, 250_000, 900_000,
+                                                   1_234_567, 812_345, 30, scored.block_number)
+    assert evm.call(ROUNDS, "getCommit", 0, 1)[5:8] == (0, 0, 0), "a count of 0 is accepted: not scored"
+    (event,) = scored.events_named("UpdateCommitted")
+    assert (event["heldOutLoss"], event["heldOutAccuracy"], event["heldOutCount"]) == (1_234_567, 812_345, 30)
+    (event,) = unscored.events_named("UpdateCommitted")
+    assert (event["heldOutLoss"], event["heldOutAccuracy"], event["heldOutCount"]) == (0, 0, 0)
+
+
+def test_held_out_scores_are_bounded():
+    evm = make_chain(with_params(max_samples=600), participants=3)
+    reverts(commit(evm, K0, held_out=(0, 1_000_001, 10)), "commitUpdate: heldOutAccuracy above 1e6")
+    reverts(commit(evm, K0, held_out=(2**64 + 1, 500_000, 10)), "commitUpdate: heldOutLoss above 2**64")
+    reverts(commit(evm, K0, held_out=(0, 500_000, 601)), "commitUpdate: heldOutCount above maxSamples")
+    reverts(commit(evm, K0, held_out=(0, 1, 0)), "commitUpdate: held-out scores without a held-out count")
+    reverts(commit(evm, K0, held_out=(1, 0, 0)), "commitUpdate: held-out scores without a held-out count")
+    ok(commit(evm, K0, held_out=(2**64, 1_000_000, 600)))  # at every bound
+    ok(commit(evm, K1, held_out=(0, 0, 600)))  # with a count, zeros are scores
+    assert [evm.call(ROUNDS, "getCommit", 0, i)[5:8] for i in range(2)] == [(2**64, 1_000_000, 600), (0, 0, 600)]
 
 
 def test_commit_update_reverts(evm):
