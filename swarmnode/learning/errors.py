@@ -15,3 +15,15 @@ class UnknownName(LearningError):
 
 class PartitionError(LearningError):
     """A partition cannot be built from the given labels and parameters."""
+
+
+class DataSchemaError(LearningError):
+    """The genesis [task.data] table is malformed; the message names the key (`task.data.mean: ...`)."""
+
+
+class DataMismatch(LearningError):
+    """A node's local data does not fit the task's schema; the message names the file, row and column."""
+
+
+class MissingDependency(LearningError):
+    """An optional package needed for this input (pyarrow for Parquet) is not installed."""
