@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from swarmnode.learning.errors import DatasetNotFound, UnknownName
+from swarmnode.learning.errors import DataMismatch, DatasetNotFound, UnknownName
 
 # torchvision class name (its folder name under root) for each dataset we know.
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -27,16 +27,22 @@ NUM_CLASSES = 10
 
 @dataclass(frozen=True)
 class Split:
-    """Images (N, 28, 28) uint8 and labels (N,) int64."""
+    """Inputs and labels (N,) int64, with the per-channel constants that turn the inputs into model inputs.
+
+    `images` is uint8 (N, 28, 28) for the benchmarks, uint8 (N, C, H, W) for local image folders, or float32
+    (N, F) for tabular rows (already standardised when loaded; `mean` and `std` then go unused).
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
+    mean: tuple[float, ...] = (0.5,)  # per channel, on [0, 1] pixel values
+    std: tuple[float, ...] = (0.5,)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: torch.Tensor) -> Split:
-        return Split(self.images[indices], self.labels[indices])
+        return Split(self.images[indices], self.labels[indices], self.mean, self.std)
 
 
 @dataclass(frozen=True)
@@ -133,6 +139,17 @@ def _not_found_message(name: str, searched: list[str], download_error: str) -> s
     return "\n".join(lines)
 
 
+def locate_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, cache_dir: Path | None = None) -> str | None:
+    """Where load_dataset would find `name` without downloading (e.g. "--data-dir: /srv/fm"), or None."""
+    if name not in _TORCHVISION_NAMES:
+        raise UnknownName(f"unknown dataset {name!r}; known: {', '.join(sorted(_TORCHVISION_NAMES))}")
+    cache = cache_dir or default_cache_dir()
+    for label, directory in [*candidate_dirs(name, data_dir), ("cache", cache)]:
+        if _find_raw_files(name, directory) is not None:
+            return f"{label}: {directory}"
+    return None
+
+
 def load_dataset(
     name: str,
     data_dir: str | os.PathLike[str] | None = None,
@@ -164,6 +181,22 @@ def load_dataset(
     return Dataset(name, train, test, source="torchvision download")
 
 
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> normalized float32 (B, 1, 28, 28)."""
-    return (images.unsqueeze(1).float() / 255.0 - 0.5) / 0.5
+def to_float(images: torch.Tensor, mean: tuple[float, ...] = (0.5,), std: tuple[float, ...] = (0.5,)) -> torch.Tensor:
+    """Model inputs: uint8 (B, H, W) -> float32 (B, 1, H, W) and uint8 (B, C, H, W) -> float32 (B, C, H, W),
+    each scaled to [0, 1] and normalised per channel; float32 (B, F) rows pass through unchanged."""
+    if images.dtype == torch.uint8 and images.dim() == 3 and len(mean) == len(std) == 1:
+        # Python scalars, as before per-channel constants existed: the benchmark inputs stay bit-identical
+        return (images.unsqueeze(1).float() / 255.0 - mean[0]) / std[0]
+    if images.dtype == torch.uint8 and images.dim() == 4 and len(mean) == len(std) in (1, images.shape[1]):
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - m) / s
+    if images.dtype == torch.float32 and images.dim() == 2:
+        return images
+    raise DataMismatch(f"no model inputs from {images.dtype} {tuple(images.shape)} with {len(mean)} means, "
+                       f"{len(std)} stds; expected uint8 (B, H, W), uint8 (B, C, H, W) or float32 (B, F)")
+
+
+def inputs(split: Split, idx: torch.Tensor) -> torch.Tensor:
+    """The model inputs of rows `idx` of `split`, normalised with the split's own constants."""
+    return to_float(split.images[idx], split.mean, split.std)
