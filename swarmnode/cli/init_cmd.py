@@ -24,6 +24,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--rpc-host", default="127.0.0.1", help="JSON-RPC bind address (default 127.0.0.1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for training (default 1)")
     p.add_argument("--dataset-dir", type=Path, metavar="DIR", help="look for the task's dataset here first")
+    p.add_argument("--local-data", type=Path, metavar="PATH",
+                   help="this node's own data, for a task on local data (a .csv/.parquet file or an image folder)")
+    p.add_argument("--holdout-fraction", type=float, default=0.2, metavar="F",
+                   help="fraction of the local data held out for the node's own evaluation (0 to 0.9; default 0.2)")
     p.add_argument("--keep-update-rounds", type=int, default=16, metavar="N",
                    help="delete update blobs of rounds N behind the last final one (0: keep all; default 16)")
     p.add_argument("--keep-model-rounds", type=int, default=64, metavar="N",
@@ -71,6 +75,8 @@ def cmd_init(args: argparse.Namespace) -> int:
     for flag in ("keep_update_rounds", "keep_model_rounds"):
         if getattr(args, flag) < 0:
             raise CliError(f"--{flag.replace('_', '-')} must be 0 (keep all) or more, got {getattr(args, flag)}")
+    if not 0 <= args.holdout_fraction <= 0.9:
+        raise CliError(f"--holdout-fraction must be in [0, 0.9], got {args.holdout_fraction}")
     genesis_copy = data_dir / "genesis.toml"
     if genesis_copy.resolve() != args.genesis.resolve():
         shutil.copyfile(args.genesis, genesis_copy)
@@ -78,6 +84,8 @@ def cmd_init(args: argparse.Namespace) -> int:
                      listen=tuple(args.listen or ["/ip4/127.0.0.1/tcp/0"]), bootstrap=tuple(args.bootstrap),
                      rpc_host=args.rpc_host, rpc_port=args.rpc_port, torch_threads=max(1, args.threads),
                      dataset_dir=args.dataset_dir.resolve() if args.dataset_dir else None,
+                     local_data=args.local_data.resolve() if args.local_data else None,
+                     holdout_fraction=args.holdout_fraction,
                      keep_update_rounds=args.keep_update_rounds, keep_model_rounds=args.keep_model_rounds)
     config_path.write_text(dump_config(cfg))
     address = address_of(secret)
@@ -85,5 +93,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"key      {key_path} ({how}, mode 0600)")
     print(f"address  0x{address.hex()} ({role} in chain {genesis.chain_id})")
     print(f"config   {config_path}")
+    if cfg.local_data is not None:
+        print(f"data     {cfg.local_data} (check it: swarmnode data check --config {config_path})")
     print(f"run it:  swarmnode run --config {config_path}")
     return 0

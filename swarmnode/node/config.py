@@ -32,6 +32,8 @@ class NodeConfig:
     torch_threads: int = 1
     dataset_dir: Path | None = None  # where the task's dataset is looked for first
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
+    local_data: Path | None = None  # the node's own data, when the task trains on local data ([learning] data)
+    holdout_fraction: float = 0.2  # of the node's local rows held out for its own evaluation
     log_level: str = "INFO"
     compute_niceness: int = 10  # training threads run this much nicer, scoring at 19 (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
@@ -106,6 +108,9 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     fraction = learning.get("validate_fraction", 1.0)
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise NodeConfigError(f"config field 'learning.validate_fraction': expected (0, 1], got {fraction!r}")
+    holdout = learning.get("holdout_fraction", 0.2)
+    if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 <= holdout <= 0.9:
+        raise NodeConfigError(f"config field 'learning.holdout_fraction': expected [0, 0.9], got {holdout!r}")
     return NodeConfig(
         data_dir=data_dir, genesis=genesis, key_file=key_file,
         listen=_str_list(p2p.get("listen", ["/ip4/127.0.0.1/tcp/0"]), "p2p.listen"),
@@ -121,6 +126,8 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         torch_threads=threads,
         dataset_dir=path(learning, "dataset_dir", "learning", required=False),
         validate_fraction=float(fraction),
+        local_data=path(learning, "data", "learning", required=False),
+        holdout_fraction=float(holdout),
         compute_niceness=_int(learning.get("compute_niceness", 10), "learning.compute_niceness", 0, 19),
         log_level=str(node.get("log_level", "INFO")).upper(),
         keep_update_rounds=_int(node.get("keep_update_rounds", 16), "node.keep_update_rounds", 0, 2**31),
@@ -141,9 +148,11 @@ def load_config(path: Path | str) -> NodeConfig:
 
 def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
     learning: dict[str, Any] = {"torch_threads": cfg.torch_threads, "validate_fraction": cfg.validate_fraction,
-                                "compute_niceness": cfg.compute_niceness}
+                                "compute_niceness": cfg.compute_niceness, "holdout_fraction": cfg.holdout_fraction}
     if cfg.dataset_dir is not None:
         learning["dataset_dir"] = str(cfg.dataset_dir)
+    if cfg.local_data is not None:
+        learning["data"] = str(cfg.local_data)
     return {
         "node": {"data_dir": str(cfg.data_dir), "genesis": str(cfg.genesis), "key_file": str(cfg.key_file),
                  "log_level": cfg.log_level, "keep_update_rounds": cfg.keep_update_rounds,
