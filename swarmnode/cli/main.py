@@ -11,10 +11,19 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from swarmnode.cli import chain_cmd, genesis_cmd, init_cmd, member_cmd, model_cmd, run_cmd, status_cmd
+from swarmnode.cli import (
+    chain_cmd,
+    data_cmd,
+    genesis_cmd,
+    init_cmd,
+    member_cmd,
+    model_cmd,
+    run_cmd,
+    status_cmd,
+)
 from swarmnode.cli.errors import CliError
 
-SUBCOMMANDS = (genesis_cmd, init_cmd, run_cmd, status_cmd, chain_cmd, member_cmd, model_cmd)
+SUBCOMMANDS = (genesis_cmd, init_cmd, data_cmd, run_cmd, status_cmd, chain_cmd, member_cmd, model_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
