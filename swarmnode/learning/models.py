@@ -17,24 +17,32 @@ An entry point runs code from the operator's own Python environment, named in a 
 to join; nothing is fetched from the network. Its factory must draw randomness from torch's global RNG
 only (which `build_model` seeds), or its initial weights will not be reproducible.
 
-Initial weights are a pure function of (spec, seed) on one torch version.
+Initial weights are a pure function of (spec, seed) on one torch version. The genesis pins their hash
+(`check_initial_hash`); or the weights come from a safetensors file the genesis pins by SHA-256
+(`load_initial_weights`, `apply_initial_weights`, `save_initial_weights`).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
 import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from eth_utils import keccak
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import nn
 
+from swarmnode.aggregation.codec import GlobalModel, model_hash
 from swarmnode.learning.errors import LearningError, UnknownName
 
 MNIST_SHAPE = (1, 28, 28)
@@ -43,6 +51,7 @@ ENTRYPOINT = "entrypoint:"
 RESERVED_ARGS = ("input_shape", "num_classes")  # from the dataset: one source of truth for both
 TORCHVISION_RESERVED_ARGS = ("weights", "weights_backbone")  # initial weights are never downloaded
 _DOTTED = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class ModelSpecError(LearningError):
@@ -51,6 +60,10 @@ class ModelSpecError(LearningError):
 
 class UnknownModel(ModelSpecError, UnknownName):
     """A built-in model name or torchvision architecture that does not exist."""
+
+
+class ModelMismatch(ModelSpecError):
+    """The initial model built here does not hash to the genesis's pinned initial model hash."""
 
 
 def _image_shape(model: str, input_shape: tuple[int, ...], min_side: int) -> tuple[int, int, int]:
@@ -301,3 +314,79 @@ def check_forward(model: nn.Module, spec: ModelSpec) -> None:
 
 def num_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def check_initial_hash(params: Mapping[str, torch.Tensor], expected: bytes) -> None:
+    """Refuse initial parameters whose canonical model hash is not the genesis's `expected` one."""
+    actual = model_hash(GlobalModel(dict(params)))
+    if actual != expected:
+        raise ModelMismatch(
+            f"initial model 0x{actual.hex()[:16]}.. differs from the genesis's 0x{expected.hex()[:16]}..: "
+            f"this node built different initial weights (another torch or torchvision version, different "
+            f"entry point code or initial weights file than the genesis author's)"
+        )
+
+
+def _sha256_hex(expected: str) -> str:
+    normal = expected.lower().removeprefix("0x")
+    if not _SHA256_HEX.fullmatch(normal):
+        raise ModelSpecError(f"pinned SHA-256 {expected!r} is not 64 hex digits")
+    return normal
+
+
+def load_initial_weights(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after checking its SHA-256 (hex) against the pinned one.
+
+    The bytes hashed are the bytes parsed. Pass `expected_sha256=None` only for a file this node made.
+    """
+    expected = None if expected_sha256 is None else _sha256_hex(expected_sha256)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ModelSpecError(f"cannot read initial weights {str(path)!r}: {exc}") from None
+    actual = hashlib.sha256(raw).hexdigest()
+    if expected is not None and actual != expected:
+        raise ModelSpecError(f"initial weights {str(path)!r} have SHA-256 {actual}, "
+                             f"the genesis pins {expected}")
+    try:
+        return st_load(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise ModelSpecError(f"initial weights {str(path)!r} are not a valid safetensors file: "
+                             f"{exc}") from None
+
+
+def _more(names: list[str]) -> str:
+    return f" and {len(names) - 1} more" if len(names) > 1 else ""
+
+
+def apply_initial_weights(model: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Load `tensors` into `model`: names and shapes must match its state exactly; dtypes are cast to it."""
+    state = model.state_dict()
+    missing, extra = sorted(set(state) - set(tensors)), sorted(set(tensors) - set(state))
+    if missing:
+        raise ModelSpecError(f"initial weights lack {missing[0]!r}{_more(missing)} of the model's state")
+    if extra:
+        raise ModelSpecError(f"initial weights have {extra[0]!r}{_more(extra)}, not in the model's state")
+    cast: dict[str, torch.Tensor] = {}
+    for name in sorted(state):
+        want, got = state[name], tensors[name]
+        if tuple(got.shape) != tuple(want.shape):
+            raise ModelSpecError(f"initial weight {name!r} has shape {tuple(got.shape)}, "
+                                 f"the model's is {tuple(want.shape)}")
+        if want.is_floating_point() != got.is_floating_point():
+            raise ModelSpecError(f"initial weight {name!r} has dtype {got.dtype}, "
+                                 f"the model's is {want.dtype}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise ModelSpecError(f"initial weight {name!r} contains NaN or Inf")
+        cast[name] = got.to(want.dtype)
+    model.load_state_dict(cast, strict=True)
+
+
+def save_initial_weights(model: nn.Module | Mapping[str, torch.Tensor], path: Path) -> str:
+    """Write a model's state (or a name -> tensor mapping) as a safetensors file; returns its SHA-256 hex."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    # cloned: safetensors refuses tensors that share storage (tied weights, views of one buffer)
+    tensors = {name: t.detach().cpu().contiguous().clone() for name, t in sorted(state.items())}
+    raw = st_save(tensors, metadata={"format": "swarmnode-initial-weights-v1"})
+    Path(path).write_bytes(raw)
+    return hashlib.sha256(raw).hexdigest()

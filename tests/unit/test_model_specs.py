@@ -1,5 +1,6 @@
 """Model specs: built-ins on other shapes, torchvision, entry points, pinned initial weights and hashes."""
 
+import hashlib
 import importlib
 import sys
 
@@ -9,11 +10,16 @@ import torch
 from swarmnode.aggregation.codec import GlobalModel, model_hash
 from swarmnode.learning.errors import LearningError, UnknownName
 from swarmnode.learning.models import (
+    ModelMismatch,
     ModelSpec,
     ModelSpecError,
     UnknownModel,
+    apply_initial_weights,
     build_model,
     check_forward,
+    check_initial_hash,
+    load_initial_weights,
+    save_initial_weights,
 )
 
 # The genesis files pin these (genesis/*.toml): a change to a built-in's layers or init order breaks them.
@@ -273,3 +279,91 @@ def test_check_forward_refuses_wrong_logits():
         check_forward(model, ModelSpec.of("mlp", None, (30,), 3))
     with pytest.raises(ModelSpecError, match=r"fails on a batch of shape \(2, 20\)"):
         check_forward(model, ModelSpec.of("mlp", None, (20,), 2))
+
+
+# --- initial weights from safetensors ------------------------------------------------------------------------
+
+def test_safetensors_round_trip_with_pinned_hash(tmp_path):
+    spec = ModelSpec.of("small-cnn", None, (3, 16, 16), 4)
+    source, target = build_model(spec, 0), build_model(spec, 1)
+    path = tmp_path / "init.safetensors"
+
+    sha = save_initial_weights(source, path)
+    apply_initial_weights(target, load_initial_weights(path, sha))
+
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert state_equal(source, target)
+    assert load_initial_weights(path, "0x" + sha.upper()).keys() == source.state_dict().keys()
+
+
+def test_safetensors_hash_mismatch_names_file_and_both_hashes(tmp_path):
+    path = tmp_path / "init.safetensors"
+    sha = save_initial_weights(build_model("mlp", 0), path)
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 1
+    path.write_bytes(bytes(raw))
+    actual = hashlib.sha256(bytes(raw)).hexdigest()
+
+    with pytest.raises(ModelSpecError, match=f"{path.name}.*SHA-256 {actual}, the genesis pins {sha}"):
+        load_initial_weights(path, sha)
+
+
+@pytest.mark.parametrize("content, sha, match", [
+    (b"not safetensors", None, "not a valid safetensors file"),
+    (b"", "abc", "'abc' is not 64 hex digits"),
+])
+def test_safetensors_refuses_garbage(tmp_path, content, sha, match):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(content)
+
+    with pytest.raises(ModelSpecError, match=match):
+        load_initial_weights(path, sha)
+
+
+def test_safetensors_missing_file(tmp_path):
+    with pytest.raises(ModelSpecError, match="cannot read initial weights.*absent.safetensors"):
+        load_initial_weights(tmp_path / "absent.safetensors", None)
+
+
+def _mlp_tensors() -> dict[str, torch.Tensor]:
+    return {n: t.clone() for n, t in build_model(ModelSpec.of("mlp", {"hidden": 4}, (6,), 2), 0).state_dict().items()}
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda t: t.pop("fc3.bias"), "lack 'fc3.bias' of the model's state"),
+    (lambda t: [t.pop("fc1.bias"), t.pop("fc2.bias")], "lack 'fc1.bias' and 1 more"),
+    (lambda t: t.update(extra=torch.zeros(1)), "have 'extra', not in the model's state"),
+    (lambda t: t.update({"fc2.weight": torch.zeros(4, 5)}), r"'fc2.weight' has shape \(4, 5\), the model's is \(4, 4\)"),
+    (lambda t: t.update({"fc1.bias": torch.zeros(4, dtype=torch.int64)}), "'fc1.bias' has dtype torch.int64"),
+    (lambda t: t.update({"fc1.bias": torch.full((4,), float("nan"))}), "'fc1.bias' contains NaN or Inf"),
+])
+def test_apply_refuses_mismatched_state_naming_the_key(edit, match):
+    model = build_model(ModelSpec.of("mlp", {"hidden": 4}, (6,), 2), 1)
+    tensors = _mlp_tensors()
+    edit(tensors)
+
+    with pytest.raises(ModelSpecError, match=match):
+        apply_initial_weights(model, tensors)
+
+
+def test_apply_casts_to_the_model_dtype():
+    model = build_model(ModelSpec.of("mlp", {"hidden": 4}, (6,), 2), 1)
+    tensors = {n: t.double() for n, t in _mlp_tensors().items()}
+
+    apply_initial_weights(model, tensors)
+
+    assert all(t.dtype == torch.float32 for t in model.state_dict().values())
+    assert torch.equal(model.fc1.weight, tensors["fc1.weight"].float())
+
+
+# --- the genesis's initial hash ----------------------------------------------------------------------------
+
+def test_check_initial_hash():
+    params = build_model("mlp", 0).state_dict()
+    other = build_model("mlp", 1).state_dict()
+    pinned = bytes.fromhex(BUILTIN_HASHES["mlp"])
+
+    check_initial_hash(params, pinned)
+    with pytest.raises(ModelMismatch, match=r"0x[0-9a-f]{16}\.\. differs from the genesis's 0x5e17c08e41f6bfd8\.\."
+                                            r".*torch or torchvision version.*entry point.*weights file"):
+        check_initial_hash(other, pinned)
