@@ -69,13 +69,17 @@ class RoundObservation:
 
 @dataclass(frozen=True)
 class CommitCall:
-    """SwarmRounds.commitUpdate's arguments (loss and accuracy in the contract's fixed point, x 1e6)."""
+    """SwarmRounds.commitUpdate's arguments (losses and accuracies in the contract's fixed point, x 1e6).
+    The held-out fields score the round's base model on this node's held-out split; count 0: not scored."""
 
     round: int
     update_hash: bytes
     num_samples: int
     local_loss: int
     local_accuracy: int
+    held_out_loss: int = 0
+    held_out_accuracy: int = 0
+    held_out_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from consensus.devtools import sign_tx
 from swarmnode.node.machine import AttestCall, CommitCall, RejoinCall
 
 FIXED_ONE = 1_000_000  # SwarmRounds stores loss and accuracy as value * 1e6
+MAX_REPORTED = 2**64  # SwarmRounds' bound on a reported loss (and sample count)
 COMMIT_GAS = 1_000_000
 ATTEST_GAS = 10_000_000  # attestAggregate may finalize: pay every contributor, count absentees, open the next round
 MEMBERSHIP_GAS = 1_000_000  # register, leave
@@ -23,8 +24,8 @@ def selector(signature: str) -> bytes:
     return keccak(signature.encode())[:4]
 
 
-COMMIT_SIG = "commitUpdate(uint256,bytes32,uint256,uint256,uint256)"
-COMMIT_TYPES = ["uint256", "bytes32", "uint256", "uint256", "uint256"]
+COMMIT_SIG = "commitUpdate(uint256,bytes32,uint256,uint256,uint256,uint256,uint256,uint256)"
+COMMIT_TYPES = ["uint256", "bytes32", "uint256", "uint256", "uint256", "uint256", "uint256", "uint256"]
 COMMIT_SELECTOR = selector(COMMIT_SIG)
 ATTEST_SELECTOR = selector("attestAggregate(uint256,bytes32)")
 REGISTER_SELECTOR = selector("register(string)")
@@ -41,9 +42,23 @@ def fixed(x: float) -> int:
     return int(round(x * FIXED_ONE))
 
 
+def held_out_fields(score: tuple[float, float, int] | None, max_count: int) -> tuple[int, int, int]:
+    """(heldOutLoss, heldOutAccuracy, heldOutCount) for a commit from the base model's (loss, accuracy,
+    examples) on the node's held-out split; (0, 0, 0) when it has none (None or no examples). The count
+    is capped at `max_count` (the genesis max_samples: the contract refuses more)."""
+    if score is None or score[2] <= 0:
+        return 0, 0, 0
+    loss, accuracy, count = score
+    return min(fixed(loss), MAX_REPORTED), min(fixed(accuracy), FIXED_ONE), min(int(count), max_count)
+
+
 def commit_data(c: CommitCall) -> bytes:
-    return COMMIT_SELECTOR + abi_encode(COMMIT_TYPES, [c.round, c.update_hash, c.num_samples, c.local_loss,
-                                                       min(c.local_accuracy, FIXED_ONE)])
+    # clamped to what the contract accepts: a diverged model's metric must not make the commit revert
+    held_out = ((min(c.held_out_loss, MAX_REPORTED), min(c.held_out_accuracy, FIXED_ONE), c.held_out_count)
+                if c.held_out_count > 0 else (0, 0, 0))
+    return COMMIT_SELECTOR + abi_encode(COMMIT_TYPES, [c.round, c.update_hash, c.num_samples,
+                                                       min(c.local_loss, MAX_REPORTED),
+                                                       min(c.local_accuracy, FIXED_ONE), *held_out])
 
 
 def attest_data(round_: int, model_hash: bytes) -> bytes:
@@ -109,10 +124,10 @@ def decode_commit(data: bytes) -> CommitCall | None:
     if len(data) < 4 or bytes(data[:4]) != COMMIT_SELECTOR:
         return None
     try:
-        r, h, n, loss, acc = abi_decode(COMMIT_TYPES, bytes(data[4:]))
+        r, h, n, loss, acc, ho_loss, ho_acc, ho_count = abi_decode(COMMIT_TYPES, bytes(data[4:]))
     except Exception:  # eth_abi raises several types for short or bad data
         return None
-    return CommitCall(int(r), bytes(h), int(n), int(loss), int(acc))
+    return CommitCall(int(r), bytes(h), int(n), int(loss), int(acc), int(ho_loss), int(ho_acc), int(ho_count))
 
 
 def commits_in(txs: Sequence[Any]) -> list[CommitCall]:

@@ -179,6 +179,7 @@ class RoundWork:
         if action.client_index >= len(self.clients):
             raise WorkError(f"no data partition {action.client_index} (the task has {len(self.clients)})", False)
         model = await self.load_model(action.base_hash)
+        held_out = await self.score_held_out(model, action.client_index)
         data = self.clients[action.client_index].train
         if self.byzantine is not None:
             data = self.byzantine.training_data(data)
@@ -200,8 +201,15 @@ class RoundWork:
         log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f seconds=%.2f",
                  action.round, cid.hex(), len(upd.blob), samples, upd.result.loss,
                  upd.result.accuracy, time.monotonic() - t0)
+        ho_loss, ho_acc, ho_count = txs.held_out_fields(held_out, self.max_samples)
         return Trained(CommitCall(action.round, cid, samples, txs.fixed(upd.result.loss),
-                                  txs.fixed(upd.result.accuracy)))
+                                  txs.fixed(upd.result.accuracy), held_out_loss=ho_loss,
+                                  held_out_accuracy=ho_acc, held_out_count=ho_count))
+
+    async def score_held_out(self, model: GlobalModel, client_index: int) -> tuple[float, float, int] | None:
+        """The round's base model scored on this node's held-out split, committed with the update:
+        (loss, accuracy, examples scored), or None when the node has no held-out split (not scored)."""
+        return None
 
     # ---- step 4 ----
 

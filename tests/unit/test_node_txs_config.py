@@ -31,6 +31,30 @@ def test_commit_roundtrip_and_block_scan() -> None:
     assert txs.commits_in(block) == [call]
 
 
+def test_commit_with_a_held_out_score_roundtrips() -> None:
+    held_out = txs.held_out_fields((0.75, 0.8125, 40), max_count=600)
+    assert held_out == (750_000, 812_500, 40)
+    call = txs.CommitCall(3, b"\x42" * 32, 270, txs.fixed(1.25), txs.fixed(0.5), *held_out)
+    data = txs.commit_data(call)
+    assert data[:4] == txs.selector("commitUpdate(uint256,bytes32,uint256,uint256,uint256,uint256,uint256,uint256)")
+    assert txs.decode_commit(data) == call
+    old_style = txs.CommitCall(3, b"\x42" * 32, 270, 1, 2)  # no held-out split: the defaults
+    assert txs.decode_commit(txs.commit_data(old_style)) == txs.CommitCall(3, b"\x42" * 32, 270, 1, 2, 0, 0, 0)
+
+
+def test_held_out_fields_are_what_the_contract_accepts() -> None:
+    assert txs.held_out_fields(None, 600) == (0, 0, 0), "no held-out split: not scored"
+    assert txs.held_out_fields((0.5, 0.5, 0), 600) == (0, 0, 0), "no examples: not scored"
+    assert txs.held_out_fields((float("nan"), 1.5, 900), 600) == (0, txs.FIXED_ONE, 600)
+    assert txs.held_out_fields((1e20, 0.25, 10), 600) == (txs.MAX_REPORTED, 250_000, 10)
+    # commit_data itself never sends what commitUpdate refuses: scores without a count, or above a bound
+    unscored = txs.CommitCall(0, b"\x01" * 32, 10, 0, 0, held_out_loss=5, held_out_accuracy=7, held_out_count=0)
+    assert txs.decode_commit(txs.commit_data(unscored)) == txs.CommitCall(0, b"\x01" * 32, 10, 0, 0)
+    over = txs.CommitCall(0, b"\x01" * 32, 10, 2**70, 2 * txs.FIXED_ONE, 2**70, 2 * txs.FIXED_ONE, 3)
+    assert txs.decode_commit(txs.commit_data(over)) == txs.CommitCall(
+        0, b"\x01" * 32, 10, txs.MAX_REPORTED, txs.FIXED_ONE, txs.MAX_REPORTED, txs.FIXED_ONE, 3)
+
+
 def test_fixed_point_clamps_nonsense() -> None:
     assert txs.fixed(float("nan")) == 0 and txs.fixed(-1.0) == 0 and txs.fixed(float("inf")) == 0
     assert txs.fixed(0.123456789) == 123457

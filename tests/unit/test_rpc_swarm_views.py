@@ -8,6 +8,7 @@ from pathlib import Path
 from consensus.chain import ExecutionChain
 from consensus.chain_app import ChainApplication
 from consensus.devtools import address_of, dev_genesis, dev_key
+from consensus.genesis import RoundsParams
 from consensus.rpc_swarm import SwarmViews
 from consensus.txpool import TxPool
 from swarmnode.node import txs
@@ -79,5 +80,40 @@ def test_calls_share_one_state_per_head_and_leave_it_untouched(tmp_path: Path) -
         assert views._call_view(chain.head, "SwarmRounds", "participantCount") == 1
         # the old head still answers from its own state
         assert views._call_view(head, "SwarmRounds", "participantCount") == 0
+    finally:
+        chain.close()
+
+
+def test_round_commits_carry_the_held_out_score(tmp_path: Path) -> None:
+    """swarm_getRound's commit objects include the committer's held-out score of the round's base model."""
+    # Prepare: dev key 1 registers, then commits to round 0 with a score; dev key 2 registers, commits without
+    # two commits per round: nobody is expected in round 0, so the first would close it
+    genesis = dev_genesis(1, 3, chain_id=4547, rounds=RoundsParams(participant_bond=0, min_participants=2))
+    chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
+    try:
+        nonces = {1: 0, 2: 0}
+        clock = [genesis.genesis_time]
+
+        def block(*calls: tuple[int, bytes]) -> None:
+            pool = TxPool(genesis.chain_id, chain.decode_transaction)
+            for who, data in calls:
+                raw = txs.sign_call(dev_key(who), genesis.chain_id, nonces[who], data, chain.next_base_fee())
+                pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+                nonces[who] += 1
+            clock[0] += 5
+            built = ChainApplication(chain, address_of(dev_key(0)), pool=pool).propose_block(chain.height + 1, 0,
+                                                                                             clock[0])
+            chain.commit(chain.block_hash(built))
+
+        scored = txs.CommitCall(0, b"\x11" * 32, 50, 400_000, 870_000, held_out_loss=620_000,
+                                held_out_accuracy=812_500, held_out_count=16)
+        unscored = txs.CommitCall(0, b"\x22" * 32, 60, 300_000, 880_000)
+        block((1, txs.register_data(PEER_ID)), (2, txs.register_data(peer_id_of(dev_key(2)).to_base58())))
+        # Execute
+        block((1, txs.commit_data(scored)), (2, txs.commit_data(unscored)))
+        commits = SwarmViews(chain).round(0)["commits"]
+        # Assert
+        assert [(c["updateHash"], c["heldOutLoss"], c["heldOutAccuracy"], c["heldOutCount"]) for c in commits] == [
+            ("0x" + "11" * 32, 620_000, 812_500, 16), ("0x" + "22" * 32, 0, 0, 0)], commits
     finally:
         chain.close()
