@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from consensus.genesis import load_genesis  # noqa: E402
+from swarmnode.cli.chain_cmd import held_out_mean  # noqa: E402
 from swarmnode.node.keys import address_of, load_key  # noqa: E402
 from swarmnode.node.localnet import (  # noqa: E402
     LocalSwarm,
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         swarm.start_all(list(range(nodes)), extra_args={0: ("--eval-test",)})
         for i in range(nodes):
             print(f"  node{i} up: rpc {swarm.nodes[i].rpc_url}  p2p {swarm.nodes[i].listen[0]}", flush=True)
-        print(f"{'round':>5}  {'committed':>9}  {'mean client acc':>15}  {'global test acc':>15}  {'elapsed':>8}", flush=True)
+        print(f"{'round':>5}  {'committed':>9}  {'mean client acc':>15}  {'base held-out acc':>17}  "
+              f"{'global test acc':>15}  {'elapsed':>8}", flush=True)
         shown = -1
         while shown < args.rounds - 1:
             def next_final(want: int = shown + 1) -> dict | None:
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             test = "-" if acc is None else f"{acc * 100:.1f}%" + ("" if of == shown else f" (r{of})")
             accs = [int(c["localAccuracy"]) / 1e6 for c in r["commits"]]
             mean = f"{sum(accs) / len(accs) * 100:.1f}%" if accs else "-"
-            print(f"{shown:>5}  {len(r['commits']):>4}/{int(r['participantCount']):<4}  {mean:>15}  {test:>15}  "
-                  f"{time.monotonic() - t0:>7.0f}s", flush=True)
+            base_acc = held_out_mean(r["commits"])[0]  # round `shown`'s base: the global model of the round before
+            held_out = "-" if base_acc is None else f"{base_acc * 100:.1f}%"
+            print(f"{shown:>5}  {len(r['commits']):>4}/{int(r['participantCount']):<4}  {mean:>15}  {held_out:>17}  "
+                  f"{test:>15}  {time.monotonic() - t0:>7.0f}s", flush=True)
         print("\nchain round table (swarmnode chain rounds):", flush=True)
         print(run_cli("chain", "rounds", "--rpc", str(swarm.nodes[0].rpc_url)).stdout, flush=True)
         elapsed = time.monotonic() - t0

@@ -98,12 +98,29 @@ def _mean(values: list[int]) -> float | None:
     return sum(values) / len(values) / 1e6 if values else None
 
 
+def _held_out(c: dict[str, Any]) -> tuple[int, int]:
+    """(heldOutAccuracy, heldOutCount) of a commit; (0, 0) from a contract without held-out scores."""
+    return int(c.get("heldOutAccuracy", 0)), int(c.get("heldOutCount", 0))
+
+
+def held_out_mean(commits: list[dict[str, Any]]) -> tuple[float | None, int, int]:
+    """The base model's accuracy over the committers' held-out splits, weighted by examples scored:
+    (accuracy or None if nobody scored it, committers that scored it, examples)."""
+    scored = [(acc, n) for acc, n in map(_held_out, commits) if n > 0]
+    examples = sum(n for _, n in scored)
+    mean = sum(acc * n for acc, n in scored) / examples / 1e6 if examples else None
+    return mean, len(scored), examples
+
+
 def round_summary(r: dict[str, Any]) -> dict[str, Any]:
     commits = r["commits"]
+    held_out, scorers, examples = held_out_mean(commits)
     return {
         "round": r["round"], "participants": int(r["commitCount"]), "registered": int(r["participantCount"]),
         "meanLoss": _mean([int(c["localLoss"]) for c in commits]),
         "meanAccuracy": _mean([int(c["localAccuracy"]) for c in commits]),
+        # the round's base model (the previous round's global model) on the committers' own held-out splits
+        "baseHeldOutAccuracy": held_out, "heldOutScorers": scorers, "heldOutExamples": examples,
         "finalized": bool(r["finalized"]), "modelHash": r["finalHash"] if r["finalized"] else None,
         "openBlock": int(r["openBlock"]), "closeBlock": int(r["closeBlock"]),
         "finalBlock": int(r["finalBlock"]) if r["finalized"] else None, "attestations": int(r["attestationCount"]),
@@ -120,8 +137,9 @@ def cmd_rounds(args: argparse.Namespace) -> int:
     def f(x: float | None, pct: bool = False) -> str:
         return "-" if x is None else (f"{x * 100:.1f}%" if pct else f"{x:.4f}")
 
-    print_table(["round", "participants", "mean loss", "mean acc", "blocks", "global model hash"],
+    print_table(["round", "participants", "mean loss", "mean acc", "base held-out acc", "blocks", "global model hash"],
                 [[r["round"], f"{r['participants']}/{r['registered']}", f(r["meanLoss"]), f(r["meanAccuracy"], True),
+                  f(r["baseHeldOutAccuracy"], True) + (f" ({r['heldOutScorers']})" if r["heldOutScorers"] else ""),
                   f"{r['openBlock']}-{r['finalBlock'] if r['finalBlock'] is not None else '…'}",
                   r["modelHash"] or "(open)"] for r in rows])
     return 0
@@ -137,10 +155,19 @@ def cmd_round(args: argparse.Namespace) -> int:
     s = round_summary(r)
     print(f"round {s['round']}: {s['participants']}/{s['registered']} committed, blocks {s['openBlock']}..{s['closeBlock']}, "
           f"{'final ' + s['modelHash'] if s['finalized'] else 'not final'} ({s['attestations']} attestations)")
-    print_table(["participant", "update hash", "samples", "loss", "acc", "block"],
+    if s["baseHeldOutAccuracy"] is not None:
+        print(f"base model on held-out splits: {s['baseHeldOutAccuracy'] * 100:.1f}% "
+              f"({s['heldOutScorers']} committers, {s['heldOutExamples']} examples)")
+    print_table(["participant", "update hash", "samples", "loss", "acc", "held-out acc", "held-out n", "block"],
                 [[c["participant"], c["updateHash"], c["numSamples"], f"{int(c['localLoss']) / 1e6:.4f}",
-                  f"{int(c['localAccuracy']) / 1e4:.1f}%", c["blockNumber"]] for c in r["commits"]])
+                  f"{int(c['localAccuracy']) / 1e4:.1f}%", *_held_out_cells(c), c["blockNumber"]]
+                 for c in r["commits"]])
     return 0
+
+
+def _held_out_cells(c: dict[str, Any]) -> list[Any]:
+    acc, n = _held_out(c)
+    return [f"{acc / 1e4:.1f}%", n] if n else ["-", 0]
 
 
 def cmd_participants(args: argparse.Namespace) -> int:
