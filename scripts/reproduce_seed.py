@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     swarm = Swarm(task, dataset)
     central = None if args.no_baseline else Centralized(task, swarm.clients)
     print(f"dataset {task.dataset} from {dataset.source}; {task.num_clients} clients, partition {task.partition} "
-          f"{task.partition_params}; model {task.model} ({num_parameters(build_model(task.model, 0)):,} params); "
+          f"{task.partition_params}; model {task.model} ({num_parameters(build_model(task.model_spec(), 0)):,} params); "
           f"rule {task.rule} {task.rule_params}; {task.optimizer} lr {task.lr}, {task.local_steps} local steps "
           f"of batch {task.batch_size}; {rounds} rounds", flush=True)
     if not args.quiet:

@@ -13,6 +13,7 @@ and validation as in the daemon, so malformed, wrong-shape or absurd-norm update
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from swarmnode.aggregation.codec import (
 from swarmnode.aggregation.errors import AggregationError, NonFiniteValue
 from swarmnode.aggregation.rules import Contribution, RuleSpec, aggregate
 from swarmnode.aggregation.validate import validate_update
-from swarmnode.learning.data import Dataset, Split, to_float
+from swarmnode.learning.data import Dataset, Split, inputs
 from swarmnode.learning.evaluate import EvalResult, evaluate, evaluate_module
 from swarmnode.learning.models import build_model
 from swarmnode.learning.partition import partition, train_val_split
@@ -92,9 +93,11 @@ def build_clients(task: Task, dataset: Dataset) -> list[ClientData]:
     return clients
 
 
-def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, round_: int, client_index: int) -> LocalUpdate:
+def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, round_: int, client_index: int,
+                 device: str = "cpu") -> LocalUpdate:
     """Train one client for one round and encode its delta canonically (what it announces and commits)."""
-    result = train_local(task.model, params, data, task.train_config(), training_seed(task.seed, round_, client_index))
+    result = train_local(task.model_spec(), params, data, task.train_config(), training_seed(task.seed, round_, client_index),
+                         device)
     blob = encode_update(quantize_delta(result.delta))
     return LocalUpdate(result, blob, content_id(blob))
 
@@ -163,7 +166,7 @@ class Swarm:
         adv = self.adversary
         if adv is None or c.index not in adv.attackers or adv.attack.label_map is None:
             return c.train
-        return Split(c.train.images, adv.attack.labels(c.train.labels))
+        return dataclasses.replace(c.train, labels=adv.attack.labels(c.train.labels))
 
     def run_round(self, tamper: Mapping[int, float] | None = None, *, score_clients: bool = True,
                   score_test: bool = True) -> RoundReport:
@@ -187,7 +190,7 @@ class Swarm:
             results.append(upd.result)
             if score_clients and len(c.val):
                 local = {n: self.model.params[n] + upd.result.delta[n] for n in self.model.params}
-                vals.append(evaluate(self.task.model, local, c.val))
+                vals.append(evaluate(self.task.model_spec(), local, c.val))
         train_seconds = (time.perf_counter() - t0) / max(1, len(self.clients))
         included, excluded = include_commits(self._commits(trained), self.max_samples)
         excluded = diverged + excluded
@@ -201,7 +204,7 @@ class Swarm:
                 excluded.append((commit.committed_hash.hex(), getattr(exc, "reason", "malformed")))
         self.model, agg = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), self.model, contribs)
         excluded += [(uid.hex(), why) for uid, why in agg.excluded]
-        test = (evaluate(self.task.model, self.model.params, self.dataset.test) if score_test
+        test = (evaluate(self.task.model_spec(), self.model.params, self.dataset.test) if score_test
                 else EvalResult(float("nan"), float("nan"), (), (), (), ()))
         report = RoundReport(
             self.round, float(np.mean([r.loss for r in results])) if results else float("nan"),
@@ -244,8 +247,10 @@ class Centralized:
 
     def __init__(self, task: Task, clients: list[ClientData]) -> None:
         self.task = task
-        self.data = Split(torch.cat([c.train.images for c in clients]), torch.cat([c.train.labels for c in clients]))
-        self.model = build_model(task.model, task.seed)
+        first = clients[0].train
+        self.data = Split(torch.cat([c.train.images for c in clients]), torch.cat([c.train.labels for c in clients]),
+                          first.mean, first.std)
+        self.model = build_model(task.model_spec(), task.seed)
         cfg = task.train_config()
         self.opt: torch.optim.Optimizer = (
             torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
@@ -257,11 +262,11 @@ class Centralized:
     def train_steps(self, steps: int) -> None:
         self.model.train()
         for idx in batches(len(self.data), self.task.batch_size, steps, self.gen):
-            loss = nn.functional.cross_entropy(self.model(to_float(self.data.images[idx])), self.data.labels[idx])
+            loss = nn.functional.cross_entropy(self.model(inputs(self.data, idx)), self.data.labels[idx])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
         self.steps_done += steps
 
     def evaluate(self, split: Split) -> EvalResult:
-        return evaluate_module(self.model, split)
+        return evaluate_module(self.model, split, self.task.num_classes)

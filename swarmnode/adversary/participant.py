@@ -12,6 +12,7 @@ Attacks that need the round's honest deltas (alie, ipm, min-max) or another part
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
@@ -65,7 +66,7 @@ class ByzantineParticipant:
         """The data it trains on (label flipping changes it; every other attack trains honestly)."""
         if self.attack.label_map is None:
             return data
-        return Split(data.images, self.attack.labels(data.labels))
+        return dataclasses.replace(data, labels=self.attack.labels(data.labels))
 
     def submit(self, round_: int, client_index: int, upd: LocalUpdate) -> Submission:
         """What it commits and serves this round, from its honest training result."""

@@ -14,6 +14,7 @@ import argparse
 import os
 import secrets
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from consensus.genesis import (
     parse_amount,
 )
 from swarmnode.cli.errors import CliError
+from swarmnode.learning.errors import LearningError
 
 TASK_CHOICES = ("seed", "demo", "tiny")
 DEFAULT_CHAIN_ID = 7331
@@ -47,7 +49,11 @@ def register(subparsers: Any) -> None:
     new = sub.add_parser("new", help="write a genesis file and generate node keys",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     new.add_argument("--validators", type=int, required=True, metavar="N", help="number of validator nodes")
-    new.add_argument("--task", choices=TASK_CHOICES, required=True, help="learning task preset")
+    task = new.add_mutually_exclusive_group(required=True)
+    task.add_argument("--task", choices=TASK_CHOICES, help="learning task preset")
+    task.add_argument("--task-file", type=Path, metavar="FILE",
+                      help="a TOML file with a [task] table (and [task.data] for local data): e.g. the "
+                           "hospitals example's; initial_weights in it are relative to the genesis file")
     new.add_argument("--out", type=Path, required=True, metavar="FILE", help="genesis TOML to write")
     new.add_argument("--keys-dir", type=Path, required=True, metavar="DIR", help="where node-<i>.key files go")
     new.add_argument("--dev-keys", action="store_true", help="deterministic, PUBLIC, insecure keys (demo only)")
@@ -130,7 +136,8 @@ def cmd_new(args: argparse.Namespace) -> int:
         write_key(args.keys_dir / f"node-{i}.key", key, overwrite=args.force)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(f"wrote {args.out} ({args.validators} validators, task {args.task}, chain id {args.chain_id})")
+    print(f"wrote {args.out} ({args.validators} validators, task {args.task or args.task_file}, "
+          f"chain id {args.chain_id})")
     print(f"wrote {args.validators} keys to {args.keys_dir}" + (" (INSECURE dev keys)" if args.dev_keys else ""))
     return 0
 
@@ -142,7 +149,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
         stake, balance = parse_amount(args.stake, "--stake"), parse_amount(args.balance, "--balance")
         reward = parse_amount(args.reward, "--reward")
         bond = parse_amount(args.participant_bond, "--participant-bond")
-        task = dict(TASK_PRESETS[args.task])
+        task = _task_table(args) if args.task_file else dict(TASK_PRESETS[args.task])
         validators = tuple(ValidatorSpec(address_of(k), stake, peer_id_of(k)) for k in keys)
         return Genesis(
             chain_id=args.chain_id, validators=validators,
@@ -154,10 +161,30 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
                 min_grace_s=args.min_grace_s, min_participants=args.min_participants, under_min=args.under_min,
                 absent_rounds=args.absent_rounds, admission=args.admission, participant_bond=bond,
                 reward_per_round=reward, max_samples=_max_samples(args, task)),
-            task=task, genesis_model_hash=genesis_model_hash(task), genesis_time=args.genesis_time,
+            task=task, genesis_model_hash=genesis_model_hash(task, args.out.resolve().parent),
+            genesis_time=args.genesis_time,
         )
-    except ConsensusError as exc:
+    except (ConsensusError, LearningError) as exc:
         raise CliError(str(exc)) from exc
+
+
+def _task_table(args: argparse.Namespace) -> dict[str, Any]:
+    """The [task] table of --task-file, validated (unknown keys, schema, model) and written back in full."""
+    from swarmnode.learning.tasks import Task
+
+    try:
+        raw = tomllib.loads(args.task_file.read_text())
+    except OSError as exc:
+        raise CliError(f"--task-file {args.task_file}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise CliError(f"--task-file {args.task_file}: not valid TOML: {exc}") from None
+    table = raw.get("task")
+    if not isinstance(table, dict):
+        raise CliError(f"--task-file {args.task_file}: no [task] table")
+    try:
+        return Task.from_dict(table).to_dict()
+    except (LearningError, TypeError) as exc:
+        raise CliError(f"--task-file {args.task_file}: {exc}") from None
 
 
 def _max_samples(args: argparse.Namespace, task: dict[str, Any]) -> int:
@@ -167,8 +194,15 @@ def _max_samples(args: argparse.Namespace, task: dict[str, Any]) -> int:
         if not 1 <= args.max_samples <= 2**64:
             raise CliError(f"--max-samples must be between 1 and 2**64, got {args.max_samples}")
         return int(args.max_samples)
+    if task.get("dataset") in ("tabular", "image-folder"):
+        return LOCAL_MAX_SAMPLES  # each node's own data: no share known in advance
     share = int(task.get("samples_per_client") or 0) or -(-60_000 // max(1, int(task.get("num_clients", 1))))
     return 2 * share
+
+
+# --max-samples for a task on local data unless given: a node reporting more than a million examples
+# weighs no more than one with a million (the robust rule caps weights at the round's median anyway)
+LOCAL_MAX_SAMPLES = 1_000_000
 
 
 def peer_id_of(secret: bytes) -> str:
@@ -204,7 +238,8 @@ def _refuse_overwrite(args: argparse.Namespace) -> None:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    parts = ["swarmnode", "genesis", "new", "--validators", str(args.validators), "--task", args.task,
+    parts = ["swarmnode", "genesis", "new", "--validators", str(args.validators),
+             *(["--task", args.task] if args.task else ["--task-file", str(args.task_file)]),
              "--chain-id", str(args.chain_id)]
     r = RoundsParams()
     defaults = {"stake": "32 ether", "balance": "1000 ether", "reward": format_amount(r.reward_per_round),

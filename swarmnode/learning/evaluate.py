@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from swarmnode.learning.data import Split, to_float
-from swarmnode.learning.models import build_model
+from swarmnode.learning.data import Split, inputs
+from swarmnode.learning.models import ModelSpec, build_model
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,9 @@ def evaluate_module(model: nn.Module, data: Split, num_classes: int = 10, batch_
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     loss_sum = 0.0
     for start in range(0, len(data), batch_size):
-        x = to_float(data.images[start : start + batch_size])  # (B, 1, 28, 28)
-        y = data.labels[start : start + batch_size]
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        x = inputs(data, idx)  # (B, *input_shape)
+        y = data.labels[idx]
         logits = model(x)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2).reshape(
@@ -59,7 +60,8 @@ def evaluate_module(model: nn.Module, data: Split, num_classes: int = 10, batch_
     )
 
 
-def evaluate(model_name: str, params: Mapping[str, torch.Tensor], data: Split, num_classes: int = 10) -> EvalResult:
-    model = build_model(model_name, 0)
+def evaluate(model_name: str | ModelSpec, params: Mapping[str, torch.Tensor], data: Split) -> EvalResult:
+    spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.of(model_name)
+    model = build_model(spec, 0)
     model.load_state_dict(dict(params))
-    return evaluate_module(model, data, num_classes)
+    return evaluate_module(model, data, spec.num_classes)

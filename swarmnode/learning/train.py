@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from swarmnode.learning.data import Split, to_float
+from swarmnode.learning.data import Split, inputs
 from swarmnode.learning.errors import LearningError, UnknownName
-from swarmnode.learning.models import build_model
+from swarmnode.learning.models import ModelSpec, build_model
 
 
 @dataclass(frozen=True)
@@ -80,24 +80,31 @@ def label_shift(labels: torch.Tensor, tau: float, num_classes: int = 10) -> torc
 
 
 def train_local(
-    model_name: str, global_params: Mapping[str, torch.Tensor], data: Split, cfg: TrainConfig, seed: int
+    model_name: str | ModelSpec, global_params: Mapping[str, torch.Tensor], data: Split, cfg: TrainConfig, seed: int,
+    device: str = "cpu",
 ) -> LocalResult:
-    """Train from `global_params` on `data`; the batch order depends only on `seed`."""
+    """Train from `global_params` on `data`; the batch order depends only on `seed`. On `device` "cuda"
+    the arithmetic differs from the CPU's, so the update (and its hash) does too: every node still
+    aggregates whatever was committed, exactly, on the CPU."""
     if len(data) == 0:
         raise LearningError("cannot train on an empty data split")
-    model = build_model(model_name, 0)
+    spec = model_name if isinstance(model_name, ModelSpec) else ModelSpec.of(model_name)
+    model = build_model(spec, 0)
     model.load_state_dict(dict(global_params))
+    model.to(device)
     model.train()
     gen = torch.Generator().manual_seed(seed)
     steps = cfg.local_steps if cfg.local_steps > 0 else cfg.local_epochs * -(-len(data) // cfg.batch_size)
     opt = _optimizer(cfg, model.parameters())
     anchor = {n: p.detach().clone() for n, p in model.named_parameters()} if cfg.prox_mu > 0 else None
-    shift = label_shift(data.labels, cfg.logit_adjust)
+    shift = label_shift(data.labels, cfg.logit_adjust, spec.num_classes)
+    if shift is not None:
+        shift = shift.to(device)
     loss_sum, correct, seen = 0.0, 0, 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout masks
         for idx in batches(len(data), cfg.batch_size, steps, gen):
-            x, y = to_float(data.images[idx]), data.labels[idx]  # (B, 1, 28, 28), (B,)
+            x, y = inputs(data, idx).to(device), data.labels[idx].to(device)  # (B, *input_shape), (B,)
             logits = model(x)  # (B, C)
             loss = nn.functional.cross_entropy(logits + shift if shift is not None else logits, y)
             if anchor is not None:
@@ -109,6 +116,6 @@ def train_local(
             loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             seen += len(idx)
-    local = model.state_dict()
+    local = {n: t.detach().cpu() for n, t in model.state_dict().items()}
     delta = {n: (local[n] - global_params[n]).detach() for n in sorted(local)}
     return LocalResult(delta, len(data), loss_sum / seen, correct / seen, steps)

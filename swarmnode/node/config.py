@@ -34,6 +34,7 @@ class NodeConfig:
     validate_fraction: float = 1.0  # of the node's validation split used for the progress line
     local_data: Path | None = None  # the node's own data, when the task trains on local data ([learning] data)
     holdout_fraction: float = 0.2  # of the node's local rows held out for its own evaluation
+    device: str = "auto"  # local training on "cpu", "cuda", or "auto" (CUDA when present); aggregation is on the CPU
     log_level: str = "INFO"
     compute_niceness: int = 10  # training threads run this much nicer, scoring at 19 (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
@@ -111,8 +112,11 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
     holdout = learning.get("holdout_fraction", 0.2)
     if not isinstance(holdout, (int, float)) or isinstance(holdout, bool) or not 0 <= holdout <= 0.9:
         raise NodeConfigError(f"config field 'learning.holdout_fraction': expected [0, 0.9], got {holdout!r}")
+    device = learning.get("device", "auto")
+    if device not in ("auto", "cpu", "cuda"):
+        raise NodeConfigError(f"config field 'learning.device': expected \"auto\", \"cpu\" or \"cuda\", got {device!r}")
     return NodeConfig(
-        data_dir=data_dir, genesis=genesis, key_file=key_file,
+        data_dir=data_dir, genesis=genesis, key_file=key_file, device=device,
         listen=_str_list(p2p.get("listen", ["/ip4/127.0.0.1/tcp/0"]), "p2p.listen"),
         bootstrap=_str_list(p2p.get("bootstrap", []), "p2p.bootstrap"),
         rpc_host=str(rpc.get("host", "127.0.0.1")),
@@ -148,7 +152,8 @@ def load_config(path: Path | str) -> NodeConfig:
 
 def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
     learning: dict[str, Any] = {"torch_threads": cfg.torch_threads, "validate_fraction": cfg.validate_fraction,
-                                "compute_niceness": cfg.compute_niceness, "holdout_fraction": cfg.holdout_fraction}
+                                "compute_niceness": cfg.compute_niceness, "holdout_fraction": cfg.holdout_fraction,
+                                "device": cfg.device}
     if cfg.dataset_dir is not None:
         learning["dataset_dir"] = str(cfg.dataset_dir)
     if cfg.local_data is not None:

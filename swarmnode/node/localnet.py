@@ -81,8 +81,10 @@ class LocalSwarm:
     def command_prefix(self, i: int) -> list[str]:
         return []
 
-    def init_node(self, i: int, key: Path | None = None, *, fresh_key: bool = False) -> NodeProc:
-        """`swarmnode init` for node i (dev key i, or a new key with fresh_key)."""
+    def init_node(self, i: int, key: Path | None = None, *, fresh_key: bool = False,
+                  init_args: tuple[str, ...] = ()) -> NodeProc:
+        """`swarmnode init` for node i (dev key i, or a new key with fresh_key); `init_args` are node i's own
+        (e.g. --local-data, its data)."""
         from swarmnode.node.keys import load_key
         from swarmnode.p2p.identity import peer_id_of
 
@@ -91,7 +93,7 @@ class LocalSwarm:
         listen = self.listen_addr(i)
         key_args = [] if fresh_key else ["--key", str(key)]  # fresh: `init` creates a new key
         run_cli("init", "--genesis", str(self.genesis), "--data-dir", str(data_dir), *key_args,
-                "--rpc-host", self.rpc_host(i), "--rpc-port", "0", "--listen", listen, *self.init_args)
+                "--rpc-host", self.rpc_host(i), "--rpc-port", "0", "--listen", listen, *self.init_args, *init_args)
         node = NodeProc(i, data_dir, self.base / f"node{i}.log")
         node.listen = [f"{listen}/p2p/{peer_id_of(load_key(data_dir / 'node.key'))}"]
         self.nodes[i] = node
@@ -297,13 +299,15 @@ def wait_for(check: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-def make_genesis(base: Path, validators: int, task: str, *, commit_window_s: int = 20,
+def make_genesis(base: Path, validators: int, task: str | Path, *, commit_window_s: int = 20,
                  chain_id: int = 7331, extra_args: tuple[str, ...] = ()) -> tuple[Path, Path]:
-    """`swarmnode genesis new ... --dev-keys` into `base`; returns (genesis file, keys dir).
+    """`swarmnode genesis new ... --dev-keys` into `base`; returns (genesis file, keys dir). `task` is a
+    preset name, or a Path to a task file ([task] table).
 
     `extra_args` go to `genesis new` as given, e.g. ("--min-participants", "2", "--under-min", "skip")."""
     genesis, keys = base / "genesis.toml", base / "keys"
-    run_cli("genesis", "new", "--validators", str(validators), "--task", task, "--dev-keys", "--out", str(genesis),
+    task_args = ["--task-file", str(task)] if isinstance(task, Path) else ["--task", task]
+    run_cli("genesis", "new", "--validators", str(validators), *task_args, "--dev-keys", "--out", str(genesis),
             "--keys-dir", str(keys), "--commit-window-s", str(commit_window_s), "--chain-id", str(chain_id),
             *extra_args)
     return genesis, keys
@@ -336,4 +340,4 @@ def test_accuracy_of(genesis: Path, store_dir: Path, model_hash: str) -> float:
     torch.set_num_threads(1)
     task = Task.from_dict(load_genesis(genesis).task)
     model = ModelStore(store_dir).get_model(bytes.fromhex(model_hash.removeprefix("0x")))
-    return evaluate(task.model, model.params, load_dataset(task.dataset).test).accuracy
+    return evaluate(task.model_spec(), model.params, load_dataset(task.dataset).test).accuracy

@@ -23,7 +23,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, overload
 
 import trio
 
@@ -40,6 +41,7 @@ from consensus.service import ChainService, make_pool
 from consensus.signing_record import SigningRecord
 from consensus.txpool import TxPool
 from swarmnode.adversary.participant import ByzantineParticipant
+from swarmnode.experiment import ClientData
 from swarmnode.learning.tasks import Task
 from swarmnode.node import machine, txs
 from swarmnode.node.blobfetch import BlobFetcher
@@ -96,11 +98,70 @@ class SwarmApplication(ChainApplication):
         return len(self.pool or ()) > 0 or self._pending_work()
 
 
+class OwnData(Sequence[ClientData]):
+    """A node training on its own data: the same data whatever participant index the chain gives it (a
+    benchmark task instead gives index i the i-th slice of the dataset, and none beyond num_clients)."""
+
+    def __init__(self, data: ClientData) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return 2**31  # any index the contract hands out
+
+    @overload
+    def __getitem__(self, index: int) -> ClientData: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[ClientData]: ...
+    def __getitem__(self, index: int | slice) -> ClientData | Sequence[ClientData]:
+        if isinstance(index, slice):
+            raise TypeError("OwnData cannot be sliced")
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.data
+
+
+def local_client(task: Task, cfg: NodeConfig) -> ClientData:
+    """The node's own data, checked against the genesis schema, split into training and held-out rows;
+    NodeError names the mismatch (the node refuses to start)."""
+    from swarmnode.learning.errors import LearningError
+    from swarmnode.learning.localdata import holdout_split, load_local
+
+    if cfg.local_data is None:
+        raise NodeError(f"the task trains on each node's own data (task.dataset = {task.dataset!r}): set "
+                        "[learning] data = \"PATH\" in the node config (`swarmnode data check` shows what it finds)")
+    schema = task.schema()
+    assert schema is not None
+    try:
+        local = load_local(task.dataset, cfg.local_data, schema)
+    except LearningError as exc:
+        raise NodeError(f"local data {cfg.local_data} does not match the genesis: {exc}") from None
+    for warning in local.warnings:
+        log.warning("event=local_data_warning %s", warning)
+    train, held_out = holdout_split(local.split, cfg.holdout_fraction, task.seed)
+    if len(train) == 0:
+        raise NodeError(f"local data {cfg.local_data}: nothing left to train on after holding out "
+                        f"{cfg.holdout_fraction:.0%}")
+    log.info("event=local_data path=%s train=%d held_out=%d", cfg.local_data, len(train), len(held_out))
+    return ClientData(0, train, held_out)
+
+
+def training_device(wanted: str) -> str:
+    """"cpu", "cuda", or "auto" (CUDA when torch sees a GPU); NodeError when "cuda" is asked for and absent."""
+    import torch
+
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise NodeError("[learning] device = \"cuda\", but torch sees no CUDA device (use \"auto\" or \"cpu\")")
+    return wanted
+
+
 class Node:
     """`Node.from_config(cfg)` then `await node.run()` (returns on SIGINT/SIGTERM or cancellation)."""
 
     def __init__(self, cfg: NodeConfig, genesis: Genesis, task: Task, secret: bytes, chain: ExecutionChain,
-                 clients: list[Any], test_split: Any, byzantine: ByzantineParticipant | None = None) -> None:
+                 clients: Sequence[Any], test_split: Any, byzantine: ByzantineParticipant | None = None,
+                 initial: dict[str, Any] | None = None, device: str = "cpu") -> None:
         self.cfg = cfg
         self.genesis = genesis
         self.task = task
@@ -147,7 +208,7 @@ class Node:
                               test_split=test_split, history=self.history, data_dir=cfg.data_dir,
                               niceness=cfg.compute_niceness, keep_update_rounds=cfg.keep_update_rounds,
                               keep_model_rounds=cfg.keep_model_rounds, byzantine=byzantine,
-                              max_samples=genesis.rounds.max_samples)
+                              max_samples=genesis.rounds.max_samples, initial=initial, device=device)
         self.loop = RoundLoop(config=machine.MachineConfig(num_clients=len(clients)),
                               address=self.address, service=self.service, work=self.work, sender=self.sender,
                               models=self.models, history=self.history, wait_height=self.driver.wait_height)
@@ -161,6 +222,8 @@ class Node:
         from swarmnode.adversary.attacks import AttackError
         from swarmnode.experiment import build_clients
         from swarmnode.learning.data import load_dataset
+        from swarmnode.learning.errors import LearningError
+        from swarmnode.learning.tasks import checked_initial_params
 
         try:
             genesis = load_genesis(cfg.genesis)
@@ -175,15 +238,26 @@ class Node:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
-        dataset = load_dataset(task.dataset, cfg.dataset_dir)
-        clients = build_clients(task, dataset)
+        device = training_device(cfg.device)
+        try:  # a node that would start from other initial weights than everyone else's must not join
+            initial = checked_initial_params(task, genesis.genesis_model_hash, Path(cfg.genesis).resolve().parent)
+        except LearningError as exc:
+            raise NodeError(f"the genesis model: {exc}") from None
+        test_split = None
+        clients: Sequence[ClientData]
+        if task.is_local():
+            clients = OwnData(local_client(task, cfg))
+        else:
+            dataset = load_dataset(task.dataset, cfg.dataset_dir)
+            clients = build_clients(task, dataset)
+            test_split = dataset.test if evaluate_test else None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             chain = ExecutionChain.open(cfg.chain_dir, genesis)
         except Exception as exc:
             raise NodeError(f"cannot open the chain in {cfg.chain_dir}: {exc}") from exc
         try:
-            return cls(cfg, genesis, task, secret, chain, clients, dataset.test if evaluate_test else None, attacker)
+            return cls(cfg, genesis, task, secret, chain, clients, test_split, attacker, initial, device)
         except BaseException:
             chain.close()
             raise

@@ -106,8 +106,10 @@ class RoundWork:
                  p2p: P2PNode, service: ChainService, clients: list[ClientData], test_split: Any,
                  history: History, data_dir: Path, niceness: int, keep_update_rounds: int = 16,
                  keep_model_rounds: int = 64, byzantine: ByzantineParticipant | None = None,
-                 max_samples: int = 2**64) -> None:
+                 max_samples: int = 2**64, initial: dict[str, Any] | None = None, device: str = "cpu") -> None:
         self.task = task
+        # the genesis model's parameters, checked against genesis_model_hash at startup (Node.from_config)
+        self._initial = initial
         self.genesis_model_hash = genesis_model_hash
         self.models = models
         self.fetcher = fetcher
@@ -121,6 +123,8 @@ class RoundWork:
         self.keep_model_rounds = keep_model_rounds  # 0: keep every final model
         self.byzantine = byzantine  # tests and benchmarks: this node attacks instead of training honestly
         self.max_samples = max_samples  # the genesis cap on a commit's numSamples (the contract refuses more)
+        self.device = device  # where local training runs; aggregation is exact integer arithmetic on the CPU
+        self._held_out: tuple[bytes, tuple[float, float, int]] | None = None  # last (model hash, score)
         # training runs below the priority of consensus, libp2p and the chain
         self.compute = ComputeThreads(workers=2, niceness=niceness)
         # scoring is for people, never on the round's critical path: one thread at the lowest priority
@@ -146,7 +150,7 @@ class RoundWork:
     async def obtain_model(self, round_: int | None, h: bytes) -> None:
         """G_r by hash into the store: the genesis model is rebuilt locally, any other comes from peers."""
         if h == self.genesis_model_hash:
-            model = GlobalModel(initial_params(self.task))
+            model = GlobalModel(self._initial if self._initial is not None else initial_params(self.task))
         else:
             (blob,) = await self.fetcher.fetch([h])
             model = decode_model(blob)
@@ -179,13 +183,13 @@ class RoundWork:
         if action.client_index >= len(self.clients):
             raise WorkError(f"no data partition {action.client_index} (the task has {len(self.clients)})", False)
         model = await self.load_model(action.base_hash)
-        held_out = await self.score_held_out(model, action.client_index)
+        held_out = await self.score_held_out(model, action.client_index, action.base_hash)
         data = self.clients[action.client_index].train
         if self.byzantine is not None:
             data = self.byzantine.training_data(data)
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
-                                     action.client_index, limiter=self.train_limiter)
+                                     action.client_index, self.device, limiter=self.train_limiter)
         cid, samples = upd.update_id, min(upd.result.num_samples, self.max_samples)
         if samples < upd.result.num_samples:
             log.info("event=samples_capped round=%d trained=%d reported=%d (genesis max_samples)", action.round,
@@ -206,10 +210,17 @@ class RoundWork:
                                   txs.fixed(upd.result.accuracy), held_out_loss=ho_loss,
                                   held_out_accuracy=ho_acc, held_out_count=ho_count))
 
-    async def score_held_out(self, model: GlobalModel, client_index: int) -> tuple[float, float, int] | None:
+    async def score_held_out(self, model: GlobalModel, client_index: int,
+                             h: bytes) -> tuple[float, float, int] | None:
         """The round's base model scored on this node's held-out split, committed with the update:
         (loss, accuracy, examples scored), or None when the node has no held-out split (not scored)."""
-        return None
+        val = self.clients[client_index].val if client_index < len(self.clients) else None
+        if val is None or len(val) == 0:
+            return None
+        if self._held_out is None or self._held_out[0] != h:
+            result = await self.scoring.run(evaluate, self.task.model_spec(), model.params, val)
+            self._held_out = (h, (result.loss, result.accuracy, len(val)))
+        return self._held_out[1]
 
     # ---- step 4 ----
 
@@ -270,9 +281,9 @@ class RoundWork:
             rec = self.history.get(round_)
             val = self.clients[my_index].val if my_index is not None and my_index < len(self.clients) else None
             if val is not None and len(val):
-                rec.val_accuracy = (await self.scoring.run(evaluate, self.task.model, model.params, val)).accuracy
+                rec.val_accuracy = (await self.scoring.run(evaluate, self.task.model_spec(), model.params, val)).accuracy
             if self.test_split is not None:
-                rec.test_accuracy = (await self.scoring.run(evaluate, self.task.model, model.params,
+                rec.test_accuracy = (await self.scoring.run(evaluate, self.task.model_spec(), model.params,
                                                             self.test_split)).accuracy
         log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
 
