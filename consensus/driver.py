@@ -603,7 +603,10 @@ class ConsensusDriver:
 
     async def _rebroadcast_loop(self) -> None:
         """Gossip is lossy: while stuck at a (height, round), re-send our own messages of this height,
-        backing off (x2 per stuck interval, up to x8) so an overloaded network is not flooded further."""
+        backing off (x2 per stuck interval, up to x8) so an overloaded network is not flooded further.
+        A stuck node also asks for the next height: if the others have moved on, it is behind, and the
+        one request its first sight of their votes triggered may have been lost (or its answer was); their
+        re-sends are exact copies, dropped as duplicates before decoding, so they never ask again for it."""
         last_seen, stuck = (-1, -1), 0
         while True:
             await trio.sleep(self.config.rebroadcast_interval * min(2**stuck, 8))
@@ -612,6 +615,7 @@ class ConsensusDriver:
                 for data in list(self._own.values()):
                     await self.network.broadcast(data)
                 self.counters["rebroadcasts"] += 1
+                self._request_sync(self._committed_height + 1)
                 stuck += 1
             else:
                 stuck = 0

@@ -139,6 +139,10 @@ def _transact(args: argparse.Namespace, what: str, data: bytes, value: int) -> d
 MAX_RESENDS = 8
 
 
+# pool answers meaning "this nonce is no longer ours to use": the count is read again and the tx rebuilt
+_NONCE_MOVED = ("nonce-too-low", "nonce-gap", "replacement-underpriced")
+
+
 def send_followed(rpc: RpcClient, me: bytes, build: Callable[[int], bytes], timeout: float,
                   note: Callable[[str], None], what: str = "transaction") -> tuple[str, dict[str, Any]]:
     """Send `build(nonce)` and follow it until it is included. When another transaction from the same
@@ -151,8 +155,8 @@ def send_followed(rpc: RpcClient, me: bytes, build: Callable[[int], bytes], time
             tx_hash = rpc.call("eth_sendRawTransaction", _hex(build(nonce)))
         except CliError as exc:
             # the node's view of the account moved on between our two calls (a block committed, a
-            # daemon's own transaction arrived), or it is still catching up: ask again
-            if "nonce-too-low" not in str(exc) and "nonce-gap" not in str(exc) or time.monotonic() > deadline:
+            # daemon's own transaction took the nonce in the pool first), or it is still catching up: ask again
+            if not any(m in str(exc) for m in _NONCE_MOVED) or time.monotonic() > deadline:
                 raise
             note(f"nonce {nonce} no longer free ({exc}); trying again")
             time.sleep(1.0)

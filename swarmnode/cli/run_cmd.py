@@ -73,6 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swarmnode.node.node import Node, NodeError, setup_logging
 
     try:
+        faulthandler.enable(all_threads=True)  # a fatal signal (SIGSEGV, SIGABRT) leaves every stack in the log
         faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to stderr
     except (ValueError, OSError):  # stderr is not a real file (e.g. captured): no stack dumps then
         pass

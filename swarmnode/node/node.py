@@ -17,6 +17,8 @@ Who owns what (README "Inside a node" has the picture):
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import os
@@ -364,6 +366,7 @@ class Node:
             "address": "0x" + self.address.hex(), "peerId": str(self.p2p.peer_id),
             "listen": self.p2p.listen_addrs(), "peers": len(self.p2p.peers()),
             "height": self.chain.tip.height, "driver": self.driver.committed_height,
+            "consensus": dataclasses.asdict(self.driver.statistics()),
             "round": obs.round if obs else None, "windowOpen": obs.window_open if obs else None,
             "closeTime": obs.close_time if obs else None, "headTime": obs.head_time if obs else None,
             "participantIndex": obs.participant_index if obs else None,
@@ -385,7 +388,8 @@ class Node:
             "executor": self.executor.statistics(),
             "pool": self.pool.statistics(),
             "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics(),
-                    "consensus": self.p2p.consensus.statistics(), "peerExchange": self.p2p.peer_exchange.statistics()},
+                    "consensus": self.p2p.consensus.statistics(), "peerExchange": self.p2p.peer_exchange.statistics(),
+                    "pubsub": self.p2p.host.pubsub_view()},
         }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -305,6 +306,11 @@ class GuardedPubsub(Pubsub):
         self.guard = guard
         self.dropped: Counter[str] = Counter()
         super().__init__(host, router, **kwargs)
+        # py-libp2p starts the seqno at the time in *seconds* and adds one per message: a node publishing
+        # more than one message a second runs ahead of that clock, and after a restart it would reuse
+        # seqnos its peers saw minutes ago, still in their seen cache -- every message of the restarted
+        # node silently dropped as a duplicate. Nanoseconds (as go-libp2p) stay ahead of any rate.
+        self.counter = time.time_ns()
 
     async def push_msg(self, msg_forwarder: ID, msg: rpc_pb2.Message) -> None:
         if msg_forwarder != self.my_id and not self._admit(msg_forwarder, msg):
@@ -500,6 +506,20 @@ class P2PHost:
     def statistics(self) -> dict[str, int]:
         return {**self.counters, **{f"guard.{k}": v for k, v in self.guard.statistics().items()},
                 **{f"gossip_dropped.{k}": v for k, v in self.pubsub.dropped.items()}}
+
+    def pubsub_view(self) -> dict[str, Any]:
+        """Who pubsub talks to: its peers, each topic's mesh and subscribers, and each peer's gossipsub
+        score (peers below the gossip threshold get none of our messages)."""
+        short = lambda p: str(p)[-8:]  # noqa: E731
+        topics = sorted(self.pubsub.peer_topics)
+        scorer = self.scorer
+        return {
+            "peers": sorted(short(p) for p in self.pubsub.peers),
+            "mesh": {t: sorted(short(p) for p in self.router.mesh.get(t, ())) for t in topics},
+            "subscribers": {t: sorted(short(p) for p in self.pubsub.peer_topics[t]) for t in topics},
+            "scores": {short(p): round(scorer.score(p, topics), 2) for p in self.pubsub.peers},
+            "backoff": {t: sorted(short(p) for p in peers) for t, peers in self.router.back_off.items()},
+        }
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[P2PHost]:

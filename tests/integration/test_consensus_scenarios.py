@@ -13,7 +13,7 @@ from consensus.cluster import Cluster, validator_key
 from consensus.driver import DriverConfig
 from consensus.evidence import verify_evidence
 from consensus.memnet import MemNetwork, make_equivocator
-from consensus.messages import MAX_MESSAGE_BYTES, ProposalMessage, VoteMessage, encode
+from consensus.messages import MAX_MESSAGE_BYTES, ProposalMessage, SyncResponse, VoteMessage, decode, encode
 from consensus.signing_record import SigningRecord
 from consensus.votes import address_of, sign_vote
 
@@ -187,6 +187,38 @@ async def test_crash_and_restart_catches_up_without_double_signing(autojump_cloc
     assert slot_after.key > slot_at_crash.key, "the record must only move forward"
     for i in (0, 1, 3):
         assert not cluster.driver(i).evidence.pending(), f"node {i} has evidence against the restarted node"
+
+
+async def test_restarted_node_catches_up_when_its_first_sync_answers_are_lost(autojump_clock, tmp_path):
+    """Node 2 restarts behind and another validator crashes at once: the three left need node 2, which must
+    catch up first. The answers to its first sync requests are lost; after that the others, stuck
+    without it, only re-send their own messages, exact copies node 2 drops as duplicates before decoding
+    (a swarm stalled this way in the churn test). Its own stuck loop must ask for the next height again."""
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, net=net, record_dir=tmp_path)
+    lost_until = [0.0]
+
+    def lose_sync_answers(data: bytes, dst: int) -> list[bytes]:
+        if dst == 2 and trio.current_time() < lost_until[0] and isinstance(decode(data), SyncResponse):
+            return []
+        return [data]
+
+    async with cluster.run():
+        with trio.fail_after(60):
+            await cluster.wait_height(3)
+        await cluster.crash(2)
+        with trio.fail_after(120):
+            await cluster.wait_height(len(cluster.apps[2].blocks) + 20, [0, 1, 3])
+        for src in (0, 1, 3):
+            net.set_tamper(src, lose_sync_answers)
+        lost_until[0] = trio.current_time() + 5.0
+        await cluster.start(2)
+        await cluster.crash(3)
+        target = max(heights(cluster, [0, 1])) + 3
+        with trio.fail_after(300):
+            await cluster.wait_height(target, [0, 1, 2])
+        assert cluster.driver(2).counters["synced_blocks"] > 0
+    assert_safe(cluster)
 
 
 async def test_restart_refuses_to_sign_against_its_record(autojump_clock, tmp_path):

@@ -250,3 +250,28 @@ def test_a_changed_or_forged_signed_record_is_always_checked() -> None:
     checked = pubsub_records.stats["records_checked"]
     assert consume(record), "after a failure the good record is checked again, then cached"
     assert pubsub_records.stats["records_checked"] == checked + 1
+
+
+async def test_a_restarted_peer_is_heard_at_once() -> None:
+    """Gossipsub drops a message whose (publisher, seqno) it has seen in the last two minutes. py-libp2p
+    starts a publisher's seqno at the current time in seconds and adds one per message, so a node that
+    publishes more than one message a second runs ahead of the clock; restarted, it would reuse seqnos its
+    peers have just seen, and be silently unheard by all of them until it passed its old ones (a
+    restarted validator went mute this way and the swarm stalled). Seqnos start from nanoseconds here."""
+    burst = 300  # messages before the restart: 300 s ahead of a seconds clock
+    hub = P2PNode(make_config(0, peer_exchange=False))
+    async with hub.run():
+        for life in ("before", "after"):
+            spoke = P2PNode(make_config(1, bootstrap=tuple(hub.listen_addrs()), peer_exchange=False))
+            async with spoke.run():
+                with trio.fail_after(JOIN_TIMEOUT):
+                    await hub.gossip.wait_mesh(TX, [spoke.peer_id])
+                    await spoke.gossip.wait_mesh(TX, [hub.peer_id])
+                for k in range(burst if life == "before" else 1):
+                    await spoke.gossip.publish(TX, f"{life} {k}".encode())
+                    with trio.fail_after(10):
+                        assert (await hub.gossip.channel(TX).receive()).body == f"{life} {k}".encode()
+                if life == "before":  # as when its process dies (an in-process host leaves its sockets open)
+                    await hub.host.libp2p.disconnect(spoke.peer_id)
+                    with trio.fail_after(JOIN_TIMEOUT):
+                        await hub.host.wait_until(lambda: hub.host.peer(spoke.peer_id) is None)

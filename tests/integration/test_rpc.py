@@ -352,3 +352,40 @@ async def test_cli_sender_asks_again_when_the_node_says_its_nonce_is_too_low(nod
     _, receipt = result["out"]
     assert asked == [1, 1] and receipt["status"] == "0x1"
     assert any("nonce 1 no longer free" in n and "nonce-too-low" in n for n in notes), notes
+
+
+async def test_cli_sender_asks_again_when_its_nonce_is_taken_in_the_pool(node) -> None:
+    """The daemon's own transaction reaches the pool between the CLI's nonce query and its send, at the
+    same nonce and a fee the CLI's does not beat: the pool answers replacement-underpriced, and the CLI
+    asks for the nonce again instead of failing (`swarmnode leave` did fail this way in the churn test)."""
+    from swarmnode.cli.member_cmd import send_followed
+    from swarmnode.cli.rpc_client import RpcClient
+
+    service, _, w3, port = node
+    daemon = sign_tx(KEYS[2], 7331, 0, to=b"\x33" * 20, value=1, max_fee=4 * 10**9, tip=2 * 10**9)
+    await in_thread(w3.eth.send_raw_transaction, daemon)  # pending: the pool holds nonce 0
+    asked: list[int] = []
+    notes: list[str] = []
+
+    def build(nonce: int) -> bytes:
+        asked.append(nonce)
+        taken = nonce - 1 if len(asked) == 1 else nonce  # the first time, the nonce the daemon just took
+        return sign_tx(KEYS[2], 7331, taken, to=TO, value=7)
+
+    result: dict = {}
+
+    def follow() -> None:
+        result["out"] = send_followed(RpcClient(f"http://127.0.0.1:{port}"), address_of(KEYS[2]), build, 60.0,
+                                      notes.append, "leave")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(in_thread, follow)
+        while len(asked) < 2:
+            await trio.sleep(0.05)
+        while await in_thread(w3.eth.get_transaction_count, ADDRS[2], "pending") < 2:
+            await trio.sleep(0.05)
+        await produce_block(service)
+    _, receipt = result["out"]
+    assert asked == [1, 1] and receipt["status"] == "0x1"
+    assert any("nonce 1 no longer free" in n and "replacement-underpriced" in n for n in notes), notes
+    assert await in_thread(w3.eth.get_transaction_count, ADDRS[2]) == 2

@@ -109,7 +109,10 @@ def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
         down: int | None = None
         down_since = 0
         next_kill = 4
-        events: list[str] = []
+
+        def event(text: str) -> None:  # printed at once: a failure's output shows what happened before it
+            print(time.strftime("%H:%M:%S"), text, flush=True)
+
         wallet_round = None
         registered_round = None
         left_round = None
@@ -124,31 +127,30 @@ def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
             fresh = None  # a node restarted just now: its RPC may not answer yet
             if down is not None and r >= down_since + 2:
                 swarm.start(down)
-                events.append(f"r{r}: restarted node{down}")
+                event(f"r{r}: restarted node{down}")
                 down, fresh = None, down
             elif down is None and r >= next_kill and r < ROUNDS - 6:
                 down, down_since = rng.randrange(4), r
                 swarm.kill(down)
-                events.append(f"r{r}: kill -9 node{down}")
+                event(f"r{r}: kill -9 node{down}")
                 next_kill = r + rng.randint(5, 7)
             via = next(i for i in range(4) if i not in (down, fresh))
             if wallet_round is None and r >= 6 and 1 not in (down, fresh):
                 wallet_round, tx = _wallet_replaces_pending_commit(swarm, 1, newcomer)
-                events.append(f"r{r}: wallet tx {tx} from node1 in round {wallet_round}")
+                event(f"r{r}: wallet tx {tx} from node1 in round {wallet_round}")
             if r == 10:
                 swarm.start(4)
                 out = run_cli("register", "--config", str(swarm.nodes[4].config), "--rpc",
                               str(swarm.nodes[via].rpc_url), "--json")
                 registered_round = _current(swarm, via)
-                events.append(f"r{r}: registered node4 ({json.loads(out.stdout)['participant']['index']})")
+                event(f"r{r}: registered node4 ({json.loads(out.stdout)['participant']['index']})")
             if r == 40 and registered_round is not None:
                 run_cli("leave", "--config", str(swarm.nodes[4].config), "--rpc", str(swarm.nodes[via].rpc_url),
                         "--json")
                 left_round = _current(swarm, via)
-                events.append(f"r{r}: node4 left")
+                event(f"r{r}: node4 left")
         if down is not None:
             swarm.start(down)
-        print("\n".join(events))
         print("round seconds:", {r: round(s, 1) for r, s in round_times.items()})
 
         # no finalized round lost, and one chain history on every node
