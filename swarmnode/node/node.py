@@ -18,7 +18,6 @@ Who owns what (README "Inside a node" has the picture):
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import logging
 import os

@@ -274,4 +274,4 @@ async def test_a_restarted_peer_is_heard_at_once() -> None:
                 if life == "before":  # as when its process dies (an in-process host leaves its sockets open)
                     await hub.host.libp2p.disconnect(spoke.peer_id)
                     with trio.fail_after(JOIN_TIMEOUT):
-                        await hub.host.wait_until(lambda: hub.host.peer(spoke.peer_id) is None)
+                        await hub.host.wait_until(lambda s=spoke: hub.host.peer(s.peer_id) is None)

@@ -12,8 +12,6 @@ from eth_abi import encode as abi_encode
 from eth_keys import keys
 from eth_utils import keccak
 
-from swarmnode.p2p.identity import peer_id_of
-
 from consensus.contracts import (
     CONTRACT_NAMES,
     STAKING_ADDRESS,
@@ -37,6 +35,7 @@ from consensus.genesis_state import (
     build_genesis_alloc,
 )
 from consensus.votes import STEP_PRECOMMIT, STEP_PREVOTE, recover_address, sign_digest, sign_vote, vote_signer
+from swarmnode.p2p.identity import peer_id_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from evm_harness import GAS_PRICE, GENESIS_TIME, CallReverted, Contract, EvmHarness  # noqa: E402
@@ -1367,7 +1366,7 @@ def test_gas_of_a_finalizing_attestation(n):
     """n expected participants: measured when all n are paid, and when n - 1 are recorded absent."""
     extra = GAS_KEYS[: n - 2]
     evm = make_chain(with_params(commit_window_s=10_000), extra_funded=tuple(address_of(k) for k in extra))
-    for i, key in enumerate(extra):
+    for key in extra:
         ok(register(evm, key))
     ok(commit(evm, K0))
     ok(commit(evm, K1))  # the two genesis participants close round 0 early
@@ -1398,7 +1397,7 @@ def test_gas_of_a_finalizing_attestation_at_the_limits():
     funded = {a: 1_000 * ETHER for a in [*validators, *(address_of(k) for k in extra)]}
     alloc = build_genesis_alloc(CHAIN_ID, [(a, ETHER, f"peer-v{i}") for i, a in enumerate(validators)], funded, params)
     evm = EvmHarness(CHAIN_ID, alloc, [STAKING, ROUNDS], genesis_time=params.genesis_time)
-    for i, key in enumerate(extra):
+    for key in extra:
         ok(register(evm, key))
     for key in BIG_VALIDATOR_KEYS:
         ok(commit(evm, key, 0))
