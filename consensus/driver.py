@@ -54,7 +54,7 @@ class DriverConfig:
     sync_request_interval: float = 1.0
     sync_batch: int = 16  # heights served per sync request
     max_heights_ahead: int = 64  # further ahead is "far ahead": dropped without asking for sync
-    future_buffer: int = 4096  # messages held for height + 1
+    future_buffer: int = 4096  # messages held for heights not reached yet (half at most beyond height + 1)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     inbox_size: int = 64
     prepare_timeout: float = 3.0  # the longest prepare_block may delay a validation (see ConsensusDriver)
@@ -139,8 +139,9 @@ class ConsensusDriver:
         self._blocks: dict[bytes, bytes] = {}
         self._own: dict[tuple[int, int], bytes] = {}  # (round, step) -> encoded own message, this height
         self._seen: dict[bytes, None] = {}  # insertion-ordered set of recent messages' digests
-        self._future: list[_Authenticated] = []
+        self._future: list[_Authenticated] = []  # messages of heights we have not reached, from validators
         self._future_keys: set[tuple[Any, ...]] = set()
+        self._future_far = 0  # of which beyond the next height
         self._synced: dict[int, _Synced] = {}
         self._last_sync_request: dict[int, float] = {}
         self._last_sync_serve: dict[int, float] = {}
@@ -318,7 +319,10 @@ class ConsensusDriver:
         elif h < current:
             self._drop("stale_height", f"height {h} < {current}")
         elif h <= current + self.config.max_heights_ahead:
-            self._drop("future_height", f"height {h}, at {current}")
+            # kept for when we get there (the network drops exact re-sends of what it delivered once: the
+            # others' rebroadcasts of their votes for that height would never reach us again), and a sign
+            # that we are behind: catch up
+            self._buffer_future(item)
             self._request_sync(self._committed_height + 1)
         else:
             # far behind (a partition healed, a long pause): catch up from peers all the same, one batch
@@ -354,9 +358,13 @@ class ConsensusDriver:
             self._drop("non_validator", f"future vote from 0x{item.signer.hex()}")
         elif len(self._future) >= self.config.future_buffer:
             self._drop("future_buffer_full", f"height {v.height}")
+        elif v.height > self._state.height + 1 and self._future_far >= self.config.future_buffer // 2:
+            self._drop("future_buffer_full", f"height {v.height}")  # half the room stays for the next height
         else:
             self._future.append(item)
             self._future_keys.add(key)
+            if v.height > self._state.height + 1:
+                self._future_far += 1
             self.notify_pending()  # a peer has moved on: an idle wait for transactions ends
 
     # ---- outputs ----
@@ -540,7 +548,7 @@ class ConsensusDriver:
         self._own.clear()
         self._seen.clear()  # re-sends of messages dropped as "too far ahead" must get a second chance
         await self._feed(start)
-        pending, self._future, self._future_keys = self._future, [], set()
+        pending, self._future, self._future_keys, self._future_far = self._future, [], set(), 0
         for item in pending:
             await self._on_consensus_message(item)
         synced = self._synced.pop(start.height, None)

@@ -221,6 +221,41 @@ async def test_restarted_node_catches_up_when_its_first_sync_answers_are_lost(au
     assert_safe(cluster)
 
 
+async def test_restarted_node_uses_votes_it_received_before_reaching_their_height(autojump_clock, tmp_path):
+    """The libp2p consensus transport delivers a vote once and drops exact re-sends of it (rebroadcasts
+    included). Node 2 restarts far behind while another validator crashes: the two left are stuck at a
+    height H waiting for node 2, and their votes for H reach node 2 while it is still catching up. It
+    must keep them for when it gets to H: their re-sends will never reach it again (the churn test's
+    swarm stalled for good this way)."""
+    net = MemNetwork(4)
+    cluster = Cluster(4, CONFIG, net=net, record_dir=tmp_path)
+    delivered: dict[int, set[bytes]] = {i: set() for i in range(4)}
+
+    def once_per_destination(data: bytes, dst: int) -> list[bytes]:
+        if net.connected_endpoint(dst) is None or not isinstance(decode(data), ProposalMessage | VoteMessage):
+            return [data]  # sync requests and answers are sent again on purpose, never remembered
+        if data in delivered[dst]:
+            return []
+        delivered[dst].add(data)
+        return [data]
+
+    async with cluster.run():
+        for src in range(4):
+            net.set_tamper(src, once_per_destination)
+        with trio.fail_after(60):
+            await cluster.wait_height(3)
+        await cluster.crash(2)
+        with trio.fail_after(120):
+            await cluster.wait_height(len(cluster.apps[2].blocks) + 20, [0, 1, 3])
+        delivered[2].clear()  # a new process: nothing delivered to it yet
+        await cluster.start(2)
+        await cluster.crash(3)
+        target = max(heights(cluster, [0, 1])) + 3
+        with trio.fail_after(300):
+            await cluster.wait_height(target, [0, 1, 2])
+    assert_safe(cluster)
+
+
 async def test_restart_refuses_to_sign_against_its_record(autojump_clock, tmp_path):
     """A node whose record says it already precommitted something else at (1, 0) stays silent there, and
     resumes height 1 locked on that value (which no one else has): the others still commit without it."""
