@@ -61,8 +61,8 @@ def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     from swarmnode.learning.tasks import Task
 
     torch.set_num_threads(1)
-    task = Task.from_dict(load_genesis(genesis_path).task)
-    sim = Swarm(task, load_dataset(task.dataset))
+    genesis = load_genesis(genesis_path)
+    sim = Swarm.for_genesis(genesis, load_dataset(Task.from_dict(genesis.task).dataset))
     out = []
     for _ in range(rounds):
         cpu0 = time.process_time()

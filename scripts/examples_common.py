@@ -117,7 +117,8 @@ def score_export(directory: Path, model_file: Path, test_path: Path) -> float:
     from safetensors.torch import load_file
 
     task = load_task(directory)
-    return accuracy(task, load_file(str(model_file)), load_data(task, test_path))
+    params = {n: t for n, t in load_file(str(model_file)).items() if not n.startswith("~server/")}  # not momentum
+    return accuracy(task, params, load_data(task, test_path))
 
 
 def compare(directory: Path, files: list[Path], test_path: Path, rounds: int,

@@ -8,6 +8,11 @@ global model's test loss and accuracy and the centralized baseline's, then write
     python scripts/reproduce_seed.py --preset dominant          # 10 clients, 90% one class, 60 rounds
     python scripts/reproduce_seed.py --preset single-class      # #C=1, 100 rounds
     python scripts/reproduce_seed.py --rule median --rounds 30  # any flag overrides the preset
+    python scripts/reproduce_seed.py --genesis genesis/seed-10.toml --rounds 6  # a genesis's task and max_samples
+
+Training uses --threads torch threads (default 1, like a node's learning.torch_threads): local training's
+floating point depends on the thread count, so only runs with the same count give the same model hashes
+as a swarm of the same genesis.
 """
 
 from __future__ import annotations
@@ -65,7 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--logit-adjust", type=float, help="tau of the logit-adjusted local loss (0 = plain loss)")
     p.add_argument("--samples-per-client", type=int, help="use only this many samples per client (0 = all)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--genesis", type=Path, help="take the task and max_samples from this genesis file (task flags "
+                   "still override); the model hashes then match its swarm's")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1, as a node's learning.torch_threads: the local updates, hence "
+                        "the model hashes, depend on it)")
     p.add_argument("--no-baseline", action="store_true", help="skip the centralized baseline")
     p.add_argument("--out-dir", type=Path, help="where to write history.json and history.png (default runs/<preset>)")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -85,7 +94,12 @@ def _param_value(value: str) -> int | float | str:
 def build_task(args: argparse.Namespace) -> Any:
     from swarmnode.learning.tasks import Task
 
-    overrides = dict(PRESETS[args.preset]["task"])
+    base, preset_task = Task(), dict(PRESETS[args.preset]["task"])
+    if args.genesis is not None:  # the genesis's task instead of the preset's
+        from consensus.genesis import load_genesis
+
+        base, preset_task = Task.from_dict(load_genesis(args.genesis).task), {}
+    overrides = dict(preset_task)
     for key in ("dataset", "num_clients", "partition", "model", "rule", "optimizer", "lr", "momentum",
                 "weight_decay", "batch_size", "local_steps", "local_epochs", "prox_mu", "logit_adjust",
                 "samples_per_client", "seed"):
@@ -100,7 +114,7 @@ def build_task(args: argparse.Namespace) -> Any:
         overrides["partition_params"] = {"alpha": args.alpha}
     if args.partition and args.partition not in ("dominant",) and args.p is None and args.alpha is None:
         overrides.setdefault("partition_params", {})
-        if args.partition != PRESETS[args.preset]["task"].get("partition"):
+        if args.partition != preset_task.get("partition", base.partition):
             overrides["partition_params"] = {}
     if args.rule_param:
         params: dict[str, Any] = {}
@@ -112,7 +126,7 @@ def build_task(args: argparse.Namespace) -> Any:
         overrides["rule_params"] = params
     elif args.rule and args.rule != "fedavgm":
         overrides["rule_params"] = {}
-    return dataclasses.replace(Task(), **overrides)
+    return dataclasses.replace(base, **overrides)
 
 
 HEADER = (f"{'round':>5} {'client loss':>11} {'client acc':>10} {'client val':>10} {'test loss':>9} "
@@ -173,7 +187,9 @@ def summarize(history: list[dict[str, Any]], target: float | None) -> dict[str, 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from swarmnode.experiment import Centralized, Swarm
+    from consensus.errors import ConsensusError
+    from consensus.genesis import load_genesis
+    from swarmnode.experiment import MAX_REPORTED, Centralized, Swarm
     from swarmnode.learning.data import load_dataset
     from swarmnode.learning.errors import LearningError
     from swarmnode.learning.models import build_model, num_parameters
@@ -184,18 +200,19 @@ def run(args: argparse.Namespace) -> int:
     target = args.target if args.target is not None else preset["target"]
     try:
         task = build_task(args)
+        max_samples = load_genesis(args.genesis).rounds.max_samples if args.genesis else MAX_REPORTED
         dataset = load_dataset(task.dataset, args.data_dir)
-    except LearningError as exc:
+    except (LearningError, ConsensusError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out_dir = args.out_dir or Path("runs") / args.preset
     out_dir.mkdir(parents=True, exist_ok=True)
-    swarm = Swarm(task, dataset)
+    swarm = Swarm(task, dataset, max_samples=max_samples)
     central = None if args.no_baseline else Centralized(task, swarm.clients)
     print(f"dataset {task.dataset} from {dataset.source}; {task.num_clients} clients, partition {task.partition} "
           f"{task.partition_params}; model {task.model} ({num_parameters(build_model(task.model_spec(), 0)):,} params); "
           f"rule {task.rule} {task.rule_params}; {task.optimizer} lr {task.lr}, {task.local_steps} local steps "
-          f"of batch {task.batch_size}; {rounds} rounds", flush=True)
+          f"of batch {task.batch_size}; {rounds} rounds; {torch.get_num_threads()} torch threads", flush=True)
     if not args.quiet:
         print(HEADER, flush=True)
     history: list[dict[str, Any]] = []

@@ -43,6 +43,7 @@ from swarmnode.learning.tasks import Task, initial_params, training_seed
 from swarmnode.learning.train import LocalResult, batches, train_local
 
 if TYPE_CHECKING:
+    from consensus.genesis import Genesis
     from swarmnode.adversary.attacks import Adversary, Submission
 
 MAX_REPORTED = (1 << 64) - 1  # SwarmRounds.commitUpdate refuses zero and numSamples above the genesis max_samples
@@ -162,6 +163,13 @@ class Swarm:
         self.committed: dict[int, list[bytes]] = {}  # attackers' earlier commits (what they can replay)
         self.max_samples = max_samples  # the contract's bound on a commit's numSamples (genesis max_samples)
 
+    @classmethod
+    def for_genesis(cls, genesis: Genesis, dataset: Dataset, adversary: Adversary | None = None) -> Swarm:
+        """The swarm a genesis describes: its task and its max_samples bound, so that its rounds give the
+        model hashes the genesis's daemons finalize, provided both train with the same torch thread count
+        (local training's floating point depends on it; a node's learning.torch_threads defaults to 1)."""
+        return cls(Task.from_dict(genesis.task), dataset, adversary, max_samples=genesis.rounds.max_samples)
+
     def _train_data(self, c: ClientData) -> Split:
         adv = self.adversary
         if adv is None or c.index not in adv.attackers or adv.attack.label_map is None:
@@ -218,10 +226,13 @@ class Swarm:
 
     def _commits(self, trained: list[tuple[ClientData, LocalUpdate]]) -> list[Commit]:
         """Honest clients commit first, in index order (they hold their bytes first); attackers, who see the
-        round's announcements, commit after them."""
+        round's announcements, commit after them. An honest client reports its training split's size capped
+        at max_samples, as a daemon does (RoundWork.train): a larger share is committed at the cap, not
+        refused."""
         adv = self.adversary
         bad = adv.attackers if adv is not None else frozenset()
-        honest = [Commit(c.index, u.update_id, u.result.num_samples, u.blob) for c, u in trained if c.index not in bad]
+        honest = [Commit(c.index, u.update_id, min(u.result.num_samples, self.max_samples), u.blob)
+                  for c, u in trained if c.index not in bad]
         if adv is None:
             return honest
         return honest + [self._attacker_commit(adv, c, u, trained) for c, u in trained if c.index in bad]

@@ -251,6 +251,10 @@ class Node:
         else:
             dataset = load_dataset(task.dataset, cfg.dataset_dir)
             clients = build_clients(task, dataset)
+            capped = {i: len(c.train) for i, c in enumerate(clients) if len(c.train) > genesis.rounds.max_samples}
+            if capped:  # e.g. a genesis made for equal shares whose task was changed to an unequal partition
+                log.warning("event=shares_above_max_samples max_samples=%d shares=%s (these commits report "
+                            "max_samples: rule weights and rewards use it)", genesis.rounds.max_samples, capped)
             test_split = dataset.test if evaluate_test else None
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -190,6 +190,7 @@ class RoundWork:
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, self.device, limiter=self.train_limiter)
+        # capped, not refused by the contract; the simulation reports the same (experiment.Swarm._commits)
         cid, samples = upd.update_id, min(upd.result.num_samples, self.max_samples)
         if samples < upd.result.num_samples:
             log.info("event=samples_capped round=%d trained=%d reported=%d (genesis max_samples)", action.round,

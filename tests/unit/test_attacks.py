@@ -254,6 +254,37 @@ def test_include_commits_models_the_contract_and_availability():
     assert [c.client for c in capped] == [0] and [why for _, why in refused] == ["bad-num-samples"]
 
 
+def test_an_honest_share_above_max_samples_is_committed_at_the_cap_as_a_daemon_does() -> None:
+    """Unequal shares (Dirichlet) under a genesis max_samples below the largest: a daemon commits
+    min(trained, max_samples) (RoundWork.train), so the simulation must weigh that client at the cap, not
+    drop it as bad-num-samples, nor weigh it by its whole share."""
+    from swarmnode.aggregation.codec import GlobalModel, model_hash
+    from swarmnode.aggregation.rules import RuleSpec, aggregate
+    from swarmnode.experiment import build_clients, contribution_from_blob, local_update
+    from swarmnode.learning.tasks import initial_params
+
+    g = torch.Generator().manual_seed(0)
+    train = Split(torch.randint(0, 256, (400, 28, 28), generator=g, dtype=torch.uint8), torch.arange(10).repeat(40))
+    test = Split(torch.randint(0, 256, (100, 28, 28), generator=g, dtype=torch.uint8), torch.arange(10).repeat(10))
+    data = Dataset("synthetic", train, test, "test")
+    task = dataclasses.replace(Task(), model="mlp", num_clients=4, partition="dirichlet",
+                               partition_params={"alpha": 0.3}, local_steps=2, rule="fedavgm", rule_params={})
+    shares = [len(c.train) for c in build_clients(task, data)]
+    cap = sorted(shares)[-2]
+    assert max(shares) > cap, f"shares {shares} are not unequal enough to test the cap"
+    report = Swarm(task, data, max_samples=cap).run_round(score_clients=False, score_test=False)
+    assert report.used == 4 and not report.excluded, report.excluded
+
+    def daemons(limit: int) -> bytes:  # what the daemons aggregate: every commit, numSamples capped at limit
+        base = GlobalModel(initial_params(task))
+        ups = [local_update(task, base.params, c.train, 0, c.index) for c in build_clients(task, data)]
+        contribs = [contribution_from_blob(u.blob, min(u.result.num_samples, limit), base.params,
+                                           task.max_update_norm) for u in reversed(ups)]
+        return model_hash(aggregate(RuleSpec(task.rule, dict(task.rule_params)), base, contribs)[0])
+
+    assert report.model_hash == daemons(cap) != daemons(max(shares))
+
+
 def _tiny_swarm(attack: str | None, attackers=frozenset({2}), rule: str = "robust") -> Swarm:
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(10).repeat(40)

@@ -308,3 +308,17 @@ def test_cli_help_lists_the_rounds_flags(capsys) -> None:
                  "--absent-rounds", "--admission", "--participant-bond"):
         assert flag in text
     assert "--commit-window " not in text  # the replaced flag is hidden
+
+
+def test_max_samples_default_covers_unequal_dirichlet_shares(tmp_path, capsys) -> None:
+    from swarmnode.cli.main import main
+
+    task = tmp_path / "task.toml"
+    task.write_text('[task]\nmodel = "mlp"\nnum_clients = 10\npartition = "dirichlet"\nseed = 7\n\n'
+                    '[task.partition_params]\nalpha = 0.1\n')
+    out = tmp_path / "g.toml"
+    assert main(["genesis", "new", "--validators", "1", "--task-file", str(task), "--dev-keys", "--keys-dir",
+                 str(tmp_path / "k"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    # this task's largest training share is 17188 images: twice an equal share (12000) would cap it
+    assert load_genesis(out).rounds.max_samples == 60_000
