@@ -219,7 +219,10 @@ class RoundWork:
         if val is None or len(val) == 0:
             return None
         if self._held_out is None or self._held_out[0] != h:
-            result = await self.scoring.run(evaluate, self.task.model_spec(), model.params, val)
+            # on the commit's critical path: at training's priority, not the lowest (scoring's), where two
+            # busy cores held it back long enough to slow the demo's rounds by half
+            result = await self.compute.run(evaluate, self.task.model_spec(), model.params, val,
+                                            limiter=self.train_limiter)
             self._held_out = (h, (result.loss, result.accuracy, len(val)))
         return self._held_out[1]
 
