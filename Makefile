@@ -18,11 +18,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
+# test: everything but the runs marked long (about 16 minutes on 2 cores)
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -m "not long"
 
-# soak: 4 daemons on the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
+# soak: the long system tests (60 rounds of churn, an 80-round soak: about 11 minutes), then 4 daemons on
+# the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
 soak: setup
+	$(PY) -m pytest -q --durations=5 -m long
 	@mkdir -p bench-results
 	$(PY) scripts/soak.py --rounds 200 --out bench-results/soak.json
 

@@ -27,7 +27,7 @@ from swarmnode.node.keys import address_of, load_key
 from swarmnode.node.localnet import LocalSwarm, make_genesis, run_cli, wait_for
 from swarmnode.node.soak import bad_log_lines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make soak, not make test
 
 ROUNDS = 60
 COMMIT_WINDOW_S = 60

@@ -12,7 +12,7 @@ import pytest
 
 from swarmnode.node.soak import run_soak
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # make soak, not make test
 
 ROUNDS = 80
 # private memory (RssAnon) after the first quarter (caches filling); leaking a round's updates is ~300.
