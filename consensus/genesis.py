@@ -34,6 +34,11 @@ are used when writing because TOML integers stop at 2**63):
     [task]                             # opaque to consensus: the learning layer interprets it
     dataset = "mnist"
 
+    [privacy]                          # optional; the learning layer reads it whole (swarmnode/privacy/config.py)
+    dp = "participant"                 # consensus reads: with dp on, epsilon and delta (the per-participant
+    epsilon = 3.0                      # budget SwarmRounds enforces), secure_aggregation and
+    delta = 1e-5                       # secagg_reveal_s (how long reveals of shares are taken)
+
     [[validators]]
     address = "0x..."
     stake = "32 ether"
@@ -195,12 +200,15 @@ class Genesis:
     consensus: ConsensusParams = ConsensusParams()
     rounds: RoundsParams = RoundsParams()
     task: dict[str, Any] = field(default_factory=dict, hash=False)  # opaque: the learning layer reads it
+    privacy: dict[str, Any] = field(default_factory=dict, hash=False)  # [privacy]: see privacy_params
     genesis_model_hash: bytes = b"\x00" * 32
     genesis_time: int = 0
     block_gas_limit: int = DEFAULT_GAS_LIMIT
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", dict(self.task))  # a private copy of the caller's table
+        object.__setattr__(self, "privacy", dict(self.privacy))
+        privacy_params(self.privacy)
         if self.rounds.under_min == "skip" and not any(self.genesis_model_hash):
             # a skipped round finalizes on its base model, which for round 0 is this hash
             raise GenesisError("rounds.under_min", 'under_min = "skip" needs a non-zero genesis_model_hash')
@@ -298,7 +306,42 @@ def _check_unique(items: tuple[Any, ...], name: str) -> None:
 
 
 _TOP_LEVEL = {"chain_id", "genesis_time", "block_gas_limit", "genesis_model_hash", "consensus", "rounds",
-              "task", "validators", "accounts"}
+              "task", "privacy", "validators", "accounts"}
+MAX_EPSILON = 1_000  # privacy.epsilon, the largest budget a genesis may set
+MAX_REVEAL_S = 3_600
+
+
+@dataclass(frozen=True)
+class PrivacyParams:
+    """What SwarmRounds needs from the [privacy] table (the rest is the learning layer's)."""
+
+    epsilon_budget_micro: int = 0  # 0: no differential-privacy ledger
+    delta_e18: int = 0
+    secure_aggregation: bool = False
+    reveal_window_s: int = 0
+
+
+def privacy_params(table: Mapping[str, Any]) -> PrivacyParams:
+    """The contract's privacy values from a [privacy] table; GenesisError names a bad field."""
+    dp = table.get("dp", "off")
+    if not isinstance(dp, str):
+        raise GenesisError("privacy.dp", f"expected a string, got {dp!r}")
+    budget = delta_e18 = 0
+    if dp != "off":
+        eps, delta = table.get("epsilon"), table.get("delta", 1e-5)
+        if isinstance(eps, bool) or not isinstance(eps, int | float) or not 0 < eps <= MAX_EPSILON:
+            raise GenesisError("privacy.epsilon", f"expected a number in (0, {MAX_EPSILON}] with dp on, got {eps!r}")
+        if isinstance(delta, bool) or not isinstance(delta, int | float) or not 0 < delta < 1:
+            raise GenesisError("privacy.delta", f"expected a number in (0, 1), got {delta!r}")
+        budget = round(eps * 1_000_000)
+        delta_e18 = max(1, round(delta * 10**18))
+    secagg = table.get("secure_aggregation", False)
+    if not isinstance(secagg, bool):
+        raise GenesisError("privacy.secure_aggregation", f"expected true or false, got {secagg!r}")
+    reveal = table.get("secagg_reveal_s", 10)
+    if isinstance(reveal, bool) or not isinstance(reveal, int) or not 1 <= reveal <= MAX_REVEAL_S:
+        raise GenesisError("privacy.secagg_reveal_s", f"expected an integer in [1, {MAX_REVEAL_S}], got {reveal!r}")
+    return PrivacyParams(budget, delta_e18, secagg, reveal if secagg else 0)
 
 
 def genesis_from_dict(raw: Mapping[str, Any]) -> Genesis:
@@ -319,6 +362,7 @@ def genesis_from_dict(raw: Mapping[str, Any]) -> Genesis:
         consensus=_parse_consensus(raw),
         rounds=_parse_rounds(raw),
         task=dict(_table(raw, "task")),
+        privacy=dict(_table(raw, "privacy")),
         genesis_model_hash=parse_hash32(raw.get("genesis_model_hash", "0x" + "00" * 32), "genesis_model_hash"),
         genesis_time=parse_int(raw.get("genesis_time", 0), "genesis_time"),
         block_gas_limit=parse_int(raw.get("block_gas_limit", DEFAULT_GAS_LIMIT), "block_gas_limit",
@@ -352,6 +396,7 @@ def genesis_to_dict(g: Genesis) -> dict[str, Any]:
         "consensus": {k: getattr(g.consensus, k) for k in g.consensus.__dataclass_fields__},
         "rounds": _rounds_to_dict(g.rounds),
         "task": dict(g.task),
+        **({"privacy": dict(g.privacy)} if g.privacy else {}),
         "validators": [_validator_to_dict(v) for v in g.validators],
         "accounts": [{"address": _checksum(a.address), "balance": format_amount(a.balance)}
                      for a in g.accounts],

@@ -20,7 +20,7 @@ from eth_utils import keccak
 
 from consensus import ordered_trie
 from consensus.errors import ConsensusError
-from consensus.genesis import Genesis, GenesisError, genesis_to_dict
+from consensus.genesis import Genesis, GenesisError, genesis_to_dict, privacy_params
 
 GENESIS_BASE_FEE = 10**9  # 1 gwei
 ZERO32 = b"\x00" * 32
@@ -96,6 +96,7 @@ def _contract_alloc(g: Genesis) -> dict[bytes, dict[str, Any]] | None:
 def _contract_params(params_cls: Any, g: Genesis) -> Any:
     """Fill the contract parameters we know from the genesis; the rest keep the class defaults."""
     r = g.rounds
+    privacy = privacy_params(g.privacy)
     known = {
         "epoch_length": g.consensus.epoch_length,
         "genesis_model_hash": g.genesis_model_hash,
@@ -110,6 +111,10 @@ def _contract_params(params_cls: Any, g: Genesis) -> Any:
         "max_samples": r.max_samples,
         "participant_bond": r.participant_bond,
         "reward_per_round": r.reward_per_round,
+        "epsilon_budget": privacy.epsilon_budget_micro,
+        "privacy_delta": privacy.delta_e18,
+        "secure_aggregation": privacy.secure_aggregation,
+        "reveal_window_s": privacy.reveal_window_s,
     }
     fields = getattr(params_cls, "__dataclass_fields__", {})
     return params_cls(**{k: v for k, v in known.items() if k in fields})

@@ -60,6 +60,7 @@ _ROUNDS_INIT_TYPES = [
     "uint256", "uint256", "uint256", "uint256",  # absentRounds, admissionMode, maxSamples, participantBond
     "uint256", "uint256", "uint256",  # rewardPerRound, contributorShareBps, mismatchPenaltyBps
     "address[]", "string[]",  # initialParticipants, initialPeerIds
+    "uint256", "uint256", "bool", "uint256",  # epsilonBudget, privacyDelta, secureAggregation, revealWindowSecs
 ]
 ADMISSION_STAKE = 0  # SwarmRounds.admissionMode: register pays participant_bond
 ADMISSION_ALLOWLIST = 1  # register carries approvals by > 2/3 of stake
@@ -96,6 +97,10 @@ class ContractParams:
     contributor_share_bps: int = 7_000  # part of reward_per_round for contributors (rest: attesters)
     mismatch_penalty_bps: int = 500  # stake burned for attesting a non-final hash
     reward_pool: int = 1_000 * ETHER  # wei held by Staking for rewards, on top of the stake
+    epsilon_budget: int = 0  # micro-epsilon per participant; 0: no privacy ledger
+    privacy_delta: int = 0  # delta * 1e18, recorded with the budget
+    secure_aggregation: bool = False
+    reveal_window_s: int = 0  # how long after a round's window closes its shares may be revealed
 
     def __post_init__(self) -> None:
         for name in ("epoch_length", "commit_window_s", "min_stake", "min_participants"):
@@ -213,6 +218,10 @@ def swarm_rounds_constructor_args(validators: Sequence[GenesisValidator], params
             params.mismatch_penalty_bps,
             [address for address, _ in registered],
             [peer_id for _, peer_id in registered],
+            params.epsilon_budget,
+            params.privacy_delta,
+            params.secure_aggregation,
+            params.reveal_window_s,
         ],
     )
 

@@ -352,7 +352,7 @@ def eth_methods(service: ChainService, client_version: str, calls: Calls | None 
         commits: list[Any] = []
         for start in range(0, count, VIEWS_PER_JOB):
             commits += await service.run(views.commits, r, start, min(count, start + VIEWS_PER_JOB))
-        return {"round": r, **info, "commits": commits}
+        return {"round": r, **info, "commits": commits, **await service.run(views.secagg_of, r)}
 
     async def swarm_getRound(params: Any) -> dict[str, Any] | None:
         (round_,) = fmt.params_list(params, 1, 1, "swarm_getRound")

@@ -110,7 +110,14 @@ class SwarmViews:
         info = self.round_info(r)
         if info is None:
             return None
-        return {"round": r, **info, "commits": self.commits(r, 0, int(info["commitCount"]))}
+        return {"round": r, **info, "commits": self.commits(r, 0, int(info["commitCount"])), **self.secagg_of(r)}
+
+    def secagg_of(self, r: int) -> dict[str, Any]:
+        """With secure aggregation: round r's key posters and revealers, in chain order ({} without it)."""
+        if not (self.rounds_config() or {}).get("secureAggregation"):
+            return {}
+        return {"maskKeys": [k["participant"] for k in self.call_view("SwarmRounds", "getMaskKeys", r)],
+                "revealers": [x["participant"] for x in self.call_view("SwarmRounds", "getReveals", r)]}
 
     def round_info(self, r: int) -> dict[str, Any] | None:
         """Round r without its commits (None if not open yet, or no contract): one view call."""
@@ -136,7 +143,7 @@ class SwarmViews:
 
     ROUNDS_CONFIG = ("commitWindowSecs", "stragglerGracePct", "minGraceSecs", "minParticipants", "skipUnderMin",
                      "absentRounds", "admissionMode", "maxSamples", "participantBond", "rewardPerRound", "contributorShareBps",
-                     "mismatchPenaltyBps")
+                     "mismatchPenaltyBps", "epsilonBudget", "secureAggregation")
 
     def rounds_config(self) -> dict[str, Any] | None:
         """SwarmRounds' parameters (fixed at genesis), or None without the contract."""
@@ -163,7 +170,10 @@ class SwarmViews:
         for address in addresses:
             info = self.call_view("SwarmRounds", "getParticipant", address)
             expected = bool(info["active"]) and int(info["expectedRound"]) == current + 1
-            out.append({"address": address, **info, "expected": expected})
+            privacy = {"epsilonSpent": self.call_view("SwarmRounds", "epsilonSpent", address),
+                       "dpReleases": self.call_view("SwarmRounds", "dpReleases", address),
+                       "shareKey": self.call_view("SwarmRounds", "shareKeyOf", address)}
+            out.append({"address": address, **info, "expected": expected, **privacy})
         return out
 
     def history(self, start: int | None, count: int) -> list[dict[str, Any]]:

@@ -9,10 +9,16 @@ global model's test loss and accuracy and the centralized baseline's, then write
     python scripts/reproduce_seed.py --preset single-class      # #C=1, 100 rounds
     python scripts/reproduce_seed.py --rule median --rounds 30  # any flag overrides the preset
     python scripts/reproduce_seed.py --genesis genesis/seed-10.toml --rounds 6  # a genesis's task and max_samples
+    python scripts/reproduce_seed.py --dp example --epsilon 3 --rounds 20  # DP-SGD, epsilon 3 over the 20 rounds
 
 Training uses --threads torch threads (default 1, like a node's learning.torch_threads): local training's
 floating point depends on the thread count, so only runs with the same count give the same model hashes
 as a swarm of the same genesis.
+
+--dp participant|example makes every client differentially private as a daemon would (swarmnode.privacy.dp),
+with the noise calibrated so that --rounds rounds spend --epsilon at --delta; such runs use private
+randomness and do not repeat. Participant-level noise has norm about z * S * sqrt(#params) per update:
+raise --max-update-norm above it, or the validators refuse every update (the script says so).
 """
 
 from __future__ import annotations
@@ -69,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prox-mu", type=float, help="FedProx proximal coefficient")
     p.add_argument("--logit-adjust", type=float, help="tau of the logit-adjusted local loss (0 = plain loss)")
     p.add_argument("--samples-per-client", type=int, help="use only this many samples per client (0 = all)")
+    p.add_argument("--max-update-norm", type=float, help="validators refuse updates with a larger L2 norm")
+    p.add_argument("--dp", choices=["off", "participant", "example"], default="off",
+                   help="differential privacy: per participant (DP-FedAvg) or per example (DP-SGD); default off")
+    p.add_argument("--epsilon", type=float, help="the privacy budget spent over --rounds rounds (with --dp)")
+    p.add_argument("--delta", type=float, default=1e-5, help="the DP delta (default 1e-5)")
+    p.add_argument("--clip-norm", type=float, default=1.0,
+                   help="L2 bound S of each update (participant) or each example's gradient (example); default 1.0")
     p.add_argument("--seed", type=int)
     p.add_argument("--genesis", type=Path, help="take the task and max_samples from this genesis file (task flags "
                    "still override); the model hashes then match its swarm's")
@@ -102,7 +115,7 @@ def build_task(args: argparse.Namespace) -> Any:
     overrides = dict(preset_task)
     for key in ("dataset", "num_clients", "partition", "model", "rule", "optimizer", "lr", "momentum",
                 "weight_decay", "batch_size", "local_steps", "local_epochs", "prox_mu", "logit_adjust",
-                "samples_per_client", "seed"):
+                "samples_per_client", "max_update_norm", "seed"):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
@@ -184,6 +197,37 @@ def summarize(history: list[dict[str, Any]], target: float | None) -> dict[str, 
     }
 
 
+def privacy_config(args: argparse.Namespace, rounds: int) -> Any:
+    """The [privacy] table of --dp, --epsilon, --delta and --clip-norm, calibrated over `rounds` rounds."""
+    from swarmnode.privacy.config import PrivacyConfig
+
+    if args.dp == "off":
+        return PrivacyConfig()
+    if args.epsilon is None:
+        raise SystemExit("error: --dp needs --epsilon (the budget spent over --rounds rounds)")
+    return PrivacyConfig.from_dict({"dp": args.dp, "epsilon": args.epsilon, "delta": args.delta, "rounds": rounds,
+                                    "clip_norm": args.clip_norm})
+
+
+def describe_privacy(privacy: Any, task: Any, swarm: Any) -> str:
+    """One line: each client's noise multiplier and noise std, and whether the noised updates pass the norm check."""
+    from swarmnode.learning.models import build_model, num_parameters
+    from swarmnode.privacy.dp import dp_noise_for, noise_norm_bound
+
+    noises = [dp_noise_for(privacy, task, len(c.train), min_participants=len(swarm.clients)) for c in swarm.clients]
+    zs = sorted(n.noise_multiplier for n in noises)
+    z = f"{zs[0]:.4g}" if zs[0] == zs[-1] else f"{zs[0]:.4g}..{zs[-1]:.4g}"
+    line = (f"privacy: dp {privacy.dp}, epsilon {privacy.epsilon:g} at delta {privacy.delta:g} over {privacy.rounds} "
+            f"rounds, clip {privacy.clip_norm:g}: noise multiplier z {z}, noise std {max(n.noise_std for n in noises):.4g}")
+    if privacy.dp == "participant":
+        need = privacy.clip_norm + noise_norm_bound(max(n.noise_std for n in noises),
+                                                    num_parameters(build_model(task.model_spec(), 0)))
+        if need > task.max_update_norm:
+            line += (f"\nwarning: noised updates have L2 norm up to ~{need:.4g}, above max_update_norm "
+                     f"{task.max_update_norm:g}: validators will refuse them (pass --max-update-norm {need:.0f})")
+    return line
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -207,12 +251,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out_dir = args.out_dir or Path("runs") / args.preset
     out_dir.mkdir(parents=True, exist_ok=True)
-    swarm = Swarm(task, dataset, max_samples=max_samples)
+    try:
+        privacy = privacy_config(args, rounds)
+        swarm = Swarm(task, dataset, max_samples=max_samples, privacy=privacy)
+        privacy_line = describe_privacy(privacy, task, swarm) if privacy.dp_on else None
+    except ValueError as exc:  # a malformed privacy table, or one this task cannot honour
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     central = None if args.no_baseline else Centralized(task, swarm.clients)
     print(f"dataset {task.dataset} from {dataset.source}; {task.num_clients} clients, partition {task.partition} "
           f"{task.partition_params}; model {task.model} ({num_parameters(build_model(task.model_spec(), 0)):,} params); "
           f"rule {task.rule} {task.rule_params}; {task.optimizer} lr {task.lr}, {task.local_steps} local steps "
           f"of batch {task.batch_size}; {rounds} rounds; {torch.get_num_threads()} torch threads", flush=True)
+    if privacy_line is not None:
+        print(privacy_line, flush=True)
     if not args.quiet:
         print(HEADER, flush=True)
     history: list[dict[str, Any]] = []
@@ -230,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
                 "test_loss": rep.global_test.loss, "test_accuracy": rep.global_test.accuracy,
                 "test_f1": list(rep.global_test.f1), "central_accuracy": central_acc,
                 "model_hash": rep.model_hash.hex(), "used": rep.used, "excluded": rep.excluded,
-                "seconds": rep.seconds, "train_seconds_per_client": rep.train_seconds_per_client,
+                "seconds": rep.seconds, "train_seconds_per_client": rep.train_seconds_per_client, **rep.extra,
             })
             if not args.quiet:
                 print(row(rep, central_acc), flush=True)
@@ -238,6 +290,11 @@ def run(args: argparse.Namespace) -> int:
         interrupted = True
         print("\ninterrupted: writing the rounds completed so far", file=sys.stderr)
     summary = summarize(history, target)
+    spent = swarm.epsilon_spent()
+    if privacy.dp_on:
+        summary["privacy"] = {**privacy.to_dict(), "epsilon_spent": max(spent.values(), default=0.0),
+                              "client_noise_multipliers": {str(i): n.noise_multiplier
+                                                           for i, n in swarm.dp_noise.items()}}
     result = {"preset": args.preset, "task": task.to_dict(), "summary": summary, "history": history,
               "interrupted": interrupted, "torch_threads": torch.get_num_threads(), "written": time.time()}
     (out_dir / "history.json").write_text(json.dumps(result, indent=1))
@@ -250,6 +307,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"centralized baseline, same gradient steps: {summary['final_central_accuracy']:.4f}")
     if target is not None and history:
         print(f"target {target:.2f}: " + (f"reached at round {reached}" if reached is not None else "not reached"))
+    if privacy.dp_on:
+        zs = [n.noise_multiplier for n in swarm.dp_noise.values()]
+        print(f"privacy: noise multiplier {min(zs, default=0.0):.4g}..{max(zs, default=0.0):.4g}; epsilon spent "
+              f"{max(spent.values(), default=0.0):.4f} of {privacy.epsilon:g} (delta {privacy.delta:g}, largest over "
+              f"clients)")
     print(f"wall time per round {summary['mean_round_seconds']:.2f} s; local training "
           f"{summary['mean_train_seconds_per_client']:.3f} s per client per round")
     print(f"wrote {out_dir / 'history.json'} and {out_dir / 'history.png'}")

@@ -9,6 +9,10 @@ they serve. The round then goes through a model of the protocol's checks (`inclu
 contract refuses a hash already committed in the round and a zero sample count, and data availability
 keeps a commit whose blob nobody can fetch out of every block; included blobs go through the same decode
 and validation as in the daemon, so malformed, wrong-shape or absurd-norm updates are excluded with a reason.
+
+With a `PrivacyConfig` whose dp is on, every client applies differential privacy as a daemon does
+(`local_update`, swarmnode.privacy.dp): participant mode clips and noises the delta before quantization,
+example mode trains with DP-SGD; the noise comes from a private generator, so such runs do not repeat.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from swarmnode.learning.models import build_model
 from swarmnode.learning.partition import partition, train_val_split
 from swarmnode.learning.tasks import Task, initial_params, training_seed
 from swarmnode.learning.train import LocalResult, batches, train_local
+from swarmnode.privacy.config import PrivacyConfig
+from swarmnode.privacy.dp import DPNoise, NonFiniteUpdate, clip_and_noise, dp_noise_for, private_generator
 
 if TYPE_CHECKING:
     from consensus.genesis import Genesis
@@ -58,11 +64,14 @@ class ClientData:
 
 @dataclass(frozen=True)
 class LocalUpdate:
-    """A client's round output: the training result and its canonical encoded update with id."""
+    """A client's round output: the training result and its canonical encoded update with id; with DP on,
+    the noise applied and (participant mode) the pre-clip norm, which is private and never published."""
 
     result: LocalResult
     blob: bytes
     update_id: bytes
+    dp: DPNoise | None = None
+    pre_clip_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -95,12 +104,33 @@ def build_clients(task: Task, dataset: Dataset) -> list[ClientData]:
 
 
 def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, round_: int, client_index: int,
-                 device: str = "cpu") -> LocalUpdate:
-    """Train one client for one round and encode its delta canonically (what it announces and commits)."""
-    result = train_local(task.model_spec(), params, data, task.train_config(), training_seed(task.seed, round_, client_index),
-                         device)
+                 device: str = "cpu", privacy: PrivacyConfig | None = None, generator: torch.Generator | None = None,
+                 min_participants: int | None = None) -> LocalUpdate:
+    """Train one client for one round and encode its delta canonically (what it announces and commits).
+
+    With `privacy` on, the update is differentially private (dp_noise_for(privacy, task, len(data),
+    min_participants=...)): participant mode clips and noises the delta before quantization, example mode
+    trains with DP-SGD. `generator` is the node's private_generator() (a fresh one when None), never seeded
+    from the task or the chain. A diverged update raises NonFiniteValue in every mode."""
+    if privacy is None or not privacy.dp_on:
+        result = train_local(task.model_spec(), params, data, task.train_config(),
+                             training_seed(task.seed, round_, client_index), device)
+        blob = encode_update(quantize_delta(result.delta))
+        return LocalUpdate(result, blob, content_id(blob))
+    noise = dp_noise_for(privacy, task, len(data), min_participants=min_participants)
+    gen = generator if generator is not None else private_generator()
+    seed, pre_clip = training_seed(task.seed, round_, client_index), None
+    try:
+        if noise.mode == "example":
+            result = train_local(task.model_spec(), params, data, task.train_config(), seed, device, noise.dpsgd(gen))
+        else:
+            result = train_local(task.model_spec(), params, data, task.train_config(), seed, device)
+            delta, pre_clip = clip_and_noise(result.delta, noise.clip_norm, noise.noise_std, gen)
+            result = dataclasses.replace(result, delta=delta)
+    except NonFiniteUpdate as exc:
+        raise NonFiniteValue(str(exc)) from exc
     blob = encode_update(quantize_delta(result.delta))
-    return LocalUpdate(result, blob, content_id(blob))
+    return LocalUpdate(result, blob, content_id(blob), noise, pre_clip)
 
 
 def contribution_from_blob(blob: bytes, num_samples: int, params: Mapping[str, torch.Tensor], max_norm: float,
@@ -153,7 +183,7 @@ class Swarm:
     """N simulated clients sharing one global model, run round by round in this process."""
 
     def __init__(self, task: Task, dataset: Dataset, adversary: Adversary | None = None,
-                 max_samples: int = MAX_REPORTED) -> None:
+                 max_samples: int = MAX_REPORTED, privacy: PrivacyConfig | None = None) -> None:
         self.task = task
         self.dataset = dataset
         self.clients = build_clients(task, dataset)
@@ -162,13 +192,24 @@ class Swarm:
         self.adversary = adversary
         self.committed: dict[int, list[bytes]] = {}  # attackers' earlier commits (what they can replay)
         self.max_samples = max_samples  # the contract's bound on a commit's numSamples (genesis max_samples)
+        # differential privacy: one private generator for the whole simulation, as a daemon has one per node
+        self.privacy = privacy if privacy is not None and privacy.dp_on else None
+        self.dp_generator = private_generator() if self.privacy is not None else None
+        self.dp_noise: dict[int, DPNoise] = {}  # each client's noise, from its last update
+        self.dp_releases: dict[int, int] = {}  # updates each client has published (what its epsilon counts)
 
     @classmethod
-    def for_genesis(cls, genesis: Genesis, dataset: Dataset, adversary: Adversary | None = None) -> Swarm:
+    def for_genesis(cls, genesis: Genesis, dataset: Dataset, adversary: Adversary | None = None,
+                    privacy: PrivacyConfig | None = None) -> Swarm:
         """The swarm a genesis describes: its task and its max_samples bound, so that its rounds give the
         model hashes the genesis's daemons finalize, provided both train with the same torch thread count
         (local training's floating point depends on it; a node's learning.torch_threads defaults to 1)."""
-        return cls(Task.from_dict(genesis.task), dataset, adversary, max_samples=genesis.rounds.max_samples)
+        return cls(Task.from_dict(genesis.task), dataset, adversary, max_samples=genesis.rounds.max_samples,
+                   privacy=privacy)
+
+    def epsilon_spent(self) -> dict[int, float]:
+        """Each DP client's epsilon so far: its noise's accountant over the updates it has published."""
+        return {i: self.dp_noise[i].epsilon_after(k) for i, k in sorted(self.dp_releases.items())}
 
     def _train_data(self, c: ClientData) -> Split:
         adv = self.adversary
@@ -186,14 +227,18 @@ class Swarm:
         results, vals, diverged = [], [], []
         for c in self.clients:
             try:
-                upd = local_update(self.task, self.model.params, self._train_data(c), self.round, c.index)
+                upd = local_update(self.task, self.model.params, self._train_data(c), self.round, c.index, "cpu",
+                                   self.privacy, self.dp_generator, len(self.clients))
             except NonFiniteValue:  # training diverged: like a daemon, the client has nothing to commit
                 diverged.append((f"client-{c.index}", "training-diverged"))
                 continue
+            if upd.dp is not None:
+                self.dp_noise[c.index] = upd.dp
+                self.dp_releases[c.index] = self.dp_releases.get(c.index, 0) + 1
             if tamper and c.index in tamper:
                 scaled = {n: d * tamper[c.index] for n, d in upd.result.delta.items()}
                 blob = encode_update(quantize_delta(scaled))
-                upd = LocalUpdate(upd.result, blob, content_id(blob))
+                upd = dataclasses.replace(upd, blob=blob, update_id=content_id(blob))
             trained.append((c, upd))
             results.append(upd.result)
             if score_clients and len(c.val):
@@ -219,10 +264,23 @@ class Swarm:
             float(np.mean([r.accuracy for r in results])) if results else float("nan"),
             float(np.mean([v.loss for v in vals])) if vals else float("nan"),
             float(np.mean([v.accuracy for v in vals])) if vals else float("nan"), test, model_hash(self.model), len(agg.used), excluded,
-            time.perf_counter() - t0, train_seconds,
+            time.perf_counter() - t0, train_seconds, self._dp_figures(trained),
         )
         self.round += 1
         return report
+
+    def _dp_figures(self, trained: list[tuple[ClientData, LocalUpdate]]) -> dict[str, float]:
+        """RoundReport.extra with DP on: the mean z, the largest epsilon any client has spent, and in
+        participant mode the clients' mean pre-clip norm and the fraction clipped (empty with DP off)."""
+        if self.privacy is None or not self.dp_noise:
+            return {}
+        figures = {"dp_noise_multiplier": float(np.mean([n.noise_multiplier for n in self.dp_noise.values()])),
+                   "dp_epsilon": max(self.epsilon_spent().values())}
+        norms = [u.pre_clip_norm for _, u in trained if u.pre_clip_norm is not None]
+        if norms:
+            figures["dp_pre_clip_norm"] = float(np.mean(norms))
+            figures["dp_clipped_fraction"] = float(np.mean([x > self.privacy.clip_norm for x in norms]))
+        return figures
 
     def _commits(self, trained: list[tuple[ClientData, LocalUpdate]]) -> list[Commit]:
         """Honest clients commit first, in index order (they hold their bytes first); attackers, who see the

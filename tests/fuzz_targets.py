@@ -13,6 +13,7 @@ and shapes), and, for formats that have them, generators of structurally plausib
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import struct
@@ -58,6 +59,7 @@ from swarmnode.p2p.errors import IdentityError, P2PError, WireError
 from swarmnode.p2p.handshake import Hello, decode_hello, encode_hello
 from swarmnode.p2p.identity import key_pair_of, peer_id_of
 from swarmnode.p2p.testing import TEST_CHAIN_ID, TEST_GENESIS, make_config, node_secret
+from swarmnode.privacy import secagg as secagg_lib
 
 CHAIN_ID = 7331  # dev_genesis
 MAX_INPUT = 256 * 1024  # mutations keep inputs below this (deep-nesting tokens excepted)
@@ -480,6 +482,33 @@ def _pubsub_record(data: bytes) -> None:
         raise Mismatch(f"consume_signed_record returned {result!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def secagg_seeds() -> dict[str, list[bytes]]:
+    """A real bundle and reveal of a 3-participant round (swarmnode/privacy/secagg.py), and the calldata of
+    the SwarmRounds calls that carry them."""
+    from swarmnode.node import txs
+    from swarmnode.privacy import secagg
+
+    secrets_ = [bytes([i + 1]) * 32 for i in range(3)]
+    shares = [(i, secagg.share_keypair(s, 7)[1]) for i, s in enumerate(secrets_)]
+    posts = [secagg.make_round_keys(s, i, 7, 2, shares, 2)[0] for i, s in enumerate(secrets_)]
+    ks, _ = secagg.build_keyset(7, 2, posts, dict(shares))
+    reveal = secagg.reveal(0, secagg.share_keypair(secrets_[0], 7)[0], ks, [0, 1])
+    return {"bundle": [p.bundle for p in posts], "reveal": [reveal],
+            "calldata": [txs.post_keys_data(2, posts[0].mask_pk, posts[0].commit, posts[0].bundle),
+                         txs.reveal_data(2, reveal)]}
+
+
+def _secagg_calldata(data: bytes) -> None:
+    from swarmnode.node import txs
+
+    post, rv = txs.decode_post_keys(data), txs.decode_reveal_call(data)
+    if post is not None and not (isinstance(post[3], bytes) and isinstance(post[0], int)):
+        raise Mismatch(f"decode_post_keys returned {post!r}")
+    if rv is not None and not isinstance(rv[1], bytes):
+        raise Mismatch(f"decode_reveal_call returned {rv!r}")
+
+
 def _roundtrip_wire(data: bytes) -> bytes:
     env = wire.decode(data, wire.MAX_GOSSIP_BYTES)
     return wire.encode(env, wire.MAX_GOSSIP_BYTES)
@@ -538,6 +567,14 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            lambda d: encode_update(decode_update(d)), "swarmnode.aggregation.codec.decode_update"),
     Target("codec.model", _codec_model, (AggregationError,), "codec-model", lambda: codec_seeds()["model"],
            lambda d: encode_model(decode_model(d)), "swarmnode.aggregation.codec.decode_model"),
+    Target("secagg.bundle", lambda d: secagg_lib.decode_bundle(d), (secagg_lib.MalformedSecAgg,), "bytes",
+           lambda: secagg_seeds()["bundle"], lambda d: secagg_lib.encode_bundle(secagg_lib.decode_bundle(d)),
+           "swarmnode.privacy.secagg.decode_bundle (postMaskKeys calldata of any participant)"),
+    Target("secagg.reveal", lambda d: secagg_lib.decode_reveal(d), (secagg_lib.MalformedSecAgg,), "bytes",
+           lambda: secagg_seeds()["reveal"], lambda d: secagg_lib.encode_reveal(secagg_lib.decode_reveal(d)),
+           "swarmnode.privacy.secagg.decode_reveal (revealShares calldata of any participant)"),
+    Target("secagg.calldata", _secagg_calldata, (), "bytes", lambda: secagg_seeds()["calldata"], None,
+           "swarmnode.node.txs.decode_post_keys / decode_reveal_call (calldata read out of blocks)"),
 ]}
 
 

@@ -1,4 +1,5 @@
 # pragma version ~=0.4.3
+# pragma optimize codesize
 """
 @title SwarmRounds: participant registry, per-round update commits, aggregate attestations, rewards
 @notice Time. Every deadline is a block timestamp in seconds, never a block count: an idle chain that
@@ -63,6 +64,23 @@
         roundReward(r, account) is derived from the round's commits and attestations; only what
         Staking could not credit (its pool ran dry) is stored. Finalizing with 128 contributors and
         64 validators costs about 7.6M gas (measured in tests/unit/test_contracts.py).
+        Privacy budget (epsilonBudget > 0, micro-epsilon; the genesis [privacy] table): every commit
+        reports the epsilon its participant has spent after that round (its own accountant's figure,
+        rounded up). It must grow with every commit and stay <= epsilonBudget, so a node can never
+        release more than the genesis allows and the spend of every participant is public
+        (epsilonSpent, dpReleases). The contract cannot check the figure: a participant that understates
+        it only weakens its own privacy. With epsilonBudget = 0 every commit reports 0.
+        Secure aggregation (secureAggregation, which needs minParticipants >= 2): each participant sets a
+        long-term X25519 share key once (setShareKey; it never changes). For round r it posts, before r's first commit (during r or r - 1), its round mask
+        key, a commitment to its self-mask seed and a bundle of Shamir shares encrypted to every share-key
+        holder (postMaskKeys; the bundle travels in the calldata, its keccak256 is stored). The key set of
+        r is frozen by r's first commit: a commit must come from a key poster and name the key set's size
+        (keyCount), so every masked update was masked over the same set. Once the window is closed, any
+        active participant with a share key posts its decrypted shares once (revealShares: calldata, hash
+        stored) until revealDeadline(r) = (the early-close time, or max(closeTime, last commit time))
+        + revealWindowSecs, and only in a round with at least minParticipants commits; after it the reveal
+        list is final and every node derives the same sum, or the
+        same verdict that it cannot be unmasked.
 """
 
 MAX_PARTICIPANTS: constant(uint256) = 128
@@ -84,6 +102,8 @@ PEER_ID_LEN: constant(uint256) = 53
 PEER_ID_PREFIX: constant(uint256) = 159048143393  # 0x2508021221, the 5 bytes after the leading 0x00 ('1' in base58)
 SECP256K1_P: constant(uint256) = 115792089237316195423570985008687907853269984665640564039457584007908834671663  # 2**256 - 2**32 - 977
 MODEXP: constant(address) = 0x0000000000000000000000000000000000000005
+MAX_BUNDLE: constant(uint256) = 12288  # bytes of encrypted shares: 128 recipients take 10664
+MAX_REVEAL: constant(uint256) = 6144  # bytes of revealed shares: 128 secrets take 4503
 
 interface IStaking:
     def stakeOf(account: address) -> uint256: view
@@ -129,6 +149,19 @@ struct Commit:
     heldOutAccuracy: uint256
     heldOutCount: uint256  # held-out examples scored; 0: not scored
     blockNumber: uint256
+    epsilonSpent: uint256  # micro-epsilon spent by the committer after this commit (0: no privacy budget)
+
+struct MaskKey:
+    participant: address
+    index: uint256  # registry index (its Shamir x-coordinate is index + 1)
+    maskKey: bytes32  # X25519 public key for round r's pairwise masks
+    seedCommit: bytes32  # commitment to the self-mask seed
+    bundleHash: bytes32  # keccak256 of the encrypted share bundle (in the transaction's calldata)
+
+struct Reveal:
+    participant: address
+    index: uint256
+    revealHash: bytes32  # keccak256 of the revealed shares (in the transaction's calldata)
 
 struct Attestation:
     validator: address
@@ -169,6 +202,22 @@ event UpdateCommitted:
     heldOutLoss: uint256
     heldOutAccuracy: uint256
     heldOutCount: uint256
+    epsilonSpent: uint256
+
+event ShareKeySet:
+    participant: indexed(address)
+    shareKey: bytes32
+
+event MaskKeysPosted:
+    round: indexed(uint256)
+    participant: indexed(address)
+    slot: uint256
+    bundleHash: bytes32
+
+event SharesRevealed:
+    round: indexed(uint256)
+    participant: indexed(address)
+    revealHash: bytes32
 
 event WindowClosedEarly:
     round: indexed(uint256)
@@ -244,6 +293,10 @@ contributorShareBps: public(uint256)
 mismatchPenaltyBps: public(uint256)
 initialParticipantCount: public(uint256)  # the first entries of the registry
 initialPeerIds: DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS]
+epsilonBudget: public(uint256)  # micro-epsilon per participant; 0: no differential-privacy ledger
+privacyDelta: uint256  # the budget's delta * 1e18 (recorded; the genesis [privacy] table shows it)
+secureAggregation: public(bool)
+revealWindowSecs: uint256  # see revealDeadline
 
 # ---------------------------------------------------------------- rounds
 currentRound: public(uint256)
@@ -266,6 +319,17 @@ registry: DynArray[address, MAX_PARTICIPANTS]  # append-only: an index never cha
 activeCount: uint256
 totalBonds: public(uint256)  # wei held for active participants; equals this contract's balance
 
+# privacy
+epsilonSpent: public(HashMap[address, uint256])  # micro-epsilon, as of the participant's last commit
+dpReleases: public(HashMap[address, uint256])  # commits made under the budget
+shareKeyOf: public(HashMap[address, bytes32])
+maskKeys: HashMap[uint256, DynArray[MaskKey, MAX_PARTICIPANTS]]
+maskKeyPosted: HashMap[uint256, HashMap[address, bool]]
+reveals: HashMap[uint256, DynArray[Reveal, MAX_PARTICIPANTS]]
+revealed: HashMap[uint256, HashMap[address, bool]]
+closedAt: HashMap[uint256, uint256]  # block time of an early close
+lastCommitAt: HashMap[uint256, uint256]  # block time of the round's last commit
+
 
 @deploy
 def __init__(
@@ -285,6 +349,10 @@ def __init__(
     mismatchPenaltyBps: uint256,
     initialParticipants: DynArray[address, MAX_PARTICIPANTS],
     initialPeerIds: DynArray[String[MAX_PEER_ID], MAX_PARTICIPANTS],
+    epsilonBudget: uint256,
+    privacyDelta: uint256,
+    secureAggregation: bool,
+    revealWindowSecs: uint256,
 ):
     assert staking != empty(address), "init: zero Staking address"
     assert commitWindowSecs > 0, "init: zero commit window"
@@ -301,6 +369,12 @@ def __init__(
     assert contributorShareBps <= BPS, "init: contributor share above 10000 bps"
     assert mismatchPenaltyBps <= BPS, "init: mismatch penalty above 10000 bps"
     assert len(initialParticipants) == len(initialPeerIds), "init: participants and peer ids differ in length"
+    assert epsilonBudget <= MAX_REPORTED, "init: epsilon budget above 2**64"
+    assert privacyDelta < 10**18, "init: privacy delta not below 1"
+    assert (epsilonBudget == 0) == (privacyDelta == 0), "init: epsilon and delta go together"
+    assert revealWindowSecs <= MAX_DURATION, "init: reveal window above 2**40 s"
+    assert not secureAggregation or revealWindowSecs > 0, "init: secagg needs a reveal window"
+    assert not secureAggregation or minParticipants >= 2, "init: secagg needs 2 participants"
     self.staking = staking
     self.genesisModelHash = genesisModelHash
     self.commitWindowSecs = commitWindowSecs
@@ -315,6 +389,10 @@ def __init__(
     self.rewardPerRound = rewardPerRound
     self.contributorShareBps = contributorShareBps
     self.mismatchPenaltyBps = mismatchPenaltyBps
+    self.epsilonBudget = epsilonBudget
+    self.privacyDelta = privacyDelta
+    self.secureAggregation = secureAggregation
+    self.revealWindowSecs = revealWindowSecs
     self.initialParticipantCount = len(initialParticipants)
     self.initialPeerIds = initialPeerIds
     for i: uint256 in range(len(initialParticipants), bound=MAX_PARTICIPANTS):
@@ -489,6 +567,7 @@ def _afterProgress(r: uint256):
     if self.rounds[r].expectedCommitted >= expectedCount:
         self.rounds[r].closedEarly = True
         self.rounds[r].closeBlock = block.number
+        self.closedAt[r] = block.timestamp
         log WindowClosedEarly(round=r, closeBlock=block.number, commitCount=commitCount)
         return
     pct: uint256 = self.stragglerGracePct
@@ -718,9 +797,13 @@ def commitUpdate(
     heldOutLoss: uint256,
     heldOutAccuracy: uint256,
     heldOutCount: uint256,
+    epsilonSpent: uint256,
+    keyCount: uint256,
 ):
     """Commit the hash of the sender's update for the current round, once, inside the window, with its
-    training metrics and the round's base model's scores on the sender's held-out split (count 0: none)."""
+    training metrics, the round's base model's scores on the sender's held-out split (count 0: none), the
+    epsilon it has spent after this round (micro; 0 without a privacy budget) and, with secure
+    aggregation, the size of the key set it masked over (0 without)."""
     assert self.members[msg.sender].active, "commitUpdate: sender not registered"
     assert round == self.currentRound, "commitUpdate: wrong round"
     assert self._windowOpen(round), "commitUpdate: commit window closed"
@@ -739,6 +822,19 @@ def commitUpdate(
     assert heldOutAccuracy <= FIXED_ONE, "commitUpdate: heldOutAccuracy above 1e6"
     assert heldOutCount > 0 or (heldOutLoss == 0 and heldOutAccuracy == 0), \
         "commitUpdate: held-out scores without a held-out count"
+    budget: uint256 = self.epsilonBudget
+    if budget == 0:
+        assert epsilonSpent == 0, "commitUpdate: epsilon, no budget"
+    else:
+        assert epsilonSpent > self.epsilonSpent[msg.sender], "commitUpdate: epsilon not grown"
+        assert epsilonSpent <= budget, "commitUpdate: budget exhausted"
+        self.epsilonSpent[msg.sender] = epsilonSpent
+        self.dpReleases[msg.sender] += 1
+    if self.secureAggregation:
+        assert self.maskKeyPosted[round][msg.sender], "commitUpdate: no mask keys"
+        assert keyCount == len(self.maskKeys[round]), "commitUpdate: wrong key count"
+    else:
+        assert keyCount == 0, "commitUpdate: keyCount not 0"
     index: uint256 = self.rounds[round].commitCount
     if index == 0 and block.timestamp >= self.rounds[round].closeTime:
         self._restartClock(round)
@@ -752,7 +848,9 @@ def commitUpdate(
         heldOutAccuracy=heldOutAccuracy,
         heldOutCount=heldOutCount,
         blockNumber=block.number,
+        epsilonSpent=epsilonSpent,
     )
+    self.lastCommitAt[round] = block.timestamp
     self.committed[round][msg.sender] = True
     self.updateSeen[round][updateHash] = True
     self.rounds[round].commitCount = index + 1
@@ -762,8 +860,92 @@ def commitUpdate(
     if self.members[msg.sender].missed != 0:
         self.members[msg.sender].missed = 0
     log UpdateCommitted(round=round, participant=msg.sender, index=index, updateHash=updateHash, numSamples=numSamples, localLoss=localLoss, localAccuracy=localAccuracy,
-        heldOutLoss=heldOutLoss, heldOutAccuracy=heldOutAccuracy, heldOutCount=heldOutCount)
+        heldOutLoss=heldOutLoss, heldOutAccuracy=heldOutAccuracy, heldOutCount=heldOutCount, epsilonSpent=epsilonSpent)
     self._afterProgress(round)
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+@internal
+@view
+def _revealDeadline(r: uint256) -> uint256:
+    closed: uint256 = self.closedAt[r]
+    if closed == 0:
+        closed = max(self.rounds[r].closeTime, self.lastCommitAt[r])
+    return closed + self.revealWindowSecs
+
+
+@external
+def setShareKey(shareKey: bytes32):
+    """Set the sender's long-term X25519 share key, once: the key its Shamir shares are encrypted to. It never
+    changes, so every node reads the same key set for a round whenever it reads it."""
+    assert self.secureAggregation, "setShareKey: secagg off"
+    assert self.members[msg.sender].active, "setShareKey: not registered"
+    assert shareKey != empty(bytes32), "setShareKey: empty key"
+    assert self.shareKeyOf[msg.sender] == empty(bytes32), "setShareKey: already set"
+    self.shareKeyOf[msg.sender] = shareKey
+    log ShareKeySet(participant=msg.sender, shareKey=shareKey)
+
+
+@external
+def postMaskKeys(round: uint256, maskKey: bytes32, seedCommit: bytes32, bundle: Bytes[MAX_BUNDLE]):
+    """Join round `round`'s key set (the current round before its first commit, or the next one)."""
+    assert self.secureAggregation, "postMaskKeys: secagg off"
+    assert self.members[msg.sender].active, "postMaskKeys: not registered"
+    assert self.shareKeyOf[msg.sender] != empty(bytes32), "postMaskKeys: no share key set"
+    r: uint256 = self.currentRound
+    assert round == r or round == r + 1, "postMaskKeys: wrong round"
+    assert self.rounds[round].commitCount == 0, "postMaskKeys: key set frozen"
+    assert not self.maskKeyPosted[round][msg.sender], "postMaskKeys: already posted"
+    assert maskKey != empty(bytes32), "postMaskKeys: empty mask key"
+    assert len(bundle) > 0, "postMaskKeys: empty bundle"
+    slot: uint256 = len(self.maskKeys[round])
+    bundleHash: bytes32 = keccak256(bundle)
+    self.maskKeys[round].append(MaskKey(participant=msg.sender, index=self.members[msg.sender].index,
+        maskKey=maskKey, seedCommit=seedCommit, bundleHash=bundleHash))
+    self.maskKeyPosted[round][msg.sender] = True
+    log MaskKeysPosted(round=round, participant=msg.sender, slot=slot, bundleHash=bundleHash)
+
+
+@external
+def revealShares(round: uint256, shares: Bytes[MAX_REVEAL]):
+    """Post the sender's shares for the closed current round: of the committers' self-mask seeds and of the
+    non-committing key posters' mask keys (swarmnode/privacy/secagg.py checks that never both)."""
+    assert self.secureAggregation, "revealShares: secagg off"
+    assert self.members[msg.sender].active, "revealShares: not registered"
+    assert self.shareKeyOf[msg.sender] != empty(bytes32), "revealShares: no share key set"
+    assert round == self.currentRound, "revealShares: wrong round"
+    assert not self._windowOpen(round), "revealShares: window open"
+    # a skipped round, or one below minParticipants, is never unmasked: its sum would be too few updates
+    assert self.rounds[round].commitCount >= self.minParticipants, "revealShares: too few commits"
+    assert block.timestamp < self._revealDeadline(round), "revealShares: too late"
+    assert not self.revealed[round][msg.sender], "revealShares: already revealed"
+    assert len(shares) > 0, "revealShares: empty shares"
+    revealHash: bytes32 = keccak256(shares)
+    self.reveals[round].append(Reveal(participant=msg.sender, index=self.members[msg.sender].index, revealHash=revealHash))
+    self.revealed[round][msg.sender] = True
+    log SharesRevealed(round=round, participant=msg.sender, revealHash=revealHash)
+
+
+@external
+@view
+def getMaskKeys(round: uint256) -> DynArray[MaskKey, MAX_PARTICIPANTS]:
+    """Round `round`'s key set in posting order (frozen once the round has a commit)."""
+    return self.maskKeys[round]
+
+
+@external
+@view
+def getReveals(round: uint256) -> DynArray[Reveal, MAX_PARTICIPANTS]:
+    """Round `round`'s reveals in chain order."""
+    return self.reveals[round]
+
+
+@external
+@view
+def revealDeadline(round: uint256) -> uint256:
+    """Block time from which `round`'s reveals are final (meaningful once its window is closed)."""
+    return self._revealDeadline(round)
 
 
 # ---------------------------------------------------------------- attestations

@@ -76,6 +76,7 @@ class Changes:
     served: bool = False  # the bytes it serves for its commit: malformed, none, someone else's, old ones
     data: bool = False  # its local training data
     omniscient: bool = False  # it reads the honest deltas of the round
+    reveals: bool = False  # with secure aggregation: it commits, then withholds its shares (never reveals)
 
 
 @dataclass(frozen=True)
@@ -394,12 +395,19 @@ def _withhold() -> Attack:
                   lambda ctx: Submission(content_id(encode(sign_flip(ctx.own))), ctx.num_samples, None))
 
 
+def _silent() -> Attack:
+    """Commits its honest update, then goes silent: with secure aggregation it never reveals its shares, as
+    a participant that crashed right after committing would (without secure aggregation: honest)."""
+    return Attack("silent", Changes(reveals=True), lambda ctx: Submission.of(ctx.own_blob, ctx.num_samples))
+
+
 def _equivocate() -> Attack:
     return Attack("equivocate", Changes(served=True),
                   lambda ctx: Submission(content_id(encode(sign_flip(ctx.own))), ctx.num_samples, ctx.own_blob))
 
 
 ATTACKS: dict[str, Callable[..., Attack]] = {
+    "silent": _silent,
     "sign-flip": _sign_flip,
     "scaling": _scaling,
     "gaussian": _gaussian,

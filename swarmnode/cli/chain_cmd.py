@@ -31,6 +31,7 @@ def register(subparsers: Any) -> None:
     q.add_argument("--count", type=int, default=100, help="rounds to show (latest; default 100)")
     add("round", "one learning round with its commits", cmd_round).add_argument("round", type=int)
     add("participants", "the participant registry: who is active, expected, absent", cmd_participants)
+    add("privacy", "every participant's differential-privacy spend against the genesis budget", cmd_privacy)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
 
@@ -181,6 +182,45 @@ def cmd_participants(args: argparse.Namespace) -> int:
     print_table(["index", "address", "peer id", "state", "missed rounds", "bond (ether)"],
                 [[p["index"], p["address"], p["peerId"] + ("" if p["peerIdMatches"] else "  (not this address's key)"),
                   _state(p), p["missed"], int(p["bond"]) / ETHER] for p in rows])
+    return 0
+
+
+def privacy_rows(config: dict[str, Any], participants: list[dict[str, Any]],
+                 table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The privacy ledger as `chain privacy --json` prints it: epsilon values in units (the chain keeps
+    micro-epsilon), remaining budget and share of it used per participant; delta from the genesis
+    [privacy] `table` (the node's swarm_node answer)."""
+    budget = int(config.get("epsilonBudget") or 0)
+    rows = []
+    for p in participants:
+        spent = int(p.get("epsilonSpent") or 0)
+        rows.append({"index": p["index"], "address": p["address"], "active": bool(p["active"]),
+                     "epsilonSpent": spent / 1e6, "releases": int(p.get("dpReleases") or 0),
+                     "epsilonRemaining": (budget - spent) / 1e6 if budget else None,
+                     "budgetUsedPct": 100.0 * spent / budget if budget else None,
+                     "shareKey": bool(int(str(p.get("shareKey") or "0x0"), 16))})
+    delta = (table or {}).get("delta", 1e-5) if budget else None
+    return {"epsilonBudget": budget / 1e6 if budget else None, "delta": delta,
+            "secureAggregation": bool(config.get("secureAggregation")), "participants": rows}
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    rpc = client(args)
+    node = rpc.call("swarm_node") or {}
+    ledger = privacy_rows(rpc.call("swarm_roundsConfig") or {}, rpc.call("swarm_participants"), node.get("privacy"))
+    if args.json:
+        print_json(ledger)
+        return 0
+    if ledger["epsilonBudget"] is None:
+        print("differential privacy: off in this genesis (no budget; commits report epsilon 0)")
+    else:
+        print(f"budget per participant: epsilon {ledger['epsilonBudget']:g}, delta {ledger['delta']:g}")
+    print(f"secure aggregation: {'on' if ledger['secureAggregation'] else 'off'}")
+    print_table(["index", "address", "epsilon spent", "commits", "remaining", "budget used"],
+                [[r["index"], r["address"] + ("" if r["active"] else " (left)"), f"{r['epsilonSpent']:.6f}",
+                  r["releases"], "-" if r["epsilonRemaining"] is None else f"{r['epsilonRemaining']:.6f}",
+                  "-" if r["budgetUsedPct"] is None else f"{r['budgetUsedPct']:.1f}%"]
+                 for r in ledger["participants"]])
     return 0
 
 

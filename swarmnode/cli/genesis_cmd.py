@@ -111,6 +111,18 @@ def _add_rounds_arguments(new: argparse.ArgumentParser) -> None:
                              "largest client share)")
     rounds.add_argument("--reward", default=format_amount(d.reward_per_round), metavar="AMOUNT",
                         help=f"reward per learning round (default: {format_amount(d.reward_per_round)})")
+    priv = new.add_argument_group("privacy ([privacy] table: swarmnode/privacy/config.py)")
+    priv.add_argument("--dp", choices=("off", "participant", "example"), default="off",
+                      help="differential privacy: 'participant' clips each update and adds Gaussian noise "
+                           "(DP-FedAvg), 'example' trains with DP-SGD inside each node (default: off)")
+    priv.add_argument("--epsilon", type=float, default=None, help="each participant's budget (with --dp)")
+    priv.add_argument("--delta", type=float, default=1e-5, help="the budget's delta (default: 1e-5)")
+    priv.add_argument("--clip-norm", type=float, default=1.0,
+                      help="L2 bound of an update (participant) or of one example's gradient (example); default 1")
+    priv.add_argument("--dp-rounds", type=int, default=60, metavar="R",
+                      help="rounds the noise is calibrated for: R commits spend the budget (default: 60)")
+    priv.add_argument("--secure-aggregation", action="store_true",
+                      help="pairwise-masked updates: only the round's sum is ever revealed")
     # replaced: without this, argparse would take "--commit-window 20" as an abbreviation of --commit-window-s
     new.add_argument("--commit-window", type=int, default=None, help=argparse.SUPPRESS)
 
@@ -151,6 +163,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
         bond = parse_amount(args.participant_bond, "--participant-bond")
         task = _task_table(args) if args.task_file else dict(TASK_PRESETS[args.task])
         validators = tuple(ValidatorSpec(address_of(k), stake, peer_id_of(k)) for k in keys)
+        privacy = _privacy_table(args, task)
         return Genesis(
             chain_id=args.chain_id, validators=validators,
             accounts=tuple(AccountSpec(v.address, balance) for v in validators),
@@ -161,7 +174,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
                 min_grace_s=args.min_grace_s, min_participants=args.min_participants, under_min=args.under_min,
                 absent_rounds=args.absent_rounds, admission=args.admission, participant_bond=bond,
                 reward_per_round=reward, max_samples=_max_samples(args, task)),
-            task=task, genesis_model_hash=genesis_model_hash(task, args.out.resolve().parent),
+            task=task, privacy=privacy, genesis_model_hash=genesis_model_hash(task, args.out.resolve().parent),
             genesis_time=args.genesis_time,
         )
     except (ConsensusError, LearningError) as exc:
@@ -185,6 +198,52 @@ def _task_table(args: argparse.Namespace) -> dict[str, Any]:
         return Task.from_dict(table).to_dict()
     except (LearningError, TypeError) as exc:
         raise CliError(f"--task-file {args.task_file}: {exc}") from None
+
+
+SECAGG_RULES = ("fedavg", "fedavgm")  # rules that need only the sum of the updates
+
+
+def _privacy_table(args: argparse.Namespace, task: dict[str, Any]) -> dict[str, Any]:
+    """The [privacy] table from the flags (empty when everything is off). Participant mode pins the noise
+    multiplier (the same for everyone) and raises task.max_update_norm above the norm a noised update
+    reaches, which validators would otherwise refuse; example mode leaves z to each node, whose sampling
+    rate depends on its own data size."""
+    if args.dp == "off" and not args.secure_aggregation:
+        if args.epsilon is not None:
+            raise CliError("--epsilon needs --dp participant or --dp example")
+        return {}
+    from swarmnode.learning.models import build_model
+    from swarmnode.learning.tasks import Task
+    from swarmnode.privacy.config import PrivacyConfig, PrivacyConfigError
+    from swarmnode.privacy.dp import DPError, noise_multiplier_for, noise_norm_bound, participant_noise_std
+
+    table: dict[str, Any] = {"dp": args.dp}
+    if args.dp != "off":
+        if args.epsilon is None:
+            raise CliError(f"--dp {args.dp} needs --epsilon (the budget of every participant)")
+        table.update(epsilon=args.epsilon, delta=args.delta, clip_norm=args.clip_norm, rounds=args.dp_rounds)
+    if args.secure_aggregation:
+        if args.min_participants < 2:
+            raise CliError("--secure-aggregation needs --min-participants 2 or more: the sum of one update is "
+                           "that update")
+        table.update(secure_aggregation=True)
+        if task.get("rule") not in SECAGG_RULES:
+            print(f"note: rule {task.get('rule')!r} needs individual updates; with --secure-aggregation only the "
+                  f"round's sum is revealed, so the task uses fedavgm")
+            task["rule"] = "fedavgm"
+    try:
+        cfg = PrivacyConfig.from_dict(table)
+        if cfg.dp == "participant":
+            z = noise_multiplier_for(cfg)
+            table["noise_multiplier"] = round(z, 6)
+            t = Task.from_dict(task)
+            coords = sum(p.numel() for p in build_model(t.model_spec(), 0).parameters())
+            std = participant_noise_std(cfg, z, args.min_participants)
+            task["max_update_norm"] = max(float(task.get("max_update_norm", 0.0)),
+                                          round(cfg.clip_norm + noise_norm_bound(std, coords), 1))
+    except (PrivacyConfigError, DPError) as exc:
+        raise CliError(str(exc)) from None
+    return table
 
 
 def _max_samples(args: argparse.Namespace, task: dict[str, Any]) -> int:
@@ -278,7 +337,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"task          {g.task.get('dataset', '?')} / {g.task.get('model', '?')}, rule {g.task.get('rule', '?')}")
     print(f"model hash    0x{g.genesis_model_hash.hex()}")
     print(f"rounds        {describe_rounds(g.rounds)}")
+    print(f"privacy       {describe_privacy(g.privacy)}")
     return 0
+
+
+def describe_privacy(table: dict[str, Any]) -> str:
+    dp = table.get("dp", "off")
+    parts = ["differential privacy off" if dp == "off" else
+             f"DP ({dp} level) epsilon {table.get('epsilon')} delta {table.get('delta', 1e-5)} over "
+             f"{table.get('rounds', 60)} rounds, clip {table.get('clip_norm', 1.0)}"
+             + (f", z {table['noise_multiplier']}" if table.get("noise_multiplier") else "")]
+    parts.append("secure aggregation " + ("on" if table.get("secure_aggregation") else "off"))
+    return ", ".join(parts)
 
 
 def describe_rounds(r: RoundsParams) -> str:

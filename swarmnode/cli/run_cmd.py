@@ -22,6 +22,12 @@ def register(subparsers: Any) -> None:
                    help="TESTING ONLY: attack the swarm as a Byzantine participant, e.g. sign-flip, "
                         "scaling:factor=-10, gaussian:sigma=0.5, label-flip, inflated-samples, nan, wrong-shape, "
                         "absurd-norm, replay-old, withhold, equivocate (see swarmnode/adversary/attacks.py)")
+    audit = p.add_argument_group("debugging and audit")
+    audit.add_argument("--capture-traffic", type=Path, metavar="DIR",
+                       help="write every byte this node exchanges with its peers to DIR, one file per connection "
+                            "(mode 0600): the plaintext of every message (before Noise encrypts it, after it "
+                            "decrypts it) and the raw TCP bytes; read it with `python -m swarmnode.p2p.traffic DIR`. "
+                            "Off by default; it costs a file write per message")
     rpc = p.add_argument_group("JSON-RPC (each overrides the config's [rpc] value)")
     rpc.add_argument("--rpc-vhosts", metavar="NAMES",
                      help="comma-separated Host names the RPC answers besides localhost/127.0.0.1/[::1] and its "
@@ -78,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError):  # stderr is not a real file (e.g. captured): no stack dumps then
         pass
     try:
-        cfg = load_config(args.config).with_bootstrap(tuple(args.bootstrap))
+        cfg = load_config(args.config).with_bootstrap(tuple(args.bootstrap)).with_capture(args.capture_traffic)
         setup_logging(cfg.log_level, args.name)
         options = rpc_options(cfg, args)
         node = Node.from_config(cfg, evaluate_test=args.eval_test, byzantine=args.byzantine)

@@ -39,6 +39,10 @@ class NodeConfig:
     compute_niceness: int = 10  # training threads run this much nicer, scoring at 19 (Linux; 0: off)
     keep_update_rounds: int = 16  # delete the update blobs of rounds this far behind the last final; 0 keeps all
     keep_model_rounds: int = 64  # delete final models this far behind the newest (0 keeps all; see RoundWork.prune)
+    # audit/debugging: write every byte exchanged with peers here (swarmnode/p2p/capture.py). Set by
+    # `swarmnode run --capture-traffic DIR` only, never read from or written to config.toml: a capture holds
+    # the plaintext of every message and should not stay on by accident
+    capture_traffic: Path | None = None
 
     @property
     def chain_dir(self) -> Path:
@@ -63,6 +67,9 @@ class NodeConfig:
 
     def with_bootstrap(self, extra: tuple[str, ...]) -> NodeConfig:
         return replace(self, bootstrap=tuple(dict.fromkeys(self.bootstrap + extra)))
+
+    def with_capture(self, directory: Path | None) -> NodeConfig:
+        return replace(self, capture_traffic=directory.expanduser().resolve() if directory is not None else None)
 
 
 def _str_list(raw: Any, name: str) -> tuple[str, ...]:

@@ -313,6 +313,26 @@ def make_genesis(base: Path, validators: int, task: str | Path, *, commit_window
     return genesis, keys
 
 
+@contextmanager
+def running_swarm(base: Path, nodes: int, task: str | Path, *, commit_window_s: int = 8,
+                  genesis_args: tuple[str, ...] = (), run_args: dict[int, tuple[str, ...]] | None = None
+                  ) -> Iterator[LocalSwarm]:
+    """A genesis (`make_genesis`) and `nodes` daemons started on it, one thread of torch each, the benchmark
+    data from $SWARMNODE_DATA or Debian's package (`run_args`: node i's own `swarmnode run` flags); every
+    daemon is stopped on exit."""
+    genesis, keys = make_genesis(base, nodes, task, commit_window_s=commit_window_s, extra_args=genesis_args)
+    env = {"OMP_NUM_THREADS": "1",
+           "SWARMNODE_DATA": os.environ.get("SWARMNODE_DATA", "/usr/share/datasets/fashion-mnist")}
+    s = LocalSwarm(base, genesis, keys, extra_env=env)
+    try:
+        for i in range(nodes):
+            s.init_node(i)
+        s.start_all(list(range(nodes)), run_args)
+        yield s
+    finally:
+        s.close()
+
+
 def dev_keys_for(genesis: Path, base: Path, count: int) -> Path:
     """Regenerate the dev keys of a shipped genesis (made with --dev-keys) into base/keys."""
     keys = base / "keys"

@@ -11,6 +11,12 @@ Round r, as this node sees it:
           are an active participant with a data partition. The trained update is kept, so a lost commit
           is sent again without training again. A participant dropped from the expected set (it missed
           absent_rounds rounds) also sends SendTx(rejoin r), to be waited for again from the next round.
+  secure aggregation (genesis [privacy]): a participant sets its share key once (SendTx(sharekey)),
+          posts its round keys for r before r's first commit (SendTx(keys r)), and for r + 1 once it has
+          committed to r; it trains only in a round whose key set it joined. A commit refused because the
+          key set grew after its update was masked is masked again over the final set (Train again: the
+          shell keeps the unmasked update). Once the window is closed it reveals its shares (SendTx(reveal
+          r)) until the reveal deadline; Aggregate waits for enough of them.
   step 4  once the window is closed: Aggregate(r) (nothing, if the round was skipped) -> Aggregated(h)
           -> SendTx(attest r) for validators.
   step 5  RoundFinalized(r, h): Report whether our result agrees (MODEL_MISMATCH when it does not: the
@@ -65,12 +71,22 @@ class RoundObservation:
     committed: bool  # we committed to this round
     attested: bool  # we attested this round
     validator: bool  # we have stake
+    # secure aggregation (all False/0 when the genesis has it off)
+    secagg: bool = False
+    share_key_set: bool = False  # our long-term share key is on chain
+    keys_posted: bool = False  # we are in this round's key set
+    next_keys_posted: bool = False  # ... and in the next round's
+    key_count: int = 0  # keys posted for this round (frozen once it has a commit)
+    revealed: bool = False  # we revealed our shares for this round
+    reveal_open: bool = False  # the window is closed and the reveal deadline has not passed
 
 
 @dataclass(frozen=True)
 class CommitCall:
     """SwarmRounds.commitUpdate's arguments (losses and accuracies in the contract's fixed point, x 1e6).
-    The held-out fields score the round's base model on this node's held-out split; count 0: not scored."""
+    The held-out fields score the round's base model on this node's held-out split; count 0: not scored.
+    epsilon_spent: micro-epsilon spent after this commit (0 without a privacy budget); key_count: the size
+    of the key set the update was masked over (0 without secure aggregation)."""
 
     round: int
     update_hash: bytes
@@ -80,6 +96,29 @@ class CommitCall:
     held_out_loss: int = 0
     held_out_accuracy: int = 0
     held_out_count: int = 0
+    epsilon_spent: int = 0
+    key_count: int = 0
+
+
+@dataclass(frozen=True)
+class ShareKeyCall:
+    """SwarmRounds.setShareKey(our long-term X25519 share key), sent once (in round `round`)."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class MaskKeysCall:
+    """SwarmRounds.postMaskKeys for round `round`: the shell deals the keys and shares when it sends it."""
+
+    round: int
+
+
+@dataclass(frozen=True)
+class RevealCall:
+    """SwarmRounds.revealShares for round `round`: the shell opens the shares dealt to us when it sends it."""
+
+    round: int
 
 
 @dataclass(frozen=True)
@@ -123,8 +162,8 @@ class Train:
 
 @dataclass(frozen=True)
 class SendTx:
-    what: str  # "commit", "attest" or "rejoin"
-    call: CommitCall | AttestCall | RejoinCall
+    what: str  # "commit", "attest", "rejoin", "sharekey", "keys", "reveal"
+    call: CommitCall | AttestCall | RejoinCall | ShareKeyCall | MaskKeysCall | RevealCall
 
     @property
     def round(self) -> int:
@@ -366,6 +405,15 @@ def _observe(state: RoundState, ev: BlockObserved) -> RoundState:
     if obs.attested:
         done |= {("attest", r)}
         sent -= {("attest", r)}
+    if obs.keys_posted:
+        done |= {("keys", r)}
+        sent -= {("keys", r)}
+    if obs.next_keys_posted:
+        done |= {("keys", r + 1)}
+        sent -= {("keys", r + 1)}
+    if obs.revealed:
+        done |= {("reveal", r)}
+        sent -= {("reveal", r)}
     if not ev.has_base:  # fetched once, but the store no longer has it (damaged, quarantined): fetch again
         done -= {("fetch", r)}
     return replace(
@@ -442,6 +490,16 @@ def _included(state: RoundState, ev: TxIncluded) -> tuple[RoundState, list[Actio
     state = replace(state, sent=state.sent - {ev.key}, done=state.done | {ev.key})
     if ev.success:
         return state, []
+    what, r = ev.key
+    obs, ours = state.obs, state.trained.get(r)
+    if (what == "commit" and obs is not None and obs.secagg and obs.round == r and ours is not None
+            and ours.key_count != obs.key_count and obs.window_open and obs.keys_posted):
+        # masked over a key set that grew before the commit got in: mask again over the set as it is now
+        trained = {q: c for q, c in state.trained.items() if q != r}
+        state = replace(state, trained=trained, done=state.done - {("train", r), ("commit", r)})
+        return state, [Report("remask", r, (("masked_over", ours.key_count), ("key_set", obs.key_count)))]
+    if what == "sharekey":  # e.g. the genesis turned secure aggregation on after a restart: try again later
+        state = replace(state, done=state.done - {ev.key})
     return state, [Report("tx_reverted", ev.key[1], (("what", ev.key[0]), ("reason", ev.detail)))]
 
 
@@ -459,7 +517,19 @@ def wanted(state: RoundState) -> list[Action]:
     out: list[Action] = []
     index = obs.participant_index
     can_contribute = index is not None and obs.active and index < state.config.num_clients
-    if can_contribute and obs.window_open and not obs.committed:
+    if obs.secagg and index is not None and obs.active:
+        if not obs.share_key_set:
+            out.append(SendTx("sharekey", ShareKeyCall(r)))
+        elif can_contribute:
+            if obs.window_open and not obs.keys_posted and not obs.commits and not obs.committed:
+                out.append(SendTx("keys", MaskKeysCall(r)))
+            if not obs.next_keys_posted and (obs.committed or obs.commits or not obs.window_open):
+                out.append(SendTx("keys", MaskKeysCall(r + 1)))  # this round's set is done: join the next
+        if (not obs.window_open and not obs.skipped and obs.reveal_open and not obs.revealed and obs.share_key_set
+                and obs.key_count):
+            out.append(SendTx("reveal", RevealCall(r)))
+    may_train = not obs.secagg or obs.keys_posted
+    if can_contribute and obs.window_open and not obs.committed and may_train:
         trained = state.trained.get(r)
         out.append(Train(r, obs.base_hash, index) if trained is None else SendTx("commit", trained))
     if can_contribute and obs.dropped:

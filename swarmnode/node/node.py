@@ -50,6 +50,7 @@ from swarmnode.node.config import NodeConfig
 from swarmnode.node.ingest import TxIngest
 from swarmnode.node.keys import address_of, load_key
 from swarmnode.node.roundloop import RoundLoop
+from swarmnode.node.secagg_node import SecAggNode
 from swarmnode.node.store import ModelStore
 from swarmnode.node.txsender import TxSender
 from swarmnode.node.work import History, RoundWork
@@ -64,6 +65,7 @@ from swarmnode.p2p import (
     TopicPolicy,
 )
 from swarmnode.p2p.consensus_net import height_window
+from swarmnode.privacy.config import PrivacyConfig, PrivacyConfigError
 
 log = logging.getLogger("swarmnode.node")
 
@@ -162,7 +164,8 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, genesis: Genesis, task: Task, secret: bytes, chain: ExecutionChain,
                  clients: Sequence[Any], test_split: Any, byzantine: ByzantineParticipant | None = None,
-                 initial: dict[str, Any] | None = None, device: str = "cpu") -> None:
+                 initial: dict[str, Any] | None = None, device: str = "cpu",
+                 privacy: PrivacyConfig | None = None) -> None:
         self.cfg = cfg
         self.genesis = genesis
         self.task = task
@@ -176,7 +179,10 @@ class Node:
         self.app = SwarmApplication(chain, self.address, self.pool, held=self.blob_store.has,
                                     pending_work=self._pending_work)
         p2p_cfg = P2PConfig(secret=secret, chain_id=genesis.chain_id, genesis_hash=chain.genesis_hash,
-                            listen_addrs=cfg.listen, bootstrap=cfg.bootstrap)
+                            listen_addrs=cfg.listen, bootstrap=cfg.bootstrap, capture_dir=cfg.capture_traffic)
+        if cfg.capture_traffic is not None:
+            log.warning("event=traffic_capture dir=%s (every byte exchanged with peers, in plaintext, is written "
+                        "there: --capture-traffic)", cfg.capture_traffic)
         # only the validators' signed frames get past the p2p layer (to the driver, or relayed): the
         # driver is built below, hence the late lookup
         consensus_policy = TopicPolicy(MAX_MESSAGE_BYTES, window=height_window(lambda: self.chain.tip.height),
@@ -209,7 +215,11 @@ class Node:
                               test_split=test_split, history=self.history, data_dir=cfg.data_dir,
                               niceness=cfg.compute_niceness, keep_update_rounds=cfg.keep_update_rounds,
                               keep_model_rounds=cfg.keep_model_rounds, byzantine=byzantine,
-                              max_samples=genesis.rounds.max_samples, initial=initial, device=device)
+                              max_samples=genesis.rounds.max_samples, initial=initial, device=device,
+                              privacy=privacy, me=self.address, min_participants=genesis.rounds.min_participants,
+                              secagg=(SecAggNode(key=secret, chain_id=genesis.chain_id, privacy=privacy,
+                                                 data_dir=cfg.data_dir)
+                                      if privacy is not None and privacy.secure_aggregation else None))
         self.loop = RoundLoop(config=machine.MachineConfig(num_clients=len(clients)),
                               address=self.address, service=self.service, work=self.work, sender=self.sender,
                               models=self.models, history=self.history, wait_height=self.driver.wait_height)
@@ -231,6 +241,15 @@ class Node:
         except Exception as exc:  # GenesisError and I/O errors: both are the user's to fix
             raise NodeError(f"genesis {cfg.genesis}: {exc}") from exc
         task = Task.from_dict(genesis.task)
+        try:
+            privacy = PrivacyConfig.from_dict(genesis.privacy)
+        except PrivacyConfigError as exc:
+            raise NodeError(f"genesis {cfg.genesis}: {exc}") from None
+        if privacy.secure_aggregation and genesis.rounds.min_participants < 2:
+            raise NodeError(f"genesis {cfg.genesis}: secure aggregation needs rounds.min_participants >= 2")
+        if privacy.secure_aggregation and task.rule not in ("fedavg", "fedavgm"):
+            raise NodeError(f"genesis {cfg.genesis}: rule {task.rule!r} needs individual updates, but secure "
+                            f"aggregation reveals only their sum: use fedavg or fedavgm")
         try:
             attacker = ByzantineParticipant.from_spec(byzantine, task.seed) if byzantine else None
         except AttackError as exc:
@@ -262,7 +281,7 @@ class Node:
         except Exception as exc:
             raise NodeError(f"cannot open the chain in {cfg.chain_dir}: {exc}") from exc
         try:
-            return cls(cfg, genesis, task, secret, chain, clients, test_split, attacker, initial, device)
+            return cls(cfg, genesis, task, secret, chain, clients, test_split, attacker, initial, device, privacy)
         except BaseException:
             chain.close()
             raise
@@ -386,6 +405,7 @@ class Node:
                          "blob_bytes_fetched": self.fetcher.counters["bytes_fetched"]},
             "rounds": self.loop.statistics(),
             "txs": self.sender.statistics(),
+            "privacy": dict(self.genesis.privacy),  # the genesis [privacy] table
             "ingest": self.ingest.statistics(),
             "fetcher": self.fetcher.statistics(),
             "executor": self.executor.statistics(),

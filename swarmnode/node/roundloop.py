@@ -195,7 +195,12 @@ class RoundLoop:
         if isinstance(action, m.Aggregate):
             return await self.work.aggregate(action)
         if isinstance(action, m.SendTx):
-            return m.TxSubmitted(await self.sender.send(action.key, txs.call_data(action.call)))
+            if isinstance(action.call, m.ShareKeyCall | m.MaskKeysCall | m.RevealCall):
+                obs = self.state.obs
+                data = await self.work.secagg_calldata(action.call, obs.participant_index if obs else None)
+            else:
+                data = txs.call_data(action.call)
+            return m.TxSubmitted(await self.sender.send(action.key, data))
         if isinstance(action, m.Score):
             obs = self.state.obs
             await self.work.score(action.round, action.model_hash, obs.participant_index if obs else None)

@@ -75,7 +75,8 @@ def _metadata(raw: bytes) -> dict[str, str]:
     return dict(header.get("__metadata__", {}))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: a crash leaves the old or the new content, both fsynced (file and directory)."""
     # a temporary name per writer: two threads may store the same content-addressed model at once (a
     # fetch and the node's own aggregate); with one shared name, the second rename found nothing
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -110,7 +111,7 @@ class ModelStore:
             model_id = content_id(encode_model(model))
         path = self.models / f"{model_id.hex()}.safetensors"
         if not path.exists():
-            _atomic_write(path, model_to_safetensors(model))  # verified (and stamped) on a later read
+            atomic_write(path, model_to_safetensors(model))  # verified (and stamped) on a later read
         return model_id
 
     def remove_model(self, model_id: bytes) -> bool:
@@ -151,7 +152,7 @@ class ModelStore:
         blob_id = content_id(blob)
         path = self.updates / f"{blob_id.hex()}.bin"
         if not path.exists():
-            _atomic_write(path, blob)
+            atomic_write(path, blob)
         return blob_id
 
     def get_blob(self, blob_id: bytes) -> bytes:

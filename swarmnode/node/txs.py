@@ -24,14 +24,19 @@ def selector(signature: str) -> bytes:
     return keccak(signature.encode())[:4]
 
 
-COMMIT_SIG = "commitUpdate(uint256,bytes32,uint256,uint256,uint256,uint256,uint256,uint256)"
-COMMIT_TYPES = ["uint256", "bytes32", "uint256", "uint256", "uint256", "uint256", "uint256", "uint256"]
+COMMIT_TYPES = ["uint256", "bytes32"] + ["uint256"] * 8
+COMMIT_SIG = f"commitUpdate({','.join(COMMIT_TYPES)})"
 COMMIT_SELECTOR = selector(COMMIT_SIG)
 ATTEST_SELECTOR = selector("attestAggregate(uint256,bytes32)")
 REGISTER_SELECTOR = selector("register(string)")
 REGISTER_APPROVED_SELECTOR = selector("register(string,bytes[])")
 LEAVE_SELECTOR = selector("leave()")
 REJOIN_SELECTOR = selector("rejoin()")
+SHARE_KEY_SELECTOR = selector("setShareKey(bytes32)")
+POST_KEYS_TYPES = ["uint256", "bytes32", "bytes32", "bytes"]
+POST_KEYS_SELECTOR = selector(f"postMaskKeys({','.join(POST_KEYS_TYPES)})")
+REVEAL_TYPES = ["uint256", "bytes"]
+REVEAL_SELECTOR = selector(f"revealShares({','.join(REVEAL_TYPES)})")
 ADMIT_TAG = keccak(b"swarmnode-admit")
 
 
@@ -58,7 +63,8 @@ def commit_data(c: CommitCall) -> bytes:
                 if c.held_out_count > 0 else (0, 0, 0))
     return COMMIT_SELECTOR + abi_encode(COMMIT_TYPES, [c.round, c.update_hash, c.num_samples,
                                                        min(c.local_loss, MAX_REPORTED),
-                                                       min(c.local_accuracy, FIXED_ONE), *held_out])
+                                                       min(c.local_accuracy, FIXED_ONE), *held_out,
+                                                       c.epsilon_spent, c.key_count])
 
 
 def attest_data(round_: int, model_hash: bytes) -> bytes:
@@ -74,7 +80,58 @@ def call_data(call: CommitCall | AttestCall | RejoinCall) -> bytes:
 
 
 def gas_for(data: bytes) -> int:
+    if data[:4] in (POST_KEYS_SELECTOR, REVEAL_SELECTOR):  # calldata-heavy: shares travel in it
+        return MEMBERSHIP_GAS + 48 * len(data)
     return ATTEST_GAS if data[:4] == ATTEST_SELECTOR else COMMIT_GAS if data[:4] == COMMIT_SELECTOR else MEMBERSHIP_GAS
+
+
+def share_key_data(share_pk: bytes) -> bytes:
+    return SHARE_KEY_SELECTOR + abi_encode(["bytes32"], [share_pk])
+
+
+def post_keys_data(round_: int, mask_pk: bytes, commit: bytes, bundle: bytes) -> bytes:
+    return POST_KEYS_SELECTOR + abi_encode(POST_KEYS_TYPES, [round_, mask_pk, commit, bundle])
+
+
+def reveal_data(round_: int, shares: bytes) -> bytes:
+    return REVEAL_SELECTOR + abi_encode(REVEAL_TYPES, [round_, shares])
+
+
+def _dynamic_bytes(args: bytes, head_words: int, at: int) -> bytes | None:
+    """The `bytes` argument whose offset is head word `at`, read the way the contract's ABI decoder reads it:
+    offset and length must lie inside the calldata; padding bytes are not looked at (a call with nonzero
+    padding succeeds on chain, so it must be readable here, or its bundle could never be found)."""
+    if len(args) < 32 * head_words:
+        return None
+    offset = int.from_bytes(args[32 * at : 32 * at + 32], "big")
+    if offset > len(args) - 32:
+        return None
+    length = int.from_bytes(args[offset : offset + 32], "big")
+    if length > len(args) - offset - 32:
+        return None
+    return bytes(args[offset + 32 : offset + 32 + length])
+
+
+def decode_post_keys(data: bytes) -> tuple[int, bytes, bytes, bytes] | None:
+    """(round, mask key, seed commitment, bundle) of a postMaskKeys call, or None (malformed counts as not)."""
+    if len(data) < 4 or bytes(data[:4]) != POST_KEYS_SELECTOR:
+        return None
+    args = bytes(data[4:])
+    bundle = _dynamic_bytes(args, 4, 3)
+    if bundle is None:
+        return None
+    return int.from_bytes(args[:32], "big"), args[32:64], args[64:96], bundle
+
+
+def decode_reveal_call(data: bytes) -> tuple[int, bytes] | None:
+    """(round, shares) of a revealShares call, or None."""
+    if len(data) < 4 or bytes(data[:4]) != REVEAL_SELECTOR:
+        return None
+    args = bytes(data[4:])
+    shares = _dynamic_bytes(args, 2, 1)
+    if shares is None:
+        return None
+    return int.from_bytes(args[:32], "big"), shares
 
 
 def register_data(peer_id: str, approvals: Sequence[bytes] = ()) -> bytes:
@@ -124,10 +181,10 @@ def decode_commit(data: bytes) -> CommitCall | None:
     if len(data) < 4 or bytes(data[:4]) != COMMIT_SELECTOR:
         return None
     try:
-        r, h, n, loss, acc, ho_loss, ho_acc, ho_count = abi_decode(COMMIT_TYPES, bytes(data[4:]))
+        r, h, *rest = abi_decode(COMMIT_TYPES, bytes(data[4:]))
     except Exception:  # eth_abi raises several types for short or bad data
         return None
-    return CommitCall(int(r), bytes(h), int(n), int(loss), int(acc), int(ho_loss), int(ho_acc), int(ho_count))
+    return CommitCall(int(r), bytes(h), *(int(x) for x in rest))
 
 
 def commits_in(txs: Sequence[Any]) -> list[CommitCall]:

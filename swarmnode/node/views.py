@@ -71,8 +71,8 @@ class RoundReader:
 
         if self._params is None:
             self._params = (int(call("SwarmRounds", "minParticipants")), bool(call("SwarmRounds", "skipUnderMin")),
-                            int(call("SwarmRounds", "absentRounds")))
-        min_participants, skip_under_min, absent_rounds = self._params
+                            int(call("SwarmRounds", "absentRounds")), bool(call("SwarmRounds", "secureAggregation")))
+        min_participants, skip_under_min, absent_rounds, secagg = self._params
         known = self._round
         if known is not None and not (info := call("SwarmRounds", "getRound", known))["finalized"]:
             r = known
@@ -103,6 +103,16 @@ class RoundReader:
                 and _b(call("SwarmRounds", "attestationOf", r, me)) != ZERO32):
             self._attested.add(r)
         registered = bool(me_info["registered"])
+        sa: dict[str, Any] = {}
+        if secagg and registered:
+            keys = call("SwarmRounds", "getMaskKeys", r)
+            mine = {_addr(k["participant"]) for k in keys}
+            next_keys = {_addr(k["participant"]) for k in call("SwarmRounds", "getMaskKeys", r + 1)}
+            revealers = {_addr(x["participant"]) for x in call("SwarmRounds", "getReveals", r)} if closed else set()
+            sa = {"secagg": True, "share_key_set": _b(call("SwarmRounds", "shareKeyOf", me)) != ZERO32,
+                  "keys_posted": me in mine, "next_keys_posted": me in next_keys, "key_count": len(keys),
+                  "revealed": me in revealers,
+                  "reveal_open": closed and head_time < int(call("SwarmRounds", "revealDeadline", r))}
         return RoundObservation(
             height=height, head_time=head_time, round=r, base_hash=_b(info["baseHash"]), window_open=not closed,
             skipped=closed and int(info["commitCount"]) < min_participants, commits=tuple(commits),
@@ -114,8 +124,14 @@ class RoundReader:
             active=bool(me_info["active"]), expected=int(me_info["expectedRound"]) == r + 1,
             dropped=bool(me_info["active"]) and absent_rounds > 0 and int(me_info["missed"]) >= absent_rounds,
             committed=any(c.participant == me for c in commits),  # the contract's hasCommitted, from its commits
-            attested=validator and r in self._attested, validator=validator,
+            attested=validator and r in self._attested, validator=validator, **sa,
         )
+
+
+def privacy_spent(chain: ExecutionChain, me: bytes) -> tuple[int, int]:
+    """(micro-epsilon spent, commits made under the budget) of `me`, from the committed head."""
+    v = SwarmViews(chain)
+    return int(v.call_view("SwarmRounds", "epsilonSpent", me)), int(v.call_view("SwarmRounds", "dpReleases", me))
 
 
 def final_hash(chain: ExecutionChain, round_: int) -> bytes | None:
@@ -145,3 +161,23 @@ def update_hashes(chain: ExecutionChain, round_: int) -> list[bytes]:
     except CallFailed:
         return []
     return [_b(v.call_view("SwarmRounds", "getCommit", round_, i)["updateHash"]) for i in range(int(info["commitCount"]))]
+
+
+def round_info(chain: ExecutionChain, round_: int) -> dict[str, Any] | None:
+    """SwarmRounds.getRound(round_), or None for a round that has not opened."""
+    try:
+        return dict(SwarmViews(chain).call_view("SwarmRounds", "getRound", round_))
+    except CallFailed:
+        return None
+
+
+def update_committers(chain: ExecutionChain, round_: int) -> list[bytes]:
+    """The addresses that committed to `round_`, in commit order."""
+    return [_addr(a) for a in SwarmViews(chain).call_view("SwarmRounds", "getCommitters", round_)]
+
+
+def reveal_state(chain: ExecutionChain, round_: int) -> tuple[list[bytes], int, int]:
+    """(the addresses that revealed for `round_`, its reveal deadline, the head's timestamp)."""
+    v = SwarmViews(chain)
+    revealers = [_addr(x["participant"]) for x in v.call_view("SwarmRounds", "getReveals", round_)]
+    return revealers, int(v.call_view("SwarmRounds", "revealDeadline", round_)), int(chain.head.timestamp)

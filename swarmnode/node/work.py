@@ -17,27 +17,46 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import trio
+from eth_utils import keccak
 
 from consensus.executor import Priority
 from consensus.service import ChainService
 from swarmnode.adversary.participant import ByzantineParticipant
-from swarmnode.aggregation.codec import GlobalModel, content_id, decode_model, encode_model
+from swarmnode.aggregation.codec import GlobalModel, QTensor, content_id, decode_model, encode_model
 from swarmnode.aggregation.errors import AggregationError
-from swarmnode.aggregation.rules import RuleSpec, aggregate
+from swarmnode.aggregation.exact import round_div
+from swarmnode.aggregation.rules import Contribution, RuleSpec, aggregate
 from swarmnode.experiment import ClientData, contribution_from_blob, local_update
 from swarmnode.learning.evaluate import evaluate
 from swarmnode.learning.tasks import Task, initial_params
 from swarmnode.node import txs, views
 from swarmnode.node.blobfetch import BlobFetcher
 from swarmnode.node.compute import ComputeThreads
-from swarmnode.node.machine import Aggregate, Aggregated, CommitCall, FetchModel, ModelReady, Train, Trained
-from swarmnode.node.store import CorruptObject, ModelStore, NotInStore
+from swarmnode.node.machine import (
+    Aggregate,
+    Aggregated,
+    CommitCall,
+    FetchModel,
+    MaskKeysCall,
+    ModelReady,
+    RevealCall,
+    ShareKeyCall,
+    Train,
+    Trained,
+)
+from swarmnode.node.secagg_node import RoundKeys, SecAggNode, round_keys
+from swarmnode.node.store import CorruptObject, ModelStore, NotInStore, atomic_write
 from swarmnode.p2p import P2PNode
+from swarmnode.privacy import secagg as secagg_lib
+from swarmnode.privacy.config import PrivacyConfig, epsilon_to_micro
+from swarmnode.privacy.dp import DPError, dp_noise_for, private_generator
 
 log = logging.getLogger("swarmnode.node")
 progress_log = logging.getLogger("swarmnode.progress")
 
+SHARE_KEY_WAIT_S = 5  # how long (block time) key posting waits for participants without a share key
 HISTORY_ROUNDS = 256  # rounds this node keeps a record of (swarm_node's history); the chain keeps all
 
 
@@ -106,8 +125,21 @@ class RoundWork:
                  p2p: P2PNode, service: ChainService, clients: list[ClientData], test_split: Any,
                  history: History, data_dir: Path, niceness: int, keep_update_rounds: int = 16,
                  keep_model_rounds: int = 64, byzantine: ByzantineParticipant | None = None,
-                 max_samples: int = 2**64, initial: dict[str, Any] | None = None, device: str = "cpu") -> None:
+                 max_samples: int = 2**64, initial: dict[str, Any] | None = None, device: str = "cpu",
+                 privacy: PrivacyConfig | None = None, me: bytes = b"", min_participants: int = 1,
+                 secagg: SecAggNode | None = None) -> None:
         self.task = task
+        # secure aggregation: updates are committed masked; only the round's sum is ever unmasked
+        self.secagg = secagg
+        # (round, our unmasked delta, its LocalUpdate, its epsilon claim): masked again if the key set grows
+        self._unmasked: tuple[int, Any, Any, int] | None = None
+        # differential privacy (genesis [privacy]): noise from this node's own generator, never a public seed
+        self.privacy = privacy if privacy is not None and privacy.dp_on else None
+        self.me = me
+        self.min_participants = min_participants
+        self._dp_generator = private_generator() if self.privacy is not None else None
+        # updates this node has published under DP, on disk: one whose commit never landed was still seen
+        self._dp_marker = data_dir / "dp-releases.json"
         # the genesis model's parameters, checked against genesis_model_hash at startup (Node.from_config)
         self._initial = initial
         self.genesis_model_hash = genesis_model_hash
@@ -187,15 +219,31 @@ class RoundWork:
         data = self.clients[action.client_index].train
         if self.byzantine is not None:
             data = self.byzantine.training_data(data)
+        if self.secagg is not None and self._unmasked is not None and self._unmasked[0] == action.round:
+            return await self._masked_commit(action, self._unmasked[2], self._unmasked[3], held_out)  # remask
+        if self.secagg is not None and await trio.to_thread.run_sync(self._announced_masked) == action.round:
+            # published a masked update this round, then restarted: another update under the same masks
+            # would hand everyone the difference of the two
+            raise WorkError(f"a masked update for round {action.round} left this node before it restarted; "
+                            f"it sits this round out", retryable=False)
+        epsilon_claim = await self._privacy_claim(action.round, len(data)) if self.privacy is not None else 0
         t0 = time.monotonic()
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
-                                     action.client_index, self.device, limiter=self.train_limiter)
+                                     action.client_index, self.device, self.privacy if self.byzantine is None else None,
+                                     self._dp_generator, self.min_participants, limiter=self.train_limiter)
+        if self.secagg is not None:
+            if self.privacy is not None:
+                await trio.to_thread.run_sync(self._record_dp_release, action.round)
+            self._unmasked = (action.round, upd.result.delta, upd, epsilon_claim)
+            return await self._masked_commit(action, upd, epsilon_claim, held_out)
         # capped, not refused by the contract; the simulation reports the same (experiment.Swarm._commits)
         cid, samples = upd.update_id, min(upd.result.num_samples, self.max_samples)
         if samples < upd.result.num_samples:
             log.info("event=samples_capped round=%d trained=%d reported=%d (genesis max_samples)", action.round,
                      upd.result.num_samples, samples)
         if self.byzantine is None:
+            if self.privacy is not None:  # counted before it leaves the node: a lost commit still released it
+                await trio.to_thread.run_sync(self._record_dp_release, action.round)
             await self.p2p.announce_blob(action.round, upd.blob, cid)
             self.fetcher.remember(cid, upd.blob)
         else:
@@ -209,7 +257,209 @@ class RoundWork:
         ho_loss, ho_acc, ho_count = txs.held_out_fields(held_out, self.max_samples)
         return Trained(CommitCall(action.round, cid, samples, txs.fixed(upd.result.loss),
                                   txs.fixed(upd.result.accuracy), held_out_loss=ho_loss,
-                                  held_out_accuracy=ho_acc, held_out_count=ho_count))
+                                  held_out_accuracy=ho_acc, held_out_count=ho_count, epsilon_spent=epsilon_claim))
+
+    # ---- secure aggregation ----
+
+    async def _round_keys(self, round_: int, *, scan_from: int) -> RoundKeys:
+        assert self.secagg is not None
+        chain = self.service.chain
+        await self.service.run(self.secagg.cache.scan, chain, scan_from)
+        return await self.service.run(round_keys, chain, round_)
+
+    async def _scan_start(self, round_: int) -> int:
+        """The first block that may hold round `round_`'s key posts: the opening of round - 1."""
+        info = await self.service.run(views.round_info, self.service.chain, max(0, round_ - 1))
+        return int(info["openBlock"]) if info else 0
+
+    async def _masked_commit(self, action: Train, upd: Any, epsilon_claim: int,
+                             held_out: tuple[float, float, int] | None) -> Trained:
+        """Mask our update over the round's key set as the chain has it now, announce it, and commit it."""
+        assert self.secagg is not None
+        view = await self._round_keys(action.round, scan_from=await self._scan_start(action.round))
+        ks, rejected, missing = self.secagg.keyset(view)
+        if missing:
+            raise WorkError(f"bundles of {missing} not read from our blocks yet")
+        mine = [p for p in view.posts if p[0] == action.client_index]
+        if action.client_index not in ks.entries or not mine:
+            raise WorkError(f"we are not in round {action.round}'s key set ({rejected.get(action.client_index, 'no post')})",
+                            retryable=False)
+        secret = self.secagg.secret_for(action.round, mine[0][2])
+        if secret is None:
+            raise WorkError(f"the secret of our round-{action.round} key post is gone (restarted after posting?): "
+                            f"this round cannot take our update", retryable=False)
+        blob = await self.compute.run(self.secagg.masked_blob, upd.result.delta, ks, secret, limiter=self.train_limiter)
+        cid = content_id(blob)
+        samples = min(upd.result.num_samples, self.max_samples)
+        await trio.to_thread.run_sync(self._record_masked, action.round)
+        await self.p2p.announce_blob(action.round, blob, cid)
+        self.fetcher.remember(cid, blob)
+        log.info("event=trained round=%d update=0x%s bytes=%d samples=%d loss=%.4f acc=%.4f masked_over=%d "
+                 "key_posts=%d", action.round, cid.hex(), len(blob), samples, upd.result.loss, upd.result.accuracy,
+                 len(ks.entries), len(view.posts))
+        ho_loss, ho_acc, ho_count = txs.held_out_fields(held_out, self.max_samples)
+        return Trained(CommitCall(action.round, cid, samples, txs.fixed(upd.result.loss),
+                                  txs.fixed(upd.result.accuracy), held_out_loss=ho_loss, held_out_accuracy=ho_acc,
+                                  held_out_count=ho_count, epsilon_spent=epsilon_claim, key_count=len(view.posts)))
+
+    def _announced_masked(self) -> int:
+        """The last round this node published a masked update for (-1: none)."""
+        assert self.secagg is not None
+        try:
+            return int(json.loads((self.secagg.dir / "announced.json").read_text())["round"])
+        except FileNotFoundError:
+            return -1
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WorkError(f"{self.secagg.dir / 'announced.json'} is unreadable ({exc}): fix or remove it",
+                            retryable=False) from exc
+
+    def _record_masked(self, round_: int) -> None:
+        assert self.secagg is not None
+        self.secagg.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(self.secagg.dir / "announced.json", json.dumps({"round": round_}).encode())
+
+    async def secagg_calldata(self, call: ShareKeyCall | MaskKeysCall | RevealCall, my_index: int | None) -> bytes:
+        """The calldata of a secure-aggregation transaction, built when it is sent (keys dealt, shares opened)."""
+        if self.secagg is None or my_index is None:
+            raise WorkError("secure aggregation is off, or this node is not a participant", retryable=False)
+        if isinstance(call, ShareKeyCall):
+            return self.secagg.share_key_calldata()
+        view = await self._round_keys(call.round, scan_from=await self._scan_start(call.round))
+        if isinstance(call, MaskKeysCall):
+            if len(view.recipients) < view.active:
+                # shares go to the share-key holders known now: give the others a few seconds to set theirs
+                info = await self.service.run(views.round_info, self.service.chain, min(call.round, view.round))
+                opened = int(info["openTime"]) if info else 0
+                if view.head_time - opened < SHARE_KEY_WAIT_S:
+                    raise WorkError(f"{view.active - len(view.recipients)} participants have no share key yet")
+            try:
+                return await trio.to_thread.run_sync(self.secagg.post_keys_calldata, view, call.round, my_index)
+            except secagg_lib.SecAggError as exc:
+                raise WorkError(f"cannot deal round {call.round}'s keys: {exc}") from exc
+        if self.byzantine is not None and self.byzantine.attack.changes.reveals:
+            raise WorkError(f"byzantine ({self.byzantine.attack.name}): withholding our shares of round {call.round}",
+                            retryable=False)
+        committed = await self.service.run(views.update_committers, self.service.chain, call.round)
+        indices = [view.indices[a] for a in committed if a in view.indices]
+        if len(indices) < max(2, self.min_participants):  # the contract refuses it too: the "sum" would be one update
+            raise WorkError(f"round {call.round} has {len(indices)} commits: nothing is revealed for fewer than "
+                            f"{max(2, self.min_participants)}", retryable=False)
+        try:
+            return await trio.to_thread.run_sync(self.secagg.reveal_calldata, view, indices, my_index)
+        except secagg_lib.SecAggError as exc:
+            raise WorkError(f"cannot reveal for round {call.round}: {exc}") from exc
+
+    async def _secagg_aggregate(self, action: Aggregate, base: GlobalModel) -> tuple[GlobalModel, list[str], bytes, bytes]:
+        """Unmask the round's sum once enough shares are revealed (or, past the reveal deadline, settle on the
+        base model: the sum cannot be recovered). The mean of the committed updates is then applied by the
+        genesis rule like one update. Waits (polling the chain) while neither is decided."""
+        assert self.secagg is not None
+        sa = self.secagg
+        scan_from = await self._scan_start(action.round)
+        blobs = await self.fetcher.fetch([c.update_hash for c in action.commits])
+        view = await self._round_keys(action.round, scan_from=scan_from)
+        ks, rejected, missing = sa.keyset(view)  # frozen: the round has commits
+        if missing:
+            raise WorkError(f"bundles of {missing} not read from our blocks yet")
+        holders = set().union(*(e.bundle.recipients for e in ks.entries.values())) if ks.entries else set()
+        # decided on a reveal list every node sees whole: every share holder revealed, or the deadline passed
+        # (the contract takes no reveal after it); never on a prefix that happens to suffice here
+        while True:
+            revealers, deadline, head_time = await self.service.run(views.reveal_state, self.service.chain,
+                                                                    action.round)
+            if holders <= set(view.indices.get(a, -1) for a in revealers) or head_time >= deadline:
+                break
+            await trio.sleep(0.5)
+        view = await self._round_keys(action.round, scan_from=scan_from)
+        masked, excluded, committed = {}, [], []
+        for c, blob in zip(action.commits, blobs, strict=True):
+            index = view.indices.get(c.participant)
+            if index is None or index not in ks.entries:
+                excluded.append(f"0x{c.update_hash.hex()[:12]}:not in the key set")
+                continue
+            committed.append(index)
+            try:
+                masked[index] = sa.masked_input(blob)
+            except AggregationError as exc:
+                excluded.append(f"0x{c.update_hash.hex()[:12]}:{exc}")
+        layout = {n: tuple(t.shape) for n, t in base.params.items()}
+        try:
+            result = await self.aggregating.run(sa.unmask, view, ks, committed, masked, layout,
+                                                limiter=self.train_limiter)
+        except secagg_lib.SecAggError as exc:  # a reveal on chain not read from our blocks: a node fault
+            raise WorkError(f"round {action.round}'s reveals: {exc}") from exc
+        if not result.ok:
+            log.warning("event=secagg_unrecoverable round=%d reason=%r unrecoverable=%s revealer_problems=%s "
+                        "(the round settles on its base model)", action.round, result.reason, result.unrecoverable,
+                        result.revealers)
+            encoded = encode_model(base)
+            return base, [*excluded, f"secagg:{result.reason}"], encoded, content_id(encoded)
+        task = self.task
+
+        def compute() -> tuple[GlobalModel, list[str], bytes, bytes]:
+            n = len(committed)
+            mean = {name: QTensor(round_div(torch.from_numpy(total), n), sa.exponent)
+                    for name, total in result.sum.items()}
+            # a sum outside n * B means someone masked values beyond the bound (or the sum is wrong): refuse it
+            limit = n * secagg_lib.MAX_ABS_VALUE
+            if any(int(t.abs().max()) > limit for t in (torch.from_numpy(v) for v in result.sum.values()) if t.numel()):
+                raise AggregationError(f"the unmasked sum exceeds {n} x the value bound")
+            contrib = Contribution(keccak(b"swarmnode-secagg-mean" + action.round.to_bytes(8, "big")), n, mean)
+            new, _ = aggregate(RuleSpec(task.rule, dict(task.rule_params)), base, [contrib])
+            encoded = encode_model(new)
+            return new, excluded, encoded, content_id(encoded)
+
+        try:
+            return await self.aggregating.run(compute, limiter=self.train_limiter)
+        except AggregationError as exc:
+            log.warning("event=secagg_sum_refused round=%d error=%s (the round settles on its base model)",
+                        action.round, exc)
+            encoded = encode_model(base)
+            return base, [*excluded, f"secagg:{exc}"], encoded, content_id(encoded)
+
+    # ---- differential privacy ----
+
+    def _dp_releases(self) -> dict[str, int]:
+        try:
+            raw = json.loads(self._dp_marker.read_text())
+        except FileNotFoundError:
+            return {"count": 0, "last_round": -1}
+        except (OSError, ValueError) as exc:  # a damaged ledger must not let the node spend more than it did
+            raise WorkError(f"{self._dp_marker} is unreadable ({exc}): the node cannot tell how much of its "
+                            f"privacy budget it spent; fix or remove it knowingly", retryable=False) from exc
+        if not (isinstance(raw, dict) and isinstance(raw.get("count"), int) and isinstance(raw.get("last_round"), int)):
+            raise WorkError(f"{self._dp_marker} is malformed: expected count and last_round", retryable=False)
+        return raw
+
+    def _record_dp_release(self, round_: int) -> None:
+        """Count one more noised update published, durably, before it leaves the node. Every draw of noise
+        counts: an update trained again after a restart is a second release, even in the same round."""
+        rec = self._dp_releases()
+        atomic_write(self._dp_marker, json.dumps({"count": rec["count"] + 1, "last_round": round_}).encode())
+
+    async def _privacy_claim(self, round_: int, n_train: int) -> int:
+        """The micro-epsilon this round's commit reports: the accountant's figure after one more release,
+        counting every release the chain recorded or this node published (whichever is more). WorkError,
+        not retryable, once the genesis budget would be exceeded: the node stops contributing updates."""
+        assert self.privacy is not None
+        try:
+            noise = dp_noise_for(self.privacy, self.task, n_train, min_participants=self.min_participants)
+        except DPError as exc:
+            raise WorkError(f"differential privacy: {exc}", retryable=False) from exc
+        spent, on_chain = await self.service.run(views.privacy_spent, self.service.chain, self.me)
+        local = await trio.to_thread.run_sync(self._dp_releases)
+        released = max(on_chain, local["count"])
+        claim = max(epsilon_to_micro(noise.epsilon_after(released + 1)), spent + 1)
+        budget = self.privacy.epsilon_budget_micro
+        if claim > budget:
+            log.warning("event=privacy_budget_exhausted round=%d releases=%d epsilon_spent=%.6f next=%.6f "
+                        "budget=%.6f (this node contributes no more updates)", round_, released, spent / 1e6,
+                        claim / 1e6, budget / 1e6)
+            raise WorkError(f"privacy budget exhausted: one more update would spend epsilon {claim / 1e6:.4f} "
+                            f"of {budget / 1e6:g}", retryable=False)
+        log.info("event=privacy_claim round=%d releases=%d epsilon=%.6f budget=%.6f z=%.4f", round_, released + 1,
+                 claim / 1e6, budget / 1e6, noise.noise_multiplier)
+        return claim
 
     async def score_held_out(self, model: GlobalModel, client_index: int,
                              h: bytes) -> tuple[float, float, int] | None:
@@ -232,6 +482,10 @@ class RoundWork:
         t0 = time.monotonic()
         base = await self.load_model(action.base_hash)
         t_base = time.monotonic()
+        if self.secagg is not None and action.commits:
+            new, excluded, encoded, h = await self._secagg_aggregate(action, base)
+            await self._store_aggregate(action, new, encoded, h, excluded)
+            return Aggregated(h)
         blobs = await self.fetcher.fetch([c.update_hash for c in action.commits])
         t_fetch = time.monotonic()
         task = self.task
@@ -258,11 +512,7 @@ class RoundWork:
             raise WorkError(f"aggregation rule {task.rule} failed: {exc}", retryable=False) from exc
         t_compute = time.monotonic()
 
-        def store() -> None:
-            self.models.put_model(new, h)
-            self.fetcher.store.put_verified(h, encoded)
-
-        await trio.to_thread.run_sync(store)
+        await self._store_aggregate(action, new, encoded, h, excluded, log_it=False)
         t_store = time.monotonic()
         self.history.get(action.round).local_hash = h
         log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s ms=base:%.0f,updates:%.0f,"
@@ -270,6 +520,18 @@ class RoundWork:
                  1000 * (t_base - t0), 1000 * (t_fetch - t_base), 1000 * (t_compute - t_fetch),
                  1000 * (t_store - t_compute))
         return Aggregated(h)
+
+    async def _store_aggregate(self, action: Aggregate, new: GlobalModel, encoded: bytes, h: bytes,
+                               excluded: list[str], *, log_it: bool = True) -> None:
+        def store() -> None:
+            self.models.put_model(new, h)
+            self.fetcher.store.put_verified(h, encoded)
+
+        await trio.to_thread.run_sync(store)
+        self.history.get(action.round).local_hash = h
+        if log_it:
+            log.info("event=aggregated round=%d commits=%d excluded=%s model=0x%s secagg=true", action.round,
+                     len(action.commits), excluded or "[]", h.hex())
 
     # ---- step 5 ----
 
@@ -296,6 +558,10 @@ class RoundWork:
         behind it, and the final models (model store and blob store) of rounds more than keep_model_rounds
         behind it. The newest final models stay: late joiners fetch the current base, `model export`
         reads recent ones. Progress survives restarts in <data_dir>/pruned.json."""
+        if self.secagg is not None:  # the round is final: its masking secrets are no longer needed
+            old = await self.service.run(views.round_info, self.service.chain, max(0, final_round - 4))
+            await trio.to_thread.run_sync(self.secagg.forget_before, final_round + 1,
+                                          int(old["openBlock"]) if old else None)
         async with self._prune_lock:
             marker = self._read_marker()
             chain = self.service.chain

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from swarmnode.p2p.errors import ConfigError
 
@@ -105,6 +106,9 @@ class P2PConfig:
     peer_exchange_interval: float = 5.0
     max_peers: int = 32  # connected peers; an inbound connection from one more is closed
     limits: Limits = field(default_factory=Limits)
+    # audit/debugging: every byte exchanged with peers, plaintext and raw, is written here (capture.py);
+    # None (the default) installs nothing
+    capture_dir: Path | None = None
 
     def __post_init__(self) -> None:
         if len(self.secret) != 32:

@@ -61,5 +61,9 @@ class BlobTooLarge(BlobError):
     """A blob exceeds the configured size limit."""
 
 
+class CaptureError(P2PError):
+    """A traffic capture file that cannot be read: not a capture, or a malformed record."""
+
+
 class SyncError(P2PError):
     """Chain sync failed: no peer served valid blocks with valid certificates."""

@@ -51,6 +51,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from consensus.votes import Address
 from swarmnode.p2p import pubsub_records, wire, yamux_credit
+from swarmnode.p2p.capture import TrafficCapture
 from swarmnode.p2p.config import Limits, P2PConfig, Rate
 from swarmnode.p2p.errors import ConfigError, HandshakeError, IdentityError, P2PError
 from swarmnode.p2p.handshake import HANDSHAKE_PROTOCOL, Hello, exchange
@@ -438,6 +439,10 @@ class P2PHost:
         for protocol in self.router.get_protocols():  # one pubsub stream per connection is all a peer needs
             self.libp2p.set_stream_handler(protocol, self.guard.wrap(protocol, self.pubsub.stream_handler))
         self._install_inbound_guard()
+        self.capture: TrafficCapture | None = None
+        if config.capture_dir is not None:  # off: nothing is installed, nothing runs
+            self.capture = TrafficCapture(config.capture_dir, str(self.peer_id))
+            self.capture.install(self.libp2p.get_network())
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[ID, INetConn, bool]](1024)
         self._bans_send, self._bans_recv = trio.open_memory_channel[ID](256)
         self._verified: dict[ID, PeerStatus] = {}
@@ -504,8 +509,10 @@ class P2PHost:
         return info.peer_id
 
     def statistics(self) -> dict[str, int]:
+        capture = self.capture.statistics() if self.capture is not None else {}
         return {**self.counters, **{f"guard.{k}": v for k, v in self.guard.statistics().items()},
-                **{f"gossip_dropped.{k}": v for k, v in self.pubsub.dropped.items()}}
+                **{f"gossip_dropped.{k}": v for k, v in self.pubsub.dropped.items()},
+                **{f"capture.{k}": v for k, v in capture.items()}}
 
     def pubsub_view(self) -> dict[str, Any]:
         """Who pubsub talks to: its peers, each topic's mesh and subscribers, and each peer's gossipsub
@@ -523,6 +530,15 @@ class P2PHost:
 
     @asynccontextmanager
     async def run(self) -> AsyncIterator[P2PHost]:
+        try:
+            async with self._running():
+                yield self
+        finally:
+            if self.capture is not None:
+                self.capture.close()
+
+    @asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
         async with background_trio_service(self.pubsub), background_trio_service(self.router):
             self.libp2p.set_stream_handler(HANDSHAKE_PROTOCOL, self.guard.wrap(
                 HANDSHAKE_PROTOCOL, self._on_handshake_stream, rate=self.config.limits.control_streams))
@@ -535,7 +551,7 @@ class P2PHost:
                     nursery.start_soon(self._keep_connected, maddr)
                 if self.config.enable_mdns:
                     nursery.start_soon(self._dial_discovered)
-                yield self
+                yield
                 nursery.cancel_scope.cancel()
 
     # ---- inbound connections ----

@@ -105,7 +105,7 @@ async def test_contracts_through_their_abi_with_logs_and_reverts(node) -> None:
     assert await in_thread(rounds.functions.commitWindowSecs().call) == 60
 
     with pytest.raises(ContractLogicError, match="sender not registered"):
-        await in_thread(rounds.functions.commitUpdate(0, b"\x01" * 32, 10, 1, 1, 0, 0, 0).call, {"from": ADDRS[2]})
+        await in_thread(rounds.functions.commitUpdate(0, b"\x01" * 32, 10, 1, 1, 0, 0, 0, 0, 0).call, {"from": ADDRS[2]})
 
     def register_tx() -> bytes:
         tx = rounds.functions.register(PEER_TWO).build_transaction({"from": ADDRS[2], "nonce": 0})

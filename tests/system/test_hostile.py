@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import socket
 import statistics
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from swarmnode.node.localnet import LocalSwarm, make_genesis, wait_for
+from swarmnode.node.localnet import LocalSwarm, running_swarm, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,17 +30,8 @@ ROUND_TIMEOUT = 90.0
 
 @pytest.fixture(scope="module")
 def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
-    base = tmp_path_factory.mktemp("hostile")
-    genesis, keys = make_genesis(base, 4, "tiny", commit_window_s=8)
-    env = {"OMP_NUM_THREADS": "1", "SWARMNODE_DATA": os.environ.get("SWARMNODE_DATA", "/usr/share/datasets/fashion-mnist")}
-    s = LocalSwarm(base, genesis, keys, extra_env=env)
-    try:
-        for i in range(4):
-            s.init_node(i)
-        s.start_all([0, 1, 2, 3])
+    with running_swarm(tmp_path_factory.mktemp("hostile"), 4, "tiny") as s:
         yield s
-    finally:
-        s.close()
 
 
 def final_rounds(s: LocalSwarm, i: int) -> dict[int, str]:

@@ -11,6 +11,7 @@ from swarmnode.adversary.attacks import (
     INFLATED_SAMPLES,
     Adversary,
     AttackError,
+    Changes,
     RoundContext,
     Submission,
     absurd_norm_blob,
@@ -70,7 +71,14 @@ def test_every_registered_attack_builds_and_crafts():
         sub = attack.craft(_ctx())
         assert isinstance(sub, Submission) and len(sub.committed_hash) == 32
         ch = attack.changes
-        assert ch.delta or ch.samples or ch.served or ch.data, name
+        assert ch.delta or ch.samples or ch.served or ch.data or ch.reveals, name
+
+
+def test_the_silent_attack_commits_honestly_and_only_withholds_its_shares():
+    attack = make_attack("silent")
+    ctx = _ctx()
+    assert attack.changes == Changes(reveals=True)
+    assert attack.craft(ctx) == Submission.of(ctx.own_blob, ctx.num_samples)
 
 
 def test_what_each_attack_changes():

@@ -76,3 +76,39 @@ def test_round_detail_shows_each_commits_held_out_score(monkeypatch: pytest.Monk
     assert "held-out acc" in lines[2] and "held-out n" in lines[2]
     cells = [line.split() for line in lines[4:]]
     assert [(c[5], c[6]) for c in cells] == [("80.0%", "30"), ("60.0%", "10"), ("-", "0")], cells
+
+
+PARTICIPANTS = [
+    {"index": 0, "address": "0xa0", "active": True, "epsilonSpent": 2_345_678, "dpReleases": 7,
+     "shareKey": "0x" + "11" * 32},
+    {"index": 1, "address": "0xa1", "active": False, "epsilonSpent": 3_000_000, "dpReleases": 9,
+     "shareKey": "0x" + "00" * 32},
+]
+
+
+def test_privacy_ledger_table_and_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {"epsilonBudget": 3_000_000, "secureAggregation": True}
+    answers = {"swarm_roundsConfig": config, "swarm_participants": PARTICIPANTS,
+               "swarm_node": {"privacy": {"dp": "participant", "epsilon": 3.0, "delta": 1e-5}}}
+    run(monkeypatch, chain_cmd.cmd_privacy, answers, json=True)
+    ledger = json.loads(capsys.readouterr().out)
+    assert (ledger["epsilonBudget"], ledger["delta"], ledger["secureAggregation"]) == (3.0, 1e-5, True)
+    a, b = ledger["participants"]
+    assert (a["epsilonSpent"], a["releases"], a["shareKey"]) == (2.345678, 7, True)
+    assert a["epsilonRemaining"] == pytest.approx(0.654322) and a["budgetUsedPct"] == pytest.approx(78.18926667)
+    assert (b["epsilonRemaining"], b["budgetUsedPct"], b["active"], b["shareKey"]) == (0.0, 100.0, False, False)
+    run(monkeypatch, chain_cmd.cmd_privacy, answers, json=False)
+    out = capsys.readouterr().out
+    assert "budget per participant: epsilon 3, delta 1e-05" in out and "secure aggregation: on" in out
+    assert "2.345678" in out and "78.2%" in out and "0xa1 (left)" in out and "100.0%" in out
+
+
+def test_privacy_ledger_without_a_budget(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    answers = {"swarm_roundsConfig": {"epsilonBudget": 0, "secureAggregation": False},
+               "swarm_participants": [dict(PARTICIPANTS[0], epsilonSpent=0, dpReleases=0)], "swarm_node": {}}
+    run(monkeypatch, chain_cmd.cmd_privacy, answers, json=False)
+    out = capsys.readouterr().out
+    assert "differential privacy: off" in out and "secure aggregation: off" in out
+    run(monkeypatch, chain_cmd.cmd_privacy, answers, json=True)
+    ledger = json.loads(capsys.readouterr().out)
+    assert ledger["epsilonBudget"] is None and ledger["participants"][0]["epsilonRemaining"] is None

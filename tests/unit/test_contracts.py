@@ -171,11 +171,12 @@ def round_hash(round_: int) -> bytes:
 
 
 def commit(evm, key, round_=0, update=None, samples=100, loss=250_000, acc=900_000, held_out=(0, 0, 0),
-           timestamp=None):
-    """commitUpdate; `held_out` is (heldOutLoss, heldOutAccuracy, heldOutCount), not scored by default."""
+           timestamp=None, epsilon=0, key_count=0):
+    """commitUpdate; `held_out` is (heldOutLoss, heldOutAccuracy, heldOutCount), not scored by default;
+    `epsilon` the micro-epsilon spent (0: no budget), `key_count` the secure-aggregation key set's size."""
     update = update_of(key, round_) if update is None else update
-    return evm.transact(key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc, *held_out,
-                        timestamp=timestamp)
+    return evm.transact(key, ROUNDS, "commitUpdate", round_, update, samples, loss, acc, *held_out, epsilon,
+                        key_count, timestamp=timestamp)
 
 
 def attest(evm, key, round_=0, model_hash=HASH_A, timestamp=None):
@@ -248,9 +249,10 @@ def test_every_swarm_rounds_constructor_argument_has_a_getter():
     assert names == ["staking", "genesisModelHash", "commitWindowSecs", "stragglerGracePct", "minGraceSecs",
                      "minParticipants", "skipUnderMin", "absentRounds", "admissionMode", "maxSamples",
                      "participantBond", "rewardPerRound", "contributorShareBps", "mismatchPenaltyBps", "initialParticipants",
-                     "initialPeerIds"]
-    getters = {n: n for n in names[:-2]} | {"initialParticipants": "getInitialParticipants",
-                                            "initialPeerIds": "getInitialPeerIds"}
+                     "initialPeerIds", "epsilonBudget", "privacyDelta", "secureAggregation", "revealWindowSecs"]
+    # privacyDelta is recorded without a getter (the genesis shows it); revealWindowSecs shows in revealDeadline
+    getters = {n: n for n in names if not n.startswith("initial") and n not in ("privacyDelta", "revealWindowSecs")}
+    getters |= {"initialParticipants": "getInitialParticipants", "initialPeerIds": "getInitialPeerIds"}
     for name, getter in getters.items():
         entry = ROUNDS.functions.get(getter)
         assert entry is not None and entry["stateMutability"] == "view" and not entry["inputs"], name
@@ -388,6 +390,7 @@ CTOR_DEFAULTS = {
     "stragglerGracePct": 100, "minGraceSecs": 2, "minParticipants": 1, "skipUnderMin": False, "absentRounds": 3,
     "admissionMode": 0, "maxSamples": 10_000, "participantBond": BOND, "rewardPerRound": ETHER,
     "contributorShareBps": 7_000, "mismatchPenaltyBps": 500, "initialParticipants": [V[0]], "initialPeerIds": [PEER_IDS[0]],
+    "epsilonBudget": 0, "privacyDelta": 0, "secureAggregation": False, "revealWindowSecs": 0,
 }
 
 
@@ -432,6 +435,17 @@ def deploy_rounds(**changes) -> str | None:
     ({"initialParticipants": [b"\x00" * 20]}, "init: zero participant address"),
     ({"initialParticipants": [V[0], V[1]], "initialPeerIds": ["a", "a"]}, "register: peer id already taken"),
     ({"initialParticipants": [V[0], V[0]], "initialPeerIds": ["a", "b"]}, "register: already registered"),
+    ({"epsilonBudget": 3_000_000, "privacyDelta": 10**13}, None),
+    ({"epsilonBudget": 2**64, "privacyDelta": 10**18 - 1}, None),
+    ({"epsilonBudget": 2**64 + 1, "privacyDelta": 1}, "init: epsilon budget above 2**64"),
+    ({"epsilonBudget": 1, "privacyDelta": 10**18}, "init: privacy delta not below 1"),
+    ({"epsilonBudget": 1}, "init: epsilon and delta go together"),
+    ({"privacyDelta": 1}, "init: epsilon and delta go together"),
+    ({"secureAggregation": True, "revealWindowSecs": 1, "minParticipants": 2}, None),
+    ({"secureAggregation": True, "minParticipants": 2}, "init: secagg needs a reveal window"),
+    ({"secureAggregation": True, "revealWindowSecs": 1}, "init: secagg needs 2 participants"),
+    ({"revealWindowSecs": 2**40}, None),
+    ({"revealWindowSecs": 2**40 + 1}, "init: reveal window above 2**40 s"),
 ])
 def test_swarm_rounds_constructor_bounds(change, refused):
     assert deploy_rounds(**change) == refused
@@ -645,10 +659,10 @@ def test_commit_update_records_history(evm):
     assert result.events_named("UpdateCommitted") == [
         {"round": 0, "participant": hexaddr(V[0]), "index": 0, "updateHash": HASH_A,
          "numSamples": 120, "localLoss": 345_678, "localAccuracy": 876_543,
-         "heldOutLoss": 0, "heldOutAccuracy": 0, "heldOutCount": 0}
+         "heldOutLoss": 0, "heldOutAccuracy": 0, "heldOutCount": 0, "epsilonSpent": 0}
     ]
     assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 120, 345_678, 876_543, 0, 0, 0,
-                                                   result.block_number)
+                                                   result.block_number, 0)
     assert evm.call(ROUNDS, "hasCommitted", 0, V[0]) is True
     assert evm.call(ROUNDS, "hasCommitted", 0, V[1]) is False
     info = round_info(evm)
@@ -663,7 +677,7 @@ def test_commit_records_the_held_out_score_of_the_base_model(evm):
     unscored = ok(commit(evm, K1, update=HASH_B, held_out=(0, 0, 0)))
     # Assert: stored, returned by getCommit and logged
     assert evm.call(ROUNDS, "getCommit", 0, 0) == (hexaddr(V[0]), HASH_A, 100, 250_000, 900_000,
-                                                   1_234_567, 812_345, 30, scored.block_number)
+                                                   1_234_567, 812_345, 30, scored.block_number, 0)
     assert evm.call(ROUNDS, "getCommit", 0, 1)[5:8] == (0, 0, 0), "a count of 0 is accepted: not scored"
     (event,) = scored.events_named("UpdateCommitted")
     assert (event["heldOutLoss"], event["heldOutAccuracy"], event["heldOutCount"]) == (1_234_567, 812_345, 30)

@@ -36,10 +36,11 @@ def test_commit_with_a_held_out_score_roundtrips() -> None:
     assert held_out == (750_000, 812_500, 40)
     call = txs.CommitCall(3, b"\x42" * 32, 270, txs.fixed(1.25), txs.fixed(0.5), *held_out)
     data = txs.commit_data(call)
-    assert data[:4] == txs.selector("commitUpdate(uint256,bytes32,uint256,uint256,uint256,uint256,uint256,uint256)")
+    assert data[:4] == txs.selector("commitUpdate(uint256,bytes32,uint256,uint256,uint256,uint256,uint256,uint256,"
+                                    "uint256,uint256)")
     assert txs.decode_commit(data) == call
     old_style = txs.CommitCall(3, b"\x42" * 32, 270, 1, 2)  # no held-out split: the defaults
-    assert txs.decode_commit(txs.commit_data(old_style)) == txs.CommitCall(3, b"\x42" * 32, 270, 1, 2, 0, 0, 0)
+    assert txs.decode_commit(txs.commit_data(old_style)) == txs.CommitCall(3, b"\x42" * 32, 270, 1, 2, 0, 0, 0, 0, 0)
 
 
 def test_held_out_fields_are_what_the_contract_accepts() -> None:

@@ -1,0 +1,211 @@
+"""SwarmRounds' privacy ledger and secure-aggregation key sets, on a real py-evm chain (both sides of every
+bound: the budget, the key-set freeze, the key count, the reveal window)."""
+
+from __future__ import annotations
+
+import pytest
+from eth_utils import keccak
+
+from tests.unit.test_contracts import (
+    GENESIS_TIME,
+    K0,
+    K1,
+    K2,
+    OUTSIDER_KEY,
+    ROUNDS,
+    WINDOW,
+    attest,
+    commit,
+    make_chain,
+    ok,
+    reverts,
+    round_info,
+    with_params,
+)
+
+BUDGET = 3_000_000  # 3.0 epsilon
+REVEAL_S = 20
+
+
+def dp_chain():
+    return make_chain(with_params(epsilon_budget=BUDGET, privacy_delta=10**13))
+
+
+def secagg_chain(**extra):
+    return make_chain(with_params(**{"secure_aggregation": True, "reveal_window_s": REVEAL_S, "min_participants": 2,
+                                     **extra}))
+
+
+def test_without_a_budget_commits_report_no_epsilon():
+    evm = make_chain()
+    assert evm.call(ROUNDS, "epsilonBudget") == 0
+    reverts(commit(evm, K0, epsilon=1), "commitUpdate: epsilon, no budget")
+    ok(commit(evm, K0, epsilon=0))
+    assert evm.call(ROUNDS, "epsilonSpent", K0.public_key.to_canonical_address()) == 0
+
+
+def test_the_budget_refuses_a_spend_beyond_it_and_takes_one_at_it():
+    evm = dp_chain()
+    me = K0.public_key.to_canonical_address()
+    assert evm.call(ROUNDS, "epsilonBudget") == BUDGET
+    reverts(commit(evm, K0, epsilon=0), "commitUpdate: epsilon not grown")
+    reverts(commit(evm, K0, epsilon=BUDGET + 1), "commitUpdate: budget exhausted")
+    result = ok(commit(evm, K0, epsilon=BUDGET))
+    assert result.events_named("UpdateCommitted")[0]["epsilonSpent"] == BUDGET
+    assert (evm.call(ROUNDS, "epsilonSpent", me), evm.call(ROUNDS, "dpReleases", me)) == (BUDGET, 1)
+    assert evm.call(ROUNDS, "getCommit", 0, 0)[-1] == BUDGET
+
+
+def test_epsilon_must_grow_with_every_commit():
+    evm = dp_chain()
+    me = K0.public_key.to_canonical_address()
+    ok(commit(evm, K0, epsilon=1_000_000))
+    ok(commit(evm, K1, epsilon=1_000_000))  # budgets are per participant
+    close = round_info(evm)["closeTime"]
+    for i, k in enumerate((K0, K1, K2)):
+        ok(attest(evm, k, model_hash=keccak(b"m0"), timestamp=close + i))
+    assert evm.call(ROUNDS, "currentRound") == 1
+    reverts(commit(evm, K0, round_=1, epsilon=1_000_000), "commitUpdate: epsilon not grown")
+    ok(commit(evm, K0, round_=1, epsilon=1_000_001))
+    assert (evm.call(ROUNDS, "epsilonSpent", me), evm.call(ROUNDS, "dpReleases", me)) == (1_000_001, 2)
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+MASK = [keccak(bytes([i])) for i in range(4)]
+SEED = [keccak(b"seed" + bytes([i])) for i in range(4)]
+BUNDLE = b"\x01" * 300
+
+
+def post(evm, key, round_=0, i=0, bundle=BUNDLE, timestamp=None):
+    return evm.transact(key, ROUNDS, "postMaskKeys", round_, MASK[i], SEED[i], bundle, timestamp=timestamp)
+
+
+def reveal(evm, key, round_=0, shares=b"\x02" * 100, timestamp=None):
+    return evm.transact(key, ROUNDS, "revealShares", round_, shares, timestamp=timestamp)
+
+
+def test_secagg_calls_are_refused_when_it_is_off():
+    evm = make_chain()
+    reverts(evm.transact(K0, ROUNDS, "setShareKey", MASK[0]), "setShareKey: secagg off")
+    reverts(post(evm, K0), "postMaskKeys: secagg off")
+    reverts(reveal(evm, K0), "revealShares: secagg off")
+    reverts(commit(evm, K0, key_count=1), "commitUpdate: keyCount not 0")
+
+
+def test_a_key_set_is_built_then_frozen_by_the_first_commit():
+    evm = secagg_chain()
+    reverts(post(evm, K0), "postMaskKeys: no share key set")
+    reverts(evm.transact(OUTSIDER_KEY, ROUNDS, "setShareKey", MASK[0]), "setShareKey: not registered")
+    reverts(evm.transact(K0, ROUNDS, "setShareKey", b"\x00" * 32), "setShareKey: empty key")
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    reverts(post(evm, K0, round_=2), "postMaskKeys: wrong round")
+    reverts(post(evm, K0, bundle=b""), "postMaskKeys: empty bundle")
+    reverts(commit(evm, K0, key_count=0), "commitUpdate: no mask keys")
+    ok(post(evm, K0, i=0))
+    reverts(post(evm, K0, i=0), "postMaskKeys: already posted")
+    ok(post(evm, K0, round_=1, i=2))  # the next round's set may be built during this one
+    reverts(commit(evm, K0, key_count=2), "commitUpdate: wrong key count")
+    ok(post(evm, K1, i=1))
+    reverts(commit(evm, K0, key_count=1), "commitUpdate: wrong key count")  # masked before K1's key came
+    ok(commit(evm, K0, key_count=2))
+    reverts(post(evm, K1, i=3), "postMaskKeys: key set frozen")
+    keys = evm.call(ROUNDS, "getMaskKeys", 0)
+    assert [(k[1], k[2], k[3], k[4]) for k in keys] == [(0, MASK[0], SEED[0], keccak(BUNDLE)),
+                                                        (1, MASK[1], SEED[1], keccak(BUNDLE))]
+    assert len(evm.call(ROUNDS, "getMaskKeys", 1)) == 1
+
+
+def test_the_first_commit_freezes_the_set_for_late_posters():
+    evm = secagg_chain()
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    ok(post(evm, K0))
+    ok(commit(evm, K0, key_count=1))
+    reverts(post(evm, K1, i=1), "postMaskKeys: key set frozen")
+
+
+def test_reveals_are_taken_after_the_window_until_the_deadline():
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    reverts(evm.transact(K2, ROUNDS, "setShareKey", MASK[2]), "setShareKey: not registered")  # a validator only
+    ok(post(evm, K0, i=0))
+    ok(post(evm, K1, i=1))
+    ok(commit(evm, K0, key_count=2))
+    reverts(reveal(evm, K0), "revealShares: window open")  # one commit, min 2: the window is held open
+    t = GENESIS_TIME + WINDOW + 30  # past the deadline: the second commit closes the window now
+    ok(commit(evm, K1, key_count=2, timestamp=t))
+    close = max(GENESIS_TIME + WINDOW, t)
+    assert evm.call(ROUNDS, "revealDeadline", 0) == close + REVEAL_S
+    reverts(reveal(evm, K0, shares=b"", timestamp=t + 1), "revealShares: empty shares")
+    reverts(reveal(evm, K0, round_=1, timestamp=t + 2), "revealShares: wrong round")
+    ok(reveal(evm, K0, timestamp=t + 3))
+    reverts(reveal(evm, K0, timestamp=t + 4), "revealShares: already revealed")
+    reverts(reveal(evm, K2, timestamp=t + 5), "revealShares: not registered")
+    ok(reveal(evm, K1, timestamp=close + REVEAL_S - 1))  # the last second of the reveal window
+    got = evm.call(ROUNDS, "getReveals", 0)
+    assert [(r[1], r[2]) for r in got] == [(0, keccak(b"\x02" * 100)), (1, keccak(b"\x02" * 100))]
+
+
+def test_nothing_is_revealed_at_the_deadline():
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+        ok(post(evm, k, i=0 if k is K0 else 1))
+    ok(commit(evm, K0, key_count=2))
+    t = GENESIS_TIME + 9
+    ok(commit(evm, K1, key_count=2, timestamp=t))  # both expected committed: closes early at t
+    reverts(reveal(evm, K1, timestamp=t + REVEAL_S), "revealShares: too late")
+
+
+def test_a_round_below_min_participants_is_never_revealed():
+    evm = secagg_chain(min_participants=2, skip_under_min=True)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+        ok(post(evm, k, i=0 if k is K0 else 1))
+    ok(commit(evm, K0, key_count=2))
+    close = GENESIS_TIME + WINDOW
+    reverts(reveal(evm, K1, timestamp=close), "revealShares: too few commits")  # skipped: the "sum" is K0's update
+
+
+def test_a_share_key_is_set_once():
+    evm = secagg_chain()
+    ok(evm.transact(K0, ROUNDS, "setShareKey", MASK[0]))
+    reverts(evm.transact(K0, ROUNDS, "setShareKey", MASK[1]), "setShareKey: already set")
+    assert evm.call(ROUNDS, "shareKeyOf", K0.public_key.to_canonical_address()) == MASK[0]
+
+
+def test_an_early_close_starts_the_reveal_window_at_once():
+    evm = secagg_chain()
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+        ok(post(evm, k, i=0 if k is K0 else 1))
+    ok(commit(evm, K0, key_count=2))
+    t = GENESIS_TIME + 7
+    last = ok(commit(evm, K1, key_count=2, timestamp=t))  # both expected committed: closes early
+    assert last.events_named("WindowClosedEarly")
+    assert evm.call(ROUNDS, "revealDeadline", 0) == t + REVEAL_S
+    ok(reveal(evm, K1, timestamp=t + REVEAL_S - 1))
+    reverts(reveal(evm, K0, timestamp=t + REVEAL_S), "revealShares: too late")
+
+
+@pytest.mark.parametrize("size", [12288, 12289])
+def test_the_bundle_size_bound(size):
+    evm = secagg_chain()
+    ok(evm.transact(K0, ROUNDS, "setShareKey", keccak(K0.to_bytes())))
+    result = post(evm, K0, bundle=b"\x07" * size)
+    assert result.success is (size <= 12288)
+
+
+@pytest.mark.parametrize("size", [6144, 6145])
+def test_the_reveal_size_bound(size):
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+        ok(post(evm, k, i=0 if k is K0 else 1))
+    for k in (K0, K1):
+        ok(commit(evm, k, key_count=2))
+    result = reveal(evm, K0, shares=b"\x07" * size)  # the window closed early at the second commit
+    assert result.success is (size <= 6144)
