@@ -157,8 +157,9 @@ def run_one(task: Any, dataset: Any, run: Run, rounds: int, score_at: set[int], 
                                                                    min_participants=len(swarm.clients)).noise_multiplier
         norms = [h["dp_pre_clip_norm"] for h in history if "dp_pre_clip_norm" in h]
         if norms:  # participant mode: how the noise compares with the clipped signal it hides
+            result["rounds_with_updates"] = sum(1 for h in history if h["used"] > 0)
             m = len(swarm.clients)
-            result["mean_pre_clip_norm"] = sum(norms) / len(norms)
+            result["first_round_pre_clip_norm"] = norms[0]  # later rounds start from the noised model
             result["noise_norm_per_update"] = result["noise_std"] * math.sqrt(num_params)
             result["noise_norm_of_mean"] = result["noise_std"] * math.sqrt(num_params / m)
     return result
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         if "noise_norm_of_mean" in r:
             print(f"{r['mode']}:{r['epsilon_budget']:g}: z {r['z_max']:.3f}, noise per update (norm) "
                   f"{r['noise_norm_per_update']:.4g}, in the mean of {task.num_clients} {r['noise_norm_of_mean']:.4g}; "
-                  f"signal: each update clipped to {r['clip_norm']:g} (mean pre-clip norm {r['mean_pre_clip_norm']:.3g}); "
+                  f"signal: each update clipped to {r['clip_norm']:g} (round 0 pre-clip norm {r['first_round_pre_clip_norm']:.3g}); "
                   f"max_update_norm raised to {r['max_update_norm']:g}")
     print(f"wrote {args.out}")
     return 0
