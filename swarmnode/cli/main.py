@@ -18,12 +18,14 @@ from swarmnode.cli import (
     init_cmd,
     member_cmd,
     model_cmd,
+    report_cmd,
     run_cmd,
     status_cmd,
 )
 from swarmnode.cli.errors import CliError
 
-SUBCOMMANDS = (genesis_cmd, init_cmd, data_cmd, run_cmd, status_cmd, chain_cmd, member_cmd, model_cmd)
+SUBCOMMANDS = (genesis_cmd, init_cmd, data_cmd, run_cmd, status_cmd, chain_cmd, member_cmd, model_cmd,
+               report_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
