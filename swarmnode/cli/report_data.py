@@ -37,7 +37,7 @@ class RoundRange:
         """(first, last) cut at the latest finalized round; CliError if no finalized round is left."""
         want = f"rounds {_bound(self.first)}:{_bound(self.last)}"
         if latest_final is None:
-            raise CliError(f"no finalized round on this chain yet ({want} asked)")
+            raise CliError("no finalized round on this chain yet: the first round is still open")
         first, last = self.first or 0, latest_final if self.last is None else min(self.last, latest_final)
         if first > last:
             raise CliError(f"no finalized round in {want}: the latest finalized round is {latest_final}")

@@ -87,8 +87,8 @@ def _loss(ax: Any, records: list[dict[str, Any]], dense: bool) -> None:
     _legend(ax)
 
 
-def _stack(ax: Any, x: list[int], layers: list[tuple[list[float], str, str]]) -> None:
-    """Stacked bars, bottom layer first; each layer is one PolyCollection, since one Rectangle artist per
+def _stack(ax: Any, x: list[int], layers: list[tuple[list[float], str, Any]]) -> None:
+    """Stacked bars, bottom layer first, as (values, label, color); each layer is one PolyCollection, since one Rectangle artist per
     bar (ax.bar) takes seconds to lay out and draw for a few hundred rounds."""
     from matplotlib.collections import PolyCollection
 

@@ -62,7 +62,7 @@ def test_round_range_is_cut_at_the_latest_final_round() -> None:
 def test_an_empty_range_is_a_readable_error() -> None:
     with pytest.raises(CliError, match="no finalized round in rounds 10:20: the latest finalized round is 9"):
         RoundRange(10, 20).clip(9)
-    with pytest.raises(CliError, match=r"no finalized round on this chain yet \(rounds 3: asked\)"):
+    with pytest.raises(CliError, match="no finalized round on this chain yet: the first round is still open"):
         RoundRange(3, None).clip(None)
 
 
