@@ -68,9 +68,21 @@ def cmd_report(args: argparse.Namespace) -> int:
         print_json(report)
     if args.out is not None and kind is not None:
         write_report(report, args.out, kind)
-        print(f"wrote {args.out}: rounds {report['firstRound']}-{report['lastRound']} of chain {report['chainId']}",
-              file=sys.stderr if args.json else sys.stdout)
+        print(f"wrote {args.out}: {headline(report)}", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def headline(report: dict[str, Any]) -> str:
+    """One line about what the report holds."""
+    s = report["summary"]
+    parts = [f"rounds {report['firstRound']}-{report['lastRound']} of chain {report['chainId']}"]
+    if s["skipped"]:
+        parts.append(f"{s['skipped']} skipped")
+    if s["lastHeldOutAccuracy"] is not None:
+        parts.append(f"held-out accuracy {s['lastHeldOutAccuracy'] * 100:.1f}% at round {s['lastHeldOutRound']}")
+    if s["meanRoundSeconds"] is not None:
+        parts.append(f"mean round {s['meanRoundSeconds']:.1f} s")
+    return ", ".join(parts)
 
 
 def write_report(report: dict[str, Any], path: Path, kind: str) -> None:

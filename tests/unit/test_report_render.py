@@ -23,7 +23,7 @@ def synthetic(rounds: int, validators: int = 3, scored: bool = True) -> dict[str
         held = (400_000 + r, 600_000 + r, 20) if scored else (0, 0, 0)
         commits = [commit(ALICE, 500_000, 800_000, *held), commit(BOB, 600_000, 700_000, *held)]
         infos.append(round_info(r, commits, 3 * r, 3 * r + 1, 3 * r + 3, openTime=10 * r, skipped=r % 5 == 4))
-        times.update({3 * r: 10 * r, 3 * r + 1: 10 * r + 4, 3 * r + 3: 10 * r + 7})
+        times.update({3 * r: 10 * r, 3 * r + 1: 10 * r + 4, 3 * r + 3: 10 * r + 10})  # final r = open r + 1
         logs += [reward_log(CONTRIB, r, ALICE, 7 * 10**17), reward_log(VALID, r, VAL, 3 * 10**17)]
         sets[3 * r + 3] = vals
     return rd.build_report({"chainId": 9, "height": 3 * rounds + 5}, infos, times, sets, logs, vals, [], {})
@@ -75,3 +75,11 @@ def test_html_is_one_file_with_the_figure_and_a_row_per_round() -> None:
     assert base64.b64decode(src.removeprefix("data:image/png;base64,")) == b"\x89PNG-bytes"
     assert "http://" not in page and "https://" not in page, "nothing fetched from elsewhere"
     assert '<table id="summary">' in page and '<table id="accounts">' in page
+
+
+def test_the_cli_says_in_one_line_what_it_wrote() -> None:
+    from swarmnode.cli.report_cmd import headline
+
+    assert headline(synthetic(10)) == ("rounds 0-9 of chain 9, 2 skipped, held-out accuracy 60.0% at round 9, "
+                                       "mean round 10.0 s")
+    assert headline(synthetic(3, scored=False)) == "rounds 0-2 of chain 9, mean round 10.0 s"
