@@ -133,28 +133,36 @@ def _since(start: int | None, timestamps: dict[int, int], block: int) -> int | N
     return timestamps[block] - start if start is not None and block in timestamps else None
 
 
+def _diff(later: int | None, earlier: int | None) -> int | None:
+    return later - earlier if later is not None and earlier is not None else None
+
+
 def round_record(r: dict[str, Any], timestamps: dict[int, int], validators: list[dict[str, Any]],
                  rewards: RoundRewards | None) -> dict[str, Any]:
     """One finalized round as the report shows it: `chain rounds --json`'s fields and values, plus the
     held-out loss, participation, timing, the rewards it paid and the stake of the validators that
-    finalized it. A round's time runs from the start of its commit clock (the contract's openTime: its
-    opening, or a first commit after a deadline that passed with no commit, as when round 0 opens at
-    genesis long before the daemons start) to the timestamp of its final block; idleSeconds is the wait
-    before that clock started."""
+    finalized it.
+
+    Timing, from block timestamps: roundSeconds runs from the round's opening (the block that finalized
+    the round before) to its final block, in three parts: idleSeconds, while no commit came and the
+    deadline passed (the contract then restarts the commit clock at the first commit: its openTime),
+    commitSeconds from the clock's start to the window's close, finalizeSeconds from there to the final
+    block. A round opened in the genesis block starts at its clock instead: the genesis timestamp says
+    when the genesis file was made, not when the swarm started."""
     paid = rewards or RoundRewards()
     opened, closed, final = int(r["openBlock"]), int(r["closeBlock"]), int(r["finalBlock"])
-    start = int(r["openTime"]) if "openTime" in r else timestamps.get(opened)
+    clock = int(r["openTime"]) if "openTime" in r else timestamps.get(opened)
+    start = clock if opened == 0 else timestamps.get(opened)
     stake = {v["address"]: int(v["stake"]) for v in validators}
     return {
         **round_summary(r),
         "heldOutLoss": held_out_loss(r["commits"]),
         "expected": int(r["expectedCount"]), "absent": int(r["absentCount"]),
         "skipped": bool(r["skipped"]), "closedEarly": bool(r["closedEarly"]), "totalSamples": int(r["totalSamples"]),
-        "openTimestamp": timestamps.get(opened), "clockStart": start, "closeTimestamp": timestamps.get(closed),
+        "openTimestamp": timestamps.get(opened), "clockStart": clock, "closeTimestamp": timestamps.get(closed),
         "finalTimestamp": timestamps.get(final), "roundSeconds": _since(start, timestamps, final),
-        "commitSeconds": _since(start, timestamps, closed),
+        "idleSeconds": _diff(clock, start), "commitSeconds": _since(clock, timestamps, closed),
         "finalizeSeconds": _since(timestamps.get(closed), timestamps, final),
-        "idleSeconds": None if start is None or opened not in timestamps else start - timestamps[opened],
         "contributorRewards": str(paid.contributors), "validatorRewards": str(paid.validators),
         "rewardsByAccount": {a: str(w) for a, w in sorted(paid.by_account.items())},
         "stake": {a: str(w) for a, w in sorted(stake.items())}, "totalStake": str(sum(stake.values())),

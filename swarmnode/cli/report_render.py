@@ -17,7 +17,7 @@ BAR = 0.8  # bar width, in rounds
 GAPPED_ROUNDS = 200  # above this many rounds, bars touch
 MAX_STAKE_LEGEND = 10  # validators named in the stake panel's legend
 COLORS = {"held": "#1f77b4", "local": "#ff7f0e", "commit": "#2ca02c", "registered": "#7f7f7f",
-          "expected": "#9467bd", "skipped": "#d62728", "window": "#8c9eff", "finalize": "#ffab40",
+          "expected": "#9467bd", "skipped": "#d62728", "idle": "#bdbdbd", "window": "#8c9eff", "finalize": "#ffab40",
           "contributors": "#43a047", "validators": "#5c6bc0"}
 
 
@@ -124,7 +124,8 @@ def _participation(ax: Any, records: list[dict[str, Any]], dense: bool) -> None:
 
 def _round_time(ax: Any, records: list[dict[str, Any]], dense: bool) -> None:
     _stack(ax, _rounds(records), [
-        ([_num(r["commitSeconds"]) for r in records], "open to window close", COLORS["window"]),
+        ([_num(r["idleSeconds"]) for r in records], "no commit before\nthe deadline", COLORS["idle"]),
+        ([_num(r["commitSeconds"]) for r in records], "commit window", COLORS["window"]),
         ([_num(r["finalizeSeconds"]) for r in records], "close to final\n(aggregate, attest)", COLORS["finalize"]),
     ])
     ax.set_ylabel("round time (s)")

@@ -77,13 +77,14 @@ def test_json_series_equal_chain_rounds_and_the_chain_itself(swarm: LocalSwarm, 
         want_loss = sum(int(c["heldOutLoss"]) * int(c["heldOutCount"]) for c in scored) / sum(
             int(c["heldOutCount"]) for c in scored) / 1e6
         assert rec["heldOutLoss"] == pytest.approx(want_loss)
-        # round time: block timestamps, from the start of the round's commit clock
-        final = swarm.rpc(1, "eth_getBlockByNumber", hex(int(info["finalBlock"])), False)
-        close = swarm.rpc(1, "eth_getBlockByNumber", hex(int(info["closeBlock"])), False)
-        assert rec["finalTimestamp"] == int(final["timestamp"], 16) and rec["clockStart"] == int(info["openTime"])
-        assert rec["roundSeconds"] == rec["finalTimestamp"] - rec["clockStart"] >= 0
-        assert rec["finalizeSeconds"] == rec["finalTimestamp"] - int(close["timestamp"], 16) >= 0
-        assert rec["commitSeconds"] + rec["finalizeSeconds"] == rec["roundSeconds"]
+        # round time: block timestamps, from the opening (round 0: its commit clock; it opened at genesis)
+        opened, close, final = (int(swarm.rpc(1, "eth_getBlockByNumber", hex(int(info[k])), False)["timestamp"], 16)
+                                for k in ("openBlock", "closeBlock", "finalBlock"))
+        assert (rec["openTimestamp"], rec["closeTimestamp"], rec["finalTimestamp"]) == (opened, close, final)
+        assert rec["clockStart"] == int(info["openTime"])
+        start = rec["clockStart"] if int(info["openBlock"]) == 0 else opened
+        assert rec["roundSeconds"] == final - start > 0 and rec["finalizeSeconds"] == final - close >= 0
+        assert rec["idleSeconds"] + rec["commitSeconds"] + rec["finalizeSeconds"] == rec["roundSeconds"]
         # stake: the set that finalized the round
         stake = {v["address"]: v["stake"] for v in swarm.rpc(1, "swarm_validators", hex(int(info["finalBlock"])))}
         assert rec["stake"] == stake and int(rec["totalStake"]) == sum(int(s) for s in stake.values()) > 0

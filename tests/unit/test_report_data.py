@@ -141,13 +141,22 @@ def test_a_round_record_keeps_chain_rounds_fields_and_adds_time_rewards_stake() 
     assert (rec["expected"], rec["absent"], rec["skipped"], rec["closedEarly"]) == (3, 0, False, False)
 
 
-def test_round_time_starts_when_the_commit_clock_restarted_after_an_idle_deadline() -> None:
-    # round 0 opened at genesis (timestamp 0); nobody committed before its deadline; the first commit at
-    # 5000 restarted the clock (openTime), and that is when the round's time starts
+def test_round_time_counts_the_wait_for_a_first_commit_after_a_missed_deadline() -> None:
+    # round 4 opened at 1000; nobody committed before its deadline; the first commit at 1010 restarted the
+    # commit clock (openTime); the window closed at 1015 and the round was final at 1018
+    info = round_info(4, [commit(ALICE, 1, 1)], 20, 23, 25, openTime=1010)
+    rec = rd.round_record(info, {20: 1000, 23: 1015, 25: 1018}, [], None)
+    assert (rec["openTimestamp"], rec["clockStart"]) == (1000, 1010)
+    assert (rec["roundSeconds"], rec["idleSeconds"], rec["commitSeconds"], rec["finalizeSeconds"]) == (18, 10, 5, 3)
+
+
+def test_a_round_opened_in_the_genesis_block_starts_at_its_commit_clock() -> None:
+    # round 0 opened at genesis (timestamp 0, when the genesis file was made); the first commit at 5000
+    # restarted the clock: the round's time starts there
     info = round_info(0, [commit(ALICE, 1, 1)], 0, 3, 5, openTime=5000)
     rec = rd.round_record(info, {0: 0, 3: 5009, 5: 5012}, [], None)
-    assert (rec["clockStart"], rec["idleSeconds"]) == (5000, 5000)
-    assert (rec["roundSeconds"], rec["commitSeconds"], rec["finalizeSeconds"]) == (12, 9, 3)
+    assert (rec["openTimestamp"], rec["clockStart"]) == (0, 5000)
+    assert (rec["roundSeconds"], rec["idleSeconds"], rec["commitSeconds"], rec["finalizeSeconds"]) == (12, 0, 9, 3)
 
 
 def test_a_round_without_timestamps_or_rewards_says_so_with_none_and_zero() -> None:
