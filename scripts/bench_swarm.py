@@ -74,7 +74,7 @@ def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     return out
 
 
-def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_timeout: float) -> dict:
+def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_timeout: float, score: bool = True) -> dict:
     genesis = load_genesis(genesis_path)
     keys = dev_keys_for(genesis_path, base, max(nodes, len(genesis.validators)))
     swarm = LocalSwarm(base, genesis_path.resolve(), keys, extra_env={"OMP_NUM_THREADS": "1"})
@@ -103,7 +103,8 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
                "cpu_seconds": cpu, "elapsed": time.monotonic() - t_start}
     finally:
         swarm.close()
-    score_final_models(genesis_path, swarm.nodes[0].data_dir / "store", results)
+    if score:
+        score_final_models(genesis_path, swarm.nodes[0].data_dir / "store", results)
     return out
 
 

@@ -31,11 +31,11 @@ from torch import nn
 from swarmnode.aggregation.codec import (
     GlobalModel,
     content_id,
-    decode_update,
     encode_update,
     model_hash,
     quantize_delta,
 )
+from swarmnode.aggregation.compress import Compression, compress_delta, compression_seed, decode_for
 from swarmnode.aggregation.errors import AggregationError, NonFiniteValue
 from swarmnode.aggregation.rules import Contribution, RuleSpec, aggregate
 from swarmnode.aggregation.validate import validate_update
@@ -72,6 +72,8 @@ class LocalUpdate:
     update_id: bytes
     dp: DPNoise | None = None
     pre_clip_norm: float | None = None
+    # top-k compression: what this update left unsent, added to the client's next one (error feedback)
+    residual: dict[str, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class RoundReport:
     seconds: float
     train_seconds_per_client: float
     extra: dict[str, float] = field(default_factory=dict)
+    update_bytes: tuple[int, ...] = ()  # the size of each update blob trained this round (what a node sends)
 
 
 def build_clients(task: Task, dataset: Dataset) -> list[ClientData]:
@@ -105,18 +108,21 @@ def build_clients(task: Task, dataset: Dataset) -> list[ClientData]:
 
 def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, round_: int, client_index: int,
                  device: str = "cpu", privacy: PrivacyConfig | None = None, generator: torch.Generator | None = None,
-                 min_participants: int | None = None) -> LocalUpdate:
+                 min_participants: int | None = None,
+                 residual: Mapping[str, torch.Tensor] | None = None) -> LocalUpdate:
     """Train one client for one round and encode its delta canonically (what it announces and commits).
 
     With `privacy` on, the update is differentially private (dp_noise_for(privacy, task, len(data),
     min_participants=...)): participant mode clips and noises the delta before quantization, example mode
     trains with DP-SGD. `generator` is the node's private_generator() (a fresh one when None), never seeded
-    from the task or the chain. A diverged update raises NonFiniteValue in every mode."""
+    from the task or the chain. A diverged update raises NonFiniteValue in every mode. With the task's
+    compression on, the blob is compressed; `residual` is the client's error feedback from its last top-k
+    update (LocalUpdate.residual)."""
     if privacy is None or not privacy.dp_on:
         result = train_local(task.model_spec(), params, data, task.train_config(),
                              training_seed(task.seed, round_, client_index), device)
-        blob = encode_update(quantize_delta(result.delta))
-        return LocalUpdate(result, blob, content_id(blob))
+        blob, left = encode_delta(task, result.delta, round_, client_index, residual)
+        return LocalUpdate(result, blob, content_id(blob), residual=left)
     noise = dp_noise_for(privacy, task, len(data), min_participants=min_participants)
     gen = generator if generator is not None else private_generator()
     seed, pre_clip = training_seed(task.seed, round_, client_index), None
@@ -129,15 +135,26 @@ def local_update(task: Task, params: Mapping[str, torch.Tensor], data: Split, ro
             result = dataclasses.replace(result, delta=delta)
     except NonFiniteUpdate as exc:
         raise NonFiniteValue(str(exc)) from exc
-    blob = encode_update(quantize_delta(result.delta))
-    return LocalUpdate(result, blob, content_id(blob), noise, pre_clip)
+    blob, left = encode_delta(task, result.delta, round_, client_index, residual)
+    return LocalUpdate(result, blob, content_id(blob), noise, pre_clip, left)
+
+
+def encode_delta(task: Task, delta: Mapping[str, torch.Tensor], round_: int, client_index: int,
+                 residual: Mapping[str, torch.Tensor] | None = None) -> tuple[bytes, dict[str, torch.Tensor] | None]:
+    """A delta as the update blob the task's genesis asks for, and (top-k) the new error-feedback residual."""
+    spec = task.compression_spec()
+    if not spec.on:
+        return encode_update(quantize_delta(delta)), None
+    packed = compress_delta(delta, spec, compression_seed(task.seed, round_, client_index), residual)
+    return packed.blob, packed.residual
 
 
 def contribution_from_blob(blob: bytes, num_samples: int, params: Mapping[str, torch.Tensor], max_norm: float,
-                           update_id: bytes | None = None) -> Contribution:
+                           update_id: bytes | None = None, compression: Compression | None = None) -> Contribution:
     """Decode and validate an update blob received from anywhere; raises UpdateRejected or MalformedBlob.
-    `update_id`: the blob's content id when the caller has already verified the bytes against it."""
-    update = decode_update(blob)
+    `update_id`: the blob's content id when the caller has already verified the bytes against it;
+    `compression`: the genesis's method, which the blob must use (None: plain updates only)."""
+    update = decode_for(blob, compression or Compression())
     validate_update(update, params, Fraction(str(max_norm)))
     return Contribution(update_id if update_id is not None else content_id(blob), num_samples, update)
 
@@ -197,6 +214,7 @@ class Swarm:
         self.dp_generator = private_generator() if self.privacy is not None else None
         self.dp_noise: dict[int, DPNoise] = {}  # each client's noise, from its last update
         self.dp_releases: dict[int, int] = {}  # updates each client has published (what its epsilon counts)
+        self.residuals: dict[int, dict[str, torch.Tensor]] = {}  # top-k error feedback, kept by each client
 
     @classmethod
     def for_genesis(cls, genesis: Genesis, dataset: Dataset, adversary: Adversary | None = None,
@@ -228,16 +246,18 @@ class Swarm:
         for c in self.clients:
             try:
                 upd = local_update(self.task, self.model.params, self._train_data(c), self.round, c.index, "cpu",
-                                   self.privacy, self.dp_generator, len(self.clients))
+                                   self.privacy, self.dp_generator, len(self.clients), self.residuals.get(c.index))
             except NonFiniteValue:  # training diverged: like a daemon, the client has nothing to commit
                 diverged.append((f"client-{c.index}", "training-diverged"))
                 continue
+            if upd.residual is not None:
+                self.residuals[c.index] = upd.residual
             if upd.dp is not None:
                 self.dp_noise[c.index] = upd.dp
                 self.dp_releases[c.index] = self.dp_releases.get(c.index, 0) + 1
             if tamper and c.index in tamper:
                 scaled = {n: d * tamper[c.index] for n, d in upd.result.delta.items()}
-                blob = encode_update(quantize_delta(scaled))
+                blob, _ = encode_delta(self.task, scaled, self.round, c.index)
                 upd = dataclasses.replace(upd, blob=blob, update_id=content_id(blob))
             trained.append((c, upd))
             results.append(upd.result)
@@ -252,7 +272,8 @@ class Swarm:
             assert commit.served is not None
             try:
                 contribs.append(contribution_from_blob(commit.served, commit.num_samples, self.model.params,
-                                                       self.task.max_update_norm, update_id=commit.committed_hash))
+                                                       self.task.max_update_norm, update_id=commit.committed_hash,
+                                                       compression=self.task.compression_spec()))
             except AggregationError as exc:
                 excluded.append((commit.committed_hash.hex(), getattr(exc, "reason", "malformed")))
         self.model, agg = aggregate(RuleSpec(self.task.rule, dict(self.task.rule_params)), self.model, contribs)
@@ -264,7 +285,7 @@ class Swarm:
             float(np.mean([r.accuracy for r in results])) if results else float("nan"),
             float(np.mean([v.loss for v in vals])) if vals else float("nan"),
             float(np.mean([v.accuracy for v in vals])) if vals else float("nan"), test, model_hash(self.model), len(agg.used), excluded,
-            time.perf_counter() - t0, train_seconds, self._dp_figures(trained),
+            time.perf_counter() - t0, train_seconds, self._dp_figures(trained), tuple(len(u.blob) for _, u in trained),
         )
         self.round += 1
         return report

@@ -52,6 +52,7 @@ from swarmnode.aggregation.codec import (
     encode_update,
     quantize_delta,
 )
+from swarmnode.aggregation.compress import Compression, compress_delta, decode_compressed
 from swarmnode.aggregation.errors import AggregationError
 from swarmnode.node import txs as node_txs
 from swarmnode.p2p import wire
@@ -195,8 +196,10 @@ def codec_seeds() -> dict[str, list[bytes]]:
     delta = {"a.weight": torch.randn(3, 5, generator=g) * 0.02, "b.bias": torch.randn(7, generator=g) * 1e-3,
              "c.scalar": torch.tensor(0.5), "d.empty": torch.zeros(0, 4)}
     params = {"w": torch.randn(4, 2, generator=g), "b": torch.ones(3)}
+    specs = [Compression("quantize", 8), Compression("quantize", 3), Compression("topk", 4, 0.3)]
     return {
         "update": [encode_update(quantize_delta(delta)), encode_update(quantize_delta({"x": torch.ones(1)}))],
+        "compressed": [compress_delta(delta, spec, 11).blob for spec in specs],
         "model": [encode_model(GlobalModel(params)),
                   encode_model(GlobalModel(params, {"w": QTensor(torch.tensor([1, -2, 3, 2**40]), 32)}))],
     }
@@ -444,6 +447,23 @@ def _codec_update(data: bytes) -> None:
         raise Mismatch("a decoded update does not re-encode to its bytes")
 
 
+def _codec_compressed(data: bytes) -> None:
+    """A compressed update read without and with the form its first tensor declares: the same values."""
+    update = decode_compressed(data)
+    if len(data) > 16 and update:
+        name_len = struct.unpack_from("<H", data, 10)[0]
+        ndim = data[12 + name_len]
+        bits, layout = data[12 + name_len + 1 + 4 * ndim + 4], data[12 + name_len + 1 + 4 * ndim + 5]
+        spec = Compression("topk" if layout else "quantize", bits)
+        try:
+            again = decode_compressed(data, spec)
+        except AggregationError:
+            return  # a later tensor in another form: refused, as it must be
+        if any(not torch.equal(again[n].values, q.values) or again[n].exponent != q.exponent
+               for n, q in update.items()):
+            raise Mismatch("a compressed update decodes differently with its own form given")
+
+
 def _codec_model(data: bytes) -> None:
     model = decode_model(data)
     if encode_model(model) != data:
@@ -565,6 +585,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in [
            "consensus.wire.check_structure, differential against msgpack"),
     Target("codec.update", _codec_update, (AggregationError,), "codec-update", lambda: codec_seeds()["update"],
            lambda d: encode_update(decode_update(d)), "swarmnode.aggregation.codec.decode_update"),
+    Target("codec.compressed", _codec_compressed, (AggregationError,), "codec-update",
+           lambda: codec_seeds()["compressed"], None, "swarmnode.aggregation.compress.decode_compressed"),
     Target("codec.model", _codec_model, (AggregationError,), "codec-model", lambda: codec_seeds()["model"],
            lambda d: encode_model(decode_model(d)), "swarmnode.aggregation.codec.decode_model"),
     Target("secagg.bundle", lambda d: secagg_lib.decode_bundle(d), (secagg_lib.MalformedSecAgg,), "bytes",

@@ -124,6 +124,15 @@ def _add_rounds_arguments(new: argparse.ArgumentParser) -> None:
     priv.add_argument("--secure-aggregation", action="store_true",
                       help="pairwise-masked updates: only the round's sum is ever revealed")
     # replaced: without this, argparse would take "--commit-window 20" as an abbreviation of --commit-window-s
+    comp = new.add_argument_group("update compression ([task.compression]: swarmnode/aggregation/compress.py)")
+    comp.add_argument("--compression", choices=("none", "quantize", "topk"), default=None,
+                      help="how updates travel: quantize (stochastic rounding to --compression-bits) or topk "
+                           "(the largest --compression-fraction of each tensor, with error feedback); "
+                           "default: the task's (none)")
+    comp.add_argument("--compression-bits", type=int, default=8, metavar="B",
+                      help="bits per value sent, 2..8 (default: 8)")
+    comp.add_argument("--compression-fraction", type=float, default=0.01, metavar="F",
+                      help="topk: the share of each tensor's values sent, in (0, 1] (default: 0.01)")
     new.add_argument("--commit-window", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -162,6 +171,7 @@ def build_genesis(args: argparse.Namespace, keys: list[bytes]) -> Genesis:
         reward = parse_amount(args.reward, "--reward")
         bond = parse_amount(args.participant_bond, "--participant-bond")
         task = _task_table(args) if args.task_file else dict(TASK_PRESETS[args.task])
+        _set_compression(args, task)
         validators = tuple(ValidatorSpec(address_of(k), stake, peer_id_of(k)) for k in keys)
         privacy = _privacy_table(args, task)
         return Genesis(
@@ -198,6 +208,28 @@ def _task_table(args: argparse.Namespace) -> dict[str, Any]:
         return Task.from_dict(table).to_dict()
     except (LearningError, TypeError) as exc:
         raise CliError(f"--task-file {args.task_file}: {exc}") from None
+
+
+def _set_compression(args: argparse.Namespace, task: dict[str, Any]) -> None:
+    """task.compression from the --compression flags (a --task-file's own table stays unless they are given)."""
+    from swarmnode.aggregation.compress import Compression, CompressionError
+
+    if args.compression is None:
+        return
+    if args.compression == "none":
+        task.pop("compression", None)
+        return
+    table: dict[str, Any] = {"method": args.compression, "bits": args.compression_bits}
+    if args.compression == "topk":
+        table["fraction"] = args.compression_fraction
+    try:
+        Compression.from_dict(table)
+    except CompressionError as exc:
+        raise CliError(str(exc).replace("task.compression.", "--compression-")) from None
+    if args.secure_aggregation:
+        raise CliError("--compression cannot be used with --secure-aggregation: masks cover every coordinate at "
+                       "full width")
+    task["compression"] = table
 
 
 SECAGG_RULES = ("fedavg", "fedavgm")  # rules that need only the sum of the updates
@@ -338,6 +370,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"model hash    0x{g.genesis_model_hash.hex()}")
     print(f"rounds        {describe_rounds(g.rounds)}")
     print(f"privacy       {describe_privacy(g.privacy)}")
+    print(f"compression   {describe_compression(g.task)}")
     return 0
 
 
@@ -349,6 +382,15 @@ def describe_privacy(table: dict[str, Any]) -> str:
              + (f", z {table['noise_multiplier']}" if table.get("noise_multiplier") else "")]
     parts.append("secure aggregation " + ("on" if table.get("secure_aggregation") else "off"))
     return ", ".join(parts)
+
+
+def describe_compression(task: dict[str, Any]) -> str:
+    from swarmnode.aggregation.compress import Compression, CompressionError
+
+    try:
+        return Compression.from_dict(task.get("compression")).describe()
+    except (CompressionError, TypeError) as exc:
+        return f"invalid ({exc})"
 
 
 def describe_rounds(r: RoundsParams) -> str:

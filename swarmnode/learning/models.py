@@ -137,10 +137,53 @@ class MLP(nn.Module):
         return self.fc3(x)  # (B, num_classes)
 
 
+class _BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a skip connection (He et al. 2016), group norm in place of batch norm."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.norm1 = nn.GroupNorm(min(32, c_out), c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.norm2 = nn.GroupNorm(min(32, c_out), c_out)
+        self.skip = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.GroupNorm(min(32, c_out), c_out))
+                     if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.norm1(self.conv1(x)))
+        return torch.relu(self.norm2(self.conv2(y)) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """ResNet-18's shape (4 stages of 2 basic blocks, widths w, 2w, 4w, 8w) for small images: a 3x3 stem
+    without max pooling, and group norm, which has no running statistics to break on skewed clients.
+    ~11.2M parameters with width 64 (the default) on (1, 28, 28): a 44.7 MB update, for measuring the swarm
+    with large models."""
+
+    def __init__(self, num_classes: int = 10, input_shape: tuple[int, ...] = MNIST_SHAPE, width: int = 64) -> None:
+        super().__init__()
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            raise ModelSpecError(f"model 'resnet' needs width >= 1, got {width!r}")
+        c, _, _ = _image_shape("resnet", input_shape, 8)
+        self.stem = nn.Sequential(nn.Conv2d(c, width, 3, 1, 1, bias=False), nn.GroupNorm(min(32, width), width),
+                                  nn.ReLU())
+        blocks, c_in = [], width
+        for stage, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
+            blocks += [_BasicBlock(c_in, c_out, 1 if stage == 0 else 2), _BasicBlock(c_out, c_out, 1)]
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, C, H, W)
+        x = self.blocks(self.stem(x))  # (B, 8w, H/8, W/8)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))  # (B, num_classes)
+
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "federated-net": FederatedNet,
     "small-cnn": SmallCNN,
     "mlp": MLP,
+    "resnet": ResNet,
 }
 
 

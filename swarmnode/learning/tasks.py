@@ -9,6 +9,7 @@ from typing import Any
 
 from eth_utils import keccak
 
+from swarmnode.aggregation.compress import Compression, CompressionError
 from swarmnode.learning.data import NUM_CLASSES
 from swarmnode.learning.errors import LearningError
 from swarmnode.learning.models import (
@@ -24,7 +25,7 @@ from swarmnode.learning.schema import LOCAL_KINDS, Schema, schema_from_dict
 from swarmnode.learning.train import TrainConfig
 
 BENCHMARKS = ("fashion-mnist", "mnist")
-_OPTIONAL_KEYS = ("model_args", "data", "initial_weights", "initial_weights_sha256")
+_OPTIONAL_KEYS = ("model_args", "data", "initial_weights", "initial_weights_sha256", "compression")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class Task:
     rule: str = "robust"
     rule_params: dict[str, Any] = field(default_factory=lambda: {"server_lr": 1.0, "momentum": 0.9})
     max_update_norm: float = 1000.0
+    # how updates travel ([task.compression]: method none | quantize | topk, bits, fraction; see
+    # swarmnode/aggregation/compress.py); empty: plain 24-bit fixed point
+    compression: dict[str, Any] = field(default_factory=dict)
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.0
@@ -84,6 +88,10 @@ class Task:
         if self.num_clients < 1:
             raise LearningError(f"task.num_clients must be >= 1, got {self.num_clients}")
         self.train_config()  # validates the optimizer settings
+        try:
+            self.compression_spec()
+        except CompressionError as exc:
+            raise LearningError(str(exc)) from None
 
     @classmethod
     def from_dict(cls, table: dict[str, Any]) -> Task:
@@ -105,6 +113,9 @@ class Task:
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.optimizer, self.lr, self.momentum, self.weight_decay, self.batch_size,
                            self.local_steps, self.local_epochs, self.prox_mu, self.logit_adjust)
+
+    def compression_spec(self) -> Compression:
+        return Compression.from_dict(self.compression)
 
     def partition_spec(self) -> PartitionSpec:
         return PartitionSpec(self.partition, dict(self.partition_params))

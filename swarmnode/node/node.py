@@ -250,6 +250,9 @@ class Node:
         if privacy.secure_aggregation and task.rule not in ("fedavg", "fedavgm"):
             raise NodeError(f"genesis {cfg.genesis}: rule {task.rule!r} needs individual updates, but secure "
                             f"aggregation reveals only their sum: use fedavg or fedavgm")
+        if privacy.secure_aggregation and task.compression_spec().on:
+            raise NodeError(f"genesis {cfg.genesis}: task.compression cannot be used with secure aggregation "
+                            f"(masks cover every coordinate at full width); remove one of them")
         try:
             attacker = ByzantineParticipant.from_spec(byzantine, task.seed) if byzantine else None
         except AttackError as exc:

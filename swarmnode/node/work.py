@@ -140,6 +140,9 @@ class RoundWork:
         self._dp_generator = private_generator() if self.privacy is not None else None
         # updates this node has published under DP, on disk: one whose commit never landed was still seen
         self._dp_marker = data_dir / "dp-releases.json"
+        # top-k compression's error feedback: what this node's updates have not sent yet, kept across restarts
+        self._residual_file = data_dir / "compression-residual.swnm"
+        self._residual: dict[str, Any] | None = None
         # the genesis model's parameters, checked against genesis_model_hash at startup (Node.from_config)
         self._initial = initial
         self.genesis_model_hash = genesis_model_hash
@@ -228,9 +231,12 @@ class RoundWork:
                             f"it sits this round out", retryable=False)
         epsilon_claim = await self._privacy_claim(action.round, len(data)) if self.privacy is not None else 0
         t0 = time.monotonic()
+        residual = await trio.to_thread.run_sync(self._load_residual) if self.task.compression_spec().on else None
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, self.device, self.privacy if self.byzantine is None else None,
-                                     self._dp_generator, self.min_participants, limiter=self.train_limiter)
+                                     self._dp_generator, self.min_participants, residual, limiter=self.train_limiter)
+        if upd.residual is not None:
+            await trio.to_thread.run_sync(self._store_residual, upd.residual)
         if self.secagg is not None:
             if self.privacy is not None:
                 await trio.to_thread.run_sync(self._record_dp_release, action.round)
@@ -417,6 +423,23 @@ class RoundWork:
             encoded = encode_model(base)
             return base, [*excluded, f"secagg:{exc}"], encoded, content_id(encoded)
 
+    # ---- compression ----
+
+    def _load_residual(self) -> dict[str, Any] | None:
+        """The error-feedback residual of the last top-k update, from memory or disk. A missing or damaged
+        file restarts it at zero (only the unsent remainder of past updates is lost, never committed state)."""
+        if self._residual is None and self._residual_file.exists():
+            try:
+                self._residual = dict(decode_model(self._residual_file.read_bytes()).params)
+            except (OSError, AggregationError) as exc:
+                log.warning("event=compression_residual_unreadable file=%s error=%r next=start_from_zero",
+                            self._residual_file, str(exc))
+        return self._residual
+
+    def _store_residual(self, residual: dict[str, Any]) -> None:
+        self._residual = residual
+        atomic_write(self._residual_file, encode_model(GlobalModel(residual)))
+
     # ---- differential privacy ----
 
     def _dp_releases(self) -> dict[str, int]:
@@ -496,7 +519,8 @@ class RoundWork:
                 try:
                     # each blob was verified against c.update_hash on arrival or on its read from the store
                     contribs.append(contribution_from_blob(blob, c.num_samples, base.params, task.max_update_norm,
-                                                           update_id=c.update_hash))
+                                                           update_id=c.update_hash,
+                                                           compression=task.compression_spec()))
                 except AggregationError as exc:
                     excluded.append(f"0x{c.update_hash.hex()[:12]}:{exc}")
                 except Exception as exc:  # a decoder bug: this input is excluded, not the round (or the node)
