@@ -233,3 +233,25 @@ def test_names_must_ascend_and_every_prefix_of_a_real_blob_is_refused() -> None:
             decode_compressed(blob[:cut])
     with pytest.raises(MalformedBlob, match="exceeds the limit"):
         decode_compressed(blob, max_bytes=len(blob) - 1)
+
+
+def test_genesis_new_compression_flags(tmp_path, capsys) -> None:
+    from consensus.genesis import load_genesis
+    from swarmnode.cli.main import main
+
+    base = ["genesis", "new", "--validators", "2", "--task", "tiny", "--dev-keys", "--keys-dir", str(tmp_path / "k"),
+            "--force", "--out", str(tmp_path / "g.toml")]
+    assert main([*base, "--compression", "topk", "--compression-fraction", "0.02", "--compression-bits", "6"]) == 0
+    assert load_genesis(tmp_path / "g.toml").task["compression"] == {"method": "topk", "bits": 6, "fraction": 0.02}
+    assert main(["genesis", "show", str(tmp_path / "g.toml")]) == 0
+    assert "top-k 0.02 of each tensor, 6-bit values" in capsys.readouterr().out
+    assert main([*base, "--compression", "quantize"]) == 0
+    assert load_genesis(tmp_path / "g.toml").task["compression"] == {"method": "quantize", "bits": 8}
+    assert main([*base]) == 0
+    assert "compression" not in load_genesis(tmp_path / "g.toml").task
+    for bad, named in ((["--compression-bits", "1"], "--compression-bits"),
+                       (["--compression-fraction", "0"], "--compression-fraction"),
+                       (["--secure-aggregation", "--min-participants", "2"], "--secure-aggregation")):
+        capsys.readouterr()
+        assert main([*base, "--compression", "topk", *bad]) == 2
+        assert named in capsys.readouterr().err
