@@ -41,6 +41,7 @@ from consensus.rpc import RpcServer
 from consensus.service import ChainService, make_pool
 from consensus.signing_record import SigningRecord
 from consensus.txpool import TxPool
+from swarmnode import progress
 from swarmnode.adversary.participant import ByzantineParticipant
 from swarmnode.experiment import ClientData
 from swarmnode.learning.tasks import Task
@@ -380,11 +381,16 @@ class Node:
             log.warning("event=no_peers bootstrap=%s", ",".join(self.cfg.bootstrap))
             return
         try:
-            reached = await self.p2p.catch_up()
+            with progress.polled_bar("syncing the chain from peers", self._sync_progress, progress.wanted()):
+                reached = await self.p2p.catch_up()
         except P2PError as exc:
             log.warning("event=sync_failed error=%r", str(exc))
             return
         log.info("event=synced height=%d", reached)
+
+    def _sync_progress(self) -> tuple[int, int]:
+        """(our height, the head peers stated) for the sync bar (read from rich's thread: both are snapshots)."""
+        return self.chain.tip.height, best_peer_height(self)
 
     def _write_info(self, rpc_port: int) -> None:
         info = {"pid": os.getpid(), "address": "0x" + self.address.hex(), "peer_id": str(self.p2p.peer_id),
