@@ -167,7 +167,7 @@ class ConsensusDriver:
         self._proposed: set[tuple[int, int]] = set()  # (height, round) with a proposal seen, this height
         self._nursery: trio.Nursery | None = None
         # metrics: validator -> heights decided here without its precommit for the block (_tally_missed), and
-        # the highest height of a validator's message held for later (the network has reached it)
+        # the highest height a validator's signed message was for (the validators have committed the one below)
         self.missed_votes: Counter[bytes] = Counter()
         self.highest_seen = 0
         self._tally: _Tally | None = None
@@ -322,6 +322,8 @@ class ConsensusDriver:
     async def _on_consensus_message(self, item: _Authenticated) -> None:
         h, current = item.message.vote.height, self._state.height
         decided = self._state.step == eng.Step.COMMIT
+        if h <= current + self.config.max_heights_ahead:  # a validator is there (bounded: a liar moves it little)
+            self.highest_seen = max(self.highest_seen, h)
         if h == current and not decided:
             inp = self._engine_input(item)
             if inp is not None:
@@ -380,7 +382,6 @@ class ConsensusDriver:
         else:
             self._future.append(item)
             self._future_keys.add(key)
-            self.highest_seen = max(self.highest_seen, v.height)
             if v.height > self._state.height + 1:
                 self._future_far += 1
             self.notify_pending()  # a peer has moved on: an idle wait for transactions ends

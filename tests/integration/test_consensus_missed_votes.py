@@ -1,4 +1,4 @@
-"""Missed votes (a metric): a validator whose precommit for a decided block never reaches a node by the
+"""Missed votes and the highest height seen (metrics): a validator whose precommit for a decided block never reaches a node by the
 next height's start has missed that height there. On the in-memory network with a MockClock."""
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ async def test_n4f0_no_validator_misses_a_height(autojump_clock):
         driver = cluster.driver(i)
         assert driver.counters["heights_tallied"] >= 6, driver.counters
         assert sum(driver.missed_votes.values()) == 0, (i, dict(driver.missed_votes))
+        # the validators' signed messages show how far they are: at least the height this node committed
+        assert driver.committed_height <= driver.highest_seen <= driver.committed_height + 1, driver.highest_seen
     assert sum(cluster.driver(i).counters["late_for_decided_height"] for i in range(4)) > 0
 
 
