@@ -127,7 +127,7 @@ def _scrape_ms(n: int) -> float:
     validators = {f"0x{i:040x}": i for i in range(10)}
     protocols = {p: 10**9 for p in ("/swarmnode/blob/1", "/swarmnode/consensus/1", "/meshsub/1.1.0", "/ipfs/id/1.0.0",
                                     "/swarmnode/sync/1", "/swarmnode/handshake/1", "/swarmnode/peers/1", "(negotiation)")}
-    reading = NodeReading(address="0x" + "00" * 20, chain_id=7, height=10**6, best_peer_height=10**6, peers=9,
+    reading = NodeReading(address="0x" + "00" * 20, chain_id=7, height=10**6, best_known_height=10**6, peers=9,
                           mesh={"/swarmnode/7/tx": 6, "/swarmnode/7/updates": 6}, pool=3, consensus_height=10**6,
                           consensus_round=0, round=500, window_open=True, round_commits=5, round_expected=10,
                           validator=True, missed_votes=validators, heights_tallied=10**6,

@@ -18,13 +18,13 @@ def register(subparsers: Any) -> None:
 
 def summary(chain: dict[str, Any], node: dict[str, Any], now: float) -> dict[str, Any]:
     """The few facts a person looks at first, as plain data (the `--json` output's `summary`)."""
-    best = node.get("bestPeerHeight")
+    best = node.get("bestKnownHeight")
     height = chain["height"]
     mesh = node.get("p2p", {}).get("pubsub", {}).get("mesh", {})
     close = node.get("closeTime")
     return {
         "peers": node["peers"], "mesh": {t.rsplit("/", 1)[-1]: len(p) for t, p in sorted(mesh.items())},
-        "height": height, "bestPeerHeight": best, "syncLag": max(0, best - height) if best is not None else None,
+        "height": height, "bestKnownHeight": best, "syncLag": max(0, best - height) if best is not None else None,
         "round": node["round"], "windowOpen": node["windowOpen"],
         "windowClosesIn": max(0, int(close - now)) if node["windowOpen"] and close is not None else None,
         "role": "validator" if node["validator"] else "follower",
@@ -39,9 +39,9 @@ def sync_text(s: dict[str, Any]) -> str:
     if s["peers"] == 0:
         return f"no peers: cannot tell (our height {s['height']})"
     if s["syncLag"] == 0:
-        return f"in step (best peer height {s['bestPeerHeight']})"
+        return f"in step with its peers (height {s['height']})"
     plural = "s" if s["syncLag"] != 1 else ""
-    return f"{s['syncLag']} block{plural} behind (height {s['height']}, best peer height {s['bestPeerHeight']})"
+    return f"{s['syncLag']} block{plural} behind (height {s['height']}, peers at {s['bestKnownHeight']})"
 
 
 def round_text(s: dict[str, Any], node: dict[str, Any]) -> str:

@@ -70,7 +70,7 @@ class NodeReading:
     address: str
     chain_id: int
     height: int
-    best_peer_height: int
+    best_known_height: int
     peers: int
     mesh: dict[str, int]  # gossip topic -> peers in its mesh
     pool: int
@@ -87,15 +87,16 @@ class NodeReading:
 
     @property
     def sync_lag(self) -> int:
-        return max(0, self.best_peer_height - self.height)
+        return max(0, self.best_known_height - self.height)
 
 
-def best_peer_height(node: Node) -> int:
-    """The highest chain height this node knows its peers have reached: heights stated in handshakes and
-    sync headers (claims), and a height the validators' signed consensus messages are at, minus one."""
+def best_known_height(node: Node) -> int:
+    """The highest chain height this node knows of: its own, or one its peers have reached (heights stated
+    in handshakes and sync headers, which are claims, and the height below the one validators' signed
+    consensus messages are for). The sync lag is this minus our height."""
     stated = [p.head_height for p in node.p2p.peers()]
     synced = node.p2p.sync.peer_head if node.p2p.sync is not None else 0
-    return max([*stated, synced, node.driver.highest_seen - 1, 0])
+    return max([*stated, synced, node.driver.highest_seen - 1, node.chain.tip.height])
 
 
 def missed_votes(driver: Any) -> dict[str, int]:
@@ -114,7 +115,7 @@ def read_node(node: Node) -> NodeReading:
     mesh = {topic: len(peers) for topic, peers in list(node.p2p.host.router.mesh.items())}
     return NodeReading(
         address="0x" + node.address.hex(), chain_id=node.genesis.chain_id, height=node.chain.tip.height,
-        best_peer_height=best_peer_height(node), peers=len(node.p2p.peers()), mesh=mesh, pool=len(node.pool),
+        best_known_height=best_known_height(node), peers=len(node.p2p.peers()), mesh=mesh, pool=len(node.pool),
         consensus_height=driver.state.height, consensus_round=driver.state.round,
         round=obs.round if obs else None, window_open=obs.window_open if obs else None,
         round_commits=len(obs.commits) if obs else None, round_expected=obs.expected_count if obs else None,
@@ -148,8 +149,10 @@ def _state_metrics(r: NodeReading) -> Iterator[Metric]:
     yield _gauge("swarmnode_info", "This node (value 1): its chain address and chain id", 1,
                  {"address": r.address, "chain_id": str(r.chain_id)})
     yield _gauge("swarmnode_chain_height", "Height of the newest committed block", r.height)
-    yield _gauge("swarmnode_best_peer_height", "Highest chain height peers are known to have reached", r.best_peer_height)
-    yield _gauge("swarmnode_sync_lag_blocks", "Blocks this node is behind the best peer height (0: in step)", r.sync_lag)
+    yield _gauge("swarmnode_best_known_height", "Highest chain height known: this node's, or one peers have reached",
+                 r.best_known_height)
+    yield _gauge("swarmnode_sync_lag_blocks", "Blocks this node is behind the best known height (0: in step)",
+                 r.sync_lag)
     yield _gauge("swarmnode_peers", "Connected peers that passed the handshake", r.peers)
     mesh = GaugeMetricFamily("swarmnode_gossip_mesh_peers", "Peers in this node's gossipsub mesh, per topic",
                              labels=["topic"])

@@ -50,7 +50,7 @@ from swarmnode.node.blobfetch import BlobFetcher
 from swarmnode.node.config import NodeConfig
 from swarmnode.node.ingest import TxIngest
 from swarmnode.node.keys import address_of, load_key
-from swarmnode.node.metrics import MetricsError, NodeMetrics, best_peer_height, read_node, start_server
+from swarmnode.node.metrics import MetricsError, NodeMetrics, best_known_height, read_node, start_server
 from swarmnode.node.roundloop import RoundLoop
 from swarmnode.node.secagg_node import SecAggNode
 from swarmnode.node.store import ModelStore
@@ -390,7 +390,7 @@ class Node:
 
     def _sync_progress(self) -> tuple[int, int]:
         """(our height, the head peers stated) for the sync bar (read from rich's thread: both are snapshots)."""
-        return self.chain.tip.height, best_peer_height(self)
+        return self.chain.tip.height, best_known_height(self)
 
     def _write_info(self, rpc_port: int) -> None:
         info = {"pid": os.getpid(), "address": "0x" + self.address.hex(), "peer_id": str(self.p2p.peer_id),
@@ -407,12 +407,12 @@ class Node:
 
     async def _rpc_node(self, params: Any) -> dict[str, Any]:
         obs = self.loop.observation
-        best = best_peer_height(self)
+        best = best_known_height(self)
         return {
             "address": "0x" + self.address.hex(), "peerId": str(self.p2p.peer_id),
             "listen": self.p2p.listen_addrs(), "peers": len(self.p2p.peers()),
             "height": self.chain.tip.height, "driver": self.driver.committed_height,
-            "bestPeerHeight": best, "syncLag": max(0, best - self.chain.tip.height), "metrics": self._metrics_url(),
+            "bestKnownHeight": best, "syncLag": max(0, best - self.chain.tip.height), "metrics": self._metrics_url(),
             "consensus": dataclasses.asdict(self.driver.statistics()),
             "round": obs.round if obs else None, "windowOpen": obs.window_open if obs else None,
             "closeTime": obs.close_time if obs else None, "headTime": obs.head_time if obs else None,

@@ -29,7 +29,7 @@ def queried_metrics(dashboard: dict[str, Any]) -> set[str]:
 
 
 def reading() -> NodeReading:
-    return NodeReading(address="0x" + "11" * 20, chain_id=7, height=12, best_peer_height=14, peers=3,
+    return NodeReading(address="0x" + "11" * 20, chain_id=7, height=12, best_known_height=14, peers=3,
                        mesh={"/swarmnode/7/tx": 2}, pool=1, consensus_height=13, consensus_round=0, round=2,
                        window_open=True, round_commits=1, round_expected=3, validator=True,
                        missed_votes={"0x" + "11" * 20: 0, "0x" + "22" * 20: 4}, heights_tallied=11,
