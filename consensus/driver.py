@@ -32,7 +32,7 @@ from consensus.messages import (
     encode,
 )
 from consensus.signing_record import DoubleSignRefused, SigningRecord
-from consensus.votes import SignedVote, address_of, sign_vote, vote_signer
+from consensus.votes import STEP_PRECOMMIT, SignedVote, address_of, sign_vote, vote_signer
 from consensus.wire import MalformedMessage
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,17 @@ class _Synced:
     certificate: CommitCertificate
 
 
+@dataclass
+class _Tally:
+    """Who precommitted the block decided at `height` (metrics: missed votes)."""
+
+    height: int
+    round: int
+    block_hash: bytes
+    validators: tuple[bytes, ...]
+    signers: set[bytes]
+
+
 class ConsensusDriver:
     """One validator (or observer, with private_key=None) running Tendermint over `network`."""
 
@@ -155,6 +166,11 @@ class ConsensusDriver:
         self._silent: Counter[bytes] = Counter()  # proposer -> own turns in a row with no proposal seen in time
         self._proposed: set[tuple[int, int]] = set()  # (height, round) with a proposal seen, this height
         self._nursery: trio.Nursery | None = None
+        # metrics: validator -> heights decided here without its precommit for the block (_tally_missed), and
+        # the highest height a validator's signed message was for (the validators have committed the one below)
+        self.missed_votes: Counter[bytes] = Counter()
+        self.highest_seen = 0
+        self._tally: _Tally | None = None
 
     # ---- public API ----
 
@@ -306,12 +322,15 @@ class ConsensusDriver:
     async def _on_consensus_message(self, item: _Authenticated) -> None:
         h, current = item.message.vote.height, self._state.height
         decided = self._state.step == eng.Step.COMMIT
+        if h <= current + self.config.max_heights_ahead:  # a validator is there (bounded: a liar moves it little)
+            self.highest_seen = max(self.highest_seen, h)
         if h == current and not decided:
             inp = self._engine_input(item)
             if inp is not None:
                 await self._feed(inp)
         elif h == current:
             self.counters["late_for_decided_height"] += 1
+            self._note_late_precommit(item)
         elif h == current + 1:
             self._buffer_future(item)
             if not decided:
@@ -479,6 +498,7 @@ class ConsensusDriver:
     async def _commit(self, out: eng.CommitBlock) -> None:
         block = self._blocks[out.block_hash]
         cert = CommitCertificate.from_precommits(out.precommits)
+        self._open_tally(out)
         await self._app(self.app.commit_block, out.height, block, cert)
         now = trio.current_time()
         t = self.timeline.setdefault(out.height, {})
@@ -500,6 +520,38 @@ class ConsensusDriver:
             self._spawn(self._fire_at, now, start)
         else:
             self._spawn(self._start_when_due, t.get("start", now), start)
+
+    # ---- missed votes (metrics) ----
+
+    def _open_tally(self, out: eng.CommitBlock) -> None:
+        """At a decision: who precommitted the block so far. A decision learnt from a synced certificate
+        (its signers unknown without an ecrecover each) is not tallied."""
+        votes = self._state.round_votes(out.round, STEP_PRECOMMIT).votes
+        known = {v.signature for v in votes.values()}
+        if not all(p.signature in known for p in out.precommits):
+            self._tally = None
+            return
+        signers = {s for s, v in votes.items() if v.block_hash == out.block_hash}
+        self._tally = _Tally(out.height, out.round, out.block_hash,
+                             tuple(v.address for v in self._state.validators.validators), signers)
+
+    def _note_late_precommit(self, item: _Authenticated) -> None:
+        """A precommit for the decided block that came after the decision still counts as voted."""
+        vote, tally = item.message.vote, self._tally
+        if (tally is not None and vote.step == STEP_PRECOMMIT
+                and (vote.height, vote.round, vote.block_hash) == (tally.height, tally.round, tally.block_hash)):
+            tally.signers.add(item.signer)
+
+    def _tally_missed(self) -> None:
+        """When the next height starts (block_interval after the decided one started, so late precommits
+        had time to arrive): each validator whose precommit for the decided block never came missed it."""
+        tally, self._tally = self._tally, None
+        if tally is None:
+            return
+        self.counters["heights_tallied"] += 1
+        for address in tally.validators:
+            if address not in tally.signers:
+                self.missed_votes[address] += 1
 
     async def _start_when_due(self, started_at: float, start: eng.StartHeight) -> None:
         """Start the next height block_interval after the committed one started (at once if consensus took
@@ -542,6 +594,7 @@ class ConsensusDriver:
         return eng.StartHeight(height, vset, lock)
 
     async def _start_height(self, start: eng.StartHeight) -> None:
+        self._tally_missed()
         self._mark(start.height, "start")
         self._proposed.clear()
         self._blocks.clear()

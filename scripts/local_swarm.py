@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from consensus.genesis import load_genesis  # noqa: E402
+from swarmnode import progress  # noqa: E402
 from swarmnode.cli.chain_cmd import held_out_mean  # noqa: E402
 from swarmnode.node.keys import address_of, load_key  # noqa: E402
 from swarmnode.node.localnet import (  # noqa: E402
@@ -34,6 +35,43 @@ from swarmnode.node.localnet import (  # noqa: E402
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def run_rounds(swarm: LocalSwarm, args: argparse.Namespace, base: Path, t0: float,
+               rounds: progress.Display) -> tuple[dict, int]:
+    """Wait for each round to finalize and print its line; returns the last round's record and number."""
+    shown = -1
+    r: dict = {}
+    while shown < args.rounds - 1:
+        def next_final(want: int = shown + 1) -> dict | None:
+            r = swarm.try_rpc(0, "swarm_getRound", want)
+            return r if r and r["finalized"] else None
+
+        r = wait_for(next_final, args.round_timeout, f"round {shown + 1} to finalize (see {base}/node0.log)")
+        shown += 1
+        rounds.advance()
+
+        def newest_score(upto: int = shown) -> tuple[float, int] | None:
+            """node0's newest test score of a round <= upto, with that round."""
+            hist = (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])
+            done = [h for h in hist if h["testAccuracy"] is not None and h["round"] <= upto]
+            return (done[-1]["testAccuracy"], done[-1]["round"]) if done else None
+
+        # node0 scores at low priority and, when behind, only the newest round: wait briefly for this
+        # round's score, else show the newest one it has, marked with its round
+        try:
+            acc, of = wait_for(lambda want=shown: (x := newest_score(want)) and x[1] == want and x, 3,
+                               f"node0's evaluation of round {shown}")
+        except SwarmTimeout:
+            acc, of = newest_score() or (None, None)
+        test = "-" if acc is None else f"{acc * 100:.1f}%" + ("" if of == shown else f" (r{of})")
+        accs = [int(c["localAccuracy"]) / 1e6 for c in r["commits"]]
+        mean = f"{sum(accs) / len(accs) * 100:.1f}%" if accs else "-"
+        base_acc = held_out_mean(r["commits"])[0]  # round `shown`'s base: the global model of the round before
+        held_out = "-" if base_acc is None else f"{base_acc * 100:.1f}%"
+        rounds.say(f"{shown:>5}  {len(r['commits']):>4}/{int(r['participantCount']):<4}  {mean:>15}  "
+                   f"{held_out:>17}  {test:>15}  {time.monotonic() - t0:>7.0f}s")
+    return r, shown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,43 +102,18 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     t0 = time.monotonic()
     swarm = LocalSwarm(base, args.genesis.resolve(), keys, extra_env={"OMP_NUM_THREADS": "1"})
+    show = progress.wanted()  # a spinner while daemons start, a bar of rounds (a terminal only)
     try:
-        for i in range(nodes):
-            swarm.init_node(i)
-        swarm.start_all(list(range(nodes)), extra_args={0: ("--eval-test",)})
+        with progress.status(f"starting {nodes} daemons (each loads torch and its data)", show):
+            for i in range(nodes):
+                swarm.init_node(i)
+            swarm.start_all(list(range(nodes)), extra_args={0: ("--eval-test",)})
         for i in range(nodes):
             print(f"  node{i} up: rpc {swarm.nodes[i].rpc_url}  p2p {swarm.nodes[i].listen[0]}", flush=True)
         print(f"{'round':>5}  {'committed':>9}  {'mean client acc':>15}  {'base held-out acc':>17}  "
               f"{'global test acc':>15}  {'elapsed':>8}", flush=True)
-        shown = -1
-        while shown < args.rounds - 1:
-            def next_final(want: int = shown + 1) -> dict | None:
-                r = swarm.try_rpc(0, "swarm_getRound", want)
-                return r if r and r["finalized"] else None
-
-            r = wait_for(next_final, args.round_timeout, f"round {shown + 1} to finalize (see {base}/node0.log)")
-            shown += 1
-
-            def newest_score(upto: int = shown) -> tuple[float, int] | None:
-                """node0's newest test score of a round <= upto, with that round."""
-                hist = (swarm.try_rpc(0, "swarm_node") or {}).get("history", [])
-                done = [h for h in hist if h["testAccuracy"] is not None and h["round"] <= upto]
-                return (done[-1]["testAccuracy"], done[-1]["round"]) if done else None
-
-            # node0 scores at low priority and, when behind, only the newest round: wait briefly for this
-            # round's score, else show the newest one it has, marked with its round
-            try:
-                acc, of = wait_for(lambda want=shown: (x := newest_score(want)) and x[1] == want and x, 3,
-                                   f"node0's evaluation of round {shown}")
-            except SwarmTimeout:
-                acc, of = newest_score() or (None, None)
-            test = "-" if acc is None else f"{acc * 100:.1f}%" + ("" if of == shown else f" (r{of})")
-            accs = [int(c["localAccuracy"]) / 1e6 for c in r["commits"]]
-            mean = f"{sum(accs) / len(accs) * 100:.1f}%" if accs else "-"
-            base_acc = held_out_mean(r["commits"])[0]  # round `shown`'s base: the global model of the round before
-            held_out = "-" if base_acc is None else f"{base_acc * 100:.1f}%"
-            print(f"{shown:>5}  {len(r['commits']):>4}/{int(r['participantCount']):<4}  {mean:>15}  {held_out:>17}  "
-                  f"{test:>15}  {time.monotonic() - t0:>7.0f}s", flush=True)
+        with progress.bar("rounds", args.rounds, show, stream=sys.stdout) as rounds:
+            r, shown = run_rounds(swarm, args, base, t0, rounds)
         print("\nchain round table (swarmnode chain rounds):", flush=True)
         print(run_cli("chain", "rounds", "--rpc", str(swarm.nodes[0].rpc_url)).stdout, flush=True)
         elapsed = time.monotonic() - t0

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from swarmnode import progress
 from swarmnode.cli.errors import CliError
 from swarmnode.cli.rpc_client import RpcClient, print_json, rpc_url
 
@@ -120,11 +121,10 @@ def _transact(args: argparse.Namespace, what: str, data: bytes, value: int) -> d
         block = rpc.call("eth_getBlockByNumber", "latest", False)
         return txs.sign_call(secret, chain_id, nonce, data, int(block.get("baseFeePerGas", "0x0"), 16), value=value)
 
-    def note(text: str) -> None:
-        if not args.json:
-            print(f"{what}: {text}", file=sys.stderr)
-
-    tx_hash, receipt = send_followed(rpc, me, build, args.timeout, note, what)
+    with progress.status(f"{what}: waiting for inclusion", progress.wanted(args.json),
+                         stream=None if args.json else sys.stderr) as shown:
+        tx_hash, receipt = send_followed(rpc, me, build, args.timeout, lambda text: shown.say(f"{what}: {text}"),
+                                         what)
     ok = receipt.get("status") == "0x1"
     result = {"action": what, "address": _hex(me), "transaction": tx_hash,
               "block": int(receipt["blockNumber"], 16), "status": "success" if ok else "reverted"}

@@ -28,6 +28,10 @@ def register(subparsers: Any) -> None:
                             "(mode 0600): the plaintext of every message (before Noise encrypts it, after it "
                             "decrypts it) and the raw TCP bytes; read it with `python -m swarmnode.p2p.traffic DIR`. "
                             "Off by default; it costs a file write per message")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics; 'off' serves none (overrides the "
+                        "config's [metrics] addr; default 127.0.0.1:0, loopback on any free port, written to the "
+                        "data dir's node.json and shown by `swarmnode status`)")
     rpc = p.add_argument_group("JSON-RPC (each overrides the config's [rpc] value)")
     rpc.add_argument("--rpc-vhosts", metavar="NAMES",
                      help="comma-separated Host names the RPC answers besides localhost/127.0.0.1/[::1] and its "
@@ -84,7 +88,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError):  # stderr is not a real file (e.g. captured): no stack dumps then
         pass
     try:
-        cfg = load_config(args.config).with_bootstrap(tuple(args.bootstrap)).with_capture(args.capture_traffic)
+        cfg = (load_config(args.config).with_bootstrap(tuple(args.bootstrap)).with_capture(args.capture_traffic)
+               .with_metrics(args.metrics_addr))
         setup_logging(cfg.log_level, args.name)
         options = rpc_options(cfg, args)
         node = Node.from_config(cfg, evaluate_test=args.eval_test, byzantine=args.byzantine)

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,10 @@ MAX_QUEUED_PREFETCHES = 512  # started on gossip and not finished; more are skip
 
 
 class BlobFetcher:
-    def __init__(self, p2p: P2PNode, store: DirectoryBlobStore, blob_dir: Path, quarantine_dir: Path) -> None:
+    def __init__(self, p2p: P2PNode, store: DirectoryBlobStore, blob_dir: Path, quarantine_dir: Path,
+                 observe: Callable[[float], None] | None = None) -> None:
         self.p2p = p2p
+        self._observe = observe or (lambda seconds: None)  # metrics: seconds of each blob fetched from peers
         self.store = store
         self.blob_dir = blob_dir
         self.quarantine_dir = quarantine_dir
@@ -134,7 +137,7 @@ class BlobFetcher:
         return out
 
     async def _fetch_one(self, cid: bytes, deadline: float) -> bytes:
-        delay = 0.2
+        delay, started = 0.2, trio.current_time()
         while True:
             try:
                 had = await trio.to_thread.run_sync(self.store.has, cid)
@@ -143,6 +146,7 @@ class BlobFetcher:
                 self.remember(cid, blob)  # verified: on arrival, or by the store's read
                 if not had:
                     self.counters["bytes_fetched"] += len(blob)
+                    self._observe(trio.current_time() - started)
                 return blob
             except BlobCorrupted as exc:  # our own copy is damaged on disk: set it aside, fetch again
                 await trio.to_thread.run_sync(self.set_aside, cid, exc)

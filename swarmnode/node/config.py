@@ -9,6 +9,8 @@ from typing import Any
 
 import tomli_w
 
+DEFAULT_METRICS_ADDR = "127.0.0.1:0"  # Prometheus /metrics: on, loopback only, any free port (in node.json)
+
 
 class NodeConfigError(Exception):
     """The config file is missing, unreadable, or has a bad value (the message names the field)."""
@@ -43,6 +45,8 @@ class NodeConfig:
     # `swarmnode run --capture-traffic DIR` only, never read from or written to config.toml: a capture holds
     # the plaintext of every message and should not stay on by accident
     capture_traffic: Path | None = None
+    # Prometheus /metrics (swarmnode/node/metrics.py): HOST:PORT, port 0 = any free port, "off" = none
+    metrics_addr: str = DEFAULT_METRICS_ADDR
 
     @property
     def chain_dir(self) -> Path:
@@ -68,6 +72,9 @@ class NodeConfig:
     def with_bootstrap(self, extra: tuple[str, ...]) -> NodeConfig:
         return replace(self, bootstrap=tuple(dict.fromkeys(self.bootstrap + extra)))
 
+    def with_metrics(self, addr: str | None) -> NodeConfig:
+        return self if addr is None else replace(self, metrics_addr=_metrics_addr(addr, "--metrics-addr"))
+
     def with_capture(self, directory: Path | None) -> NodeConfig:
         return replace(self, capture_traffic=directory.expanduser().resolve() if directory is not None else None)
 
@@ -90,12 +97,26 @@ def _seconds(raw: Any, name: str, lo: float = 0.01, hi: float = 3600.0) -> float
     return float(raw)
 
 
+def _metrics_addr(raw: Any, name: str) -> str:
+    from swarmnode.node.metrics import MetricsError, parse_metrics_addr
+
+    if not isinstance(raw, str):
+        raise NodeConfigError(f"{name}: expected \"HOST:PORT\" or \"off\", got {raw!r}")
+    try:
+        parse_metrics_addr(raw)
+    except MetricsError as exc:
+        raise NodeConfigError(f"{name}: {exc}") from None
+    return raw.strip()
+
+
 def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
-    """Parse the TOML tables [node], [p2p], [rpc], [learning]; relative paths are relative to `base`."""
-    known = {"node", "p2p", "rpc", "learning"}
+    """Parse the TOML tables [node], [p2p], [rpc], [learning], [metrics]; relative paths are relative to `base`."""
+    known = {"node", "p2p", "rpc", "learning", "metrics"}
     if set(raw) - known:
         raise NodeConfigError(f"unknown config tables {sorted(set(raw) - known)}; known: {sorted(known)}")
-    node, p2p, rpc, learning = (raw.get(k, {}) for k in ("node", "p2p", "rpc", "learning"))
+    node, p2p, rpc, learning, metrics = (raw.get(k, {}) for k in ("node", "p2p", "rpc", "learning", "metrics"))
+    if not isinstance(metrics, dict):
+        raise NodeConfigError(f"config [metrics]: expected a table, got {metrics!r}")
 
     def path(table: dict[str, Any], key: str, where: str, required: bool = True) -> Path | None:
         value = table.get(key)
@@ -143,6 +164,7 @@ def config_from_dict(raw: dict[str, Any], base: Path) -> NodeConfig:
         log_level=str(node.get("log_level", "INFO")).upper(),
         keep_update_rounds=_int(node.get("keep_update_rounds", 16), "node.keep_update_rounds", 0, 2**31),
         keep_model_rounds=_int(node.get("keep_model_rounds", 64), "node.keep_model_rounds", 0, 2**31),
+        metrics_addr=_metrics_addr(metrics.get("addr", DEFAULT_METRICS_ADDR), "config field 'metrics.addr'"),
     )
 
 
@@ -175,6 +197,7 @@ def config_to_dict(cfg: NodeConfig) -> dict[str, Any]:
                 "call_timeout": cfg.rpc_call_timeout, "call_workers": cfg.rpc_call_workers,
                 "max_connections": cfg.rpc_max_connections},
         "learning": learning,
+        "metrics": {"addr": cfg.metrics_addr},
     }
 
 

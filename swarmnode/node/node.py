@@ -41,6 +41,7 @@ from consensus.rpc import RpcServer
 from consensus.service import ChainService, make_pool
 from consensus.signing_record import SigningRecord
 from consensus.txpool import TxPool
+from swarmnode import progress
 from swarmnode.adversary.participant import ByzantineParticipant
 from swarmnode.experiment import ClientData
 from swarmnode.learning.tasks import Task
@@ -49,6 +50,7 @@ from swarmnode.node.blobfetch import BlobFetcher
 from swarmnode.node.config import NodeConfig
 from swarmnode.node.ingest import TxIngest
 from swarmnode.node.keys import address_of, load_key
+from swarmnode.node.metrics import MetricsError, NodeMetrics, best_known_height, read_node, start_server
 from swarmnode.node.roundloop import RoundLoop
 from swarmnode.node.secagg_node import SecAggNode
 from swarmnode.node.store import ModelStore
@@ -189,7 +191,10 @@ class Node:
                                        known_sender=lambda address: self.driver.is_validator(address))
         self.p2p = P2PNode(p2p_cfg, store=self.blob_store, head_height=lambda: self.chain.tip.height,
                            policies={CONSENSUS: consensus_policy}, app=self.app, app_runner=self._sync_runner)
-        self.fetcher = BlobFetcher(self.p2p, self.blob_store, cfg.blob_dir, cfg.data_dir / "corrupt-blobs")
+        self.metrics = NodeMetrics()  # Prometheus; served by run() (swarmnode/node/metrics.py)
+        self.metrics_server: Any = None
+        self.fetcher = BlobFetcher(self.p2p, self.blob_store, cfg.blob_dir, cfg.data_dir / "corrupt-blobs",
+                                   observe=self.metrics.observe_fetch)
         c = genesis.consensus
         dcfg = DriverConfig(
             chain_id=genesis.chain_id,
@@ -219,12 +224,14 @@ class Node:
                               privacy=privacy, me=self.address, min_participants=genesis.rounds.min_participants,
                               secagg=(SecAggNode(key=secret, chain_id=genesis.chain_id, privacy=privacy,
                                                  data_dir=cfg.data_dir)
-                                      if privacy is not None and privacy.secure_aggregation else None))
+                                      if privacy is not None and privacy.secure_aggregation else None),
+                              observe=self.metrics.observe_work)
         self.loop = RoundLoop(config=machine.MachineConfig(num_clients=len(clients)),
                               address=self.address, service=self.service, work=self.work, sender=self.sender,
                               models=self.models, history=self.history, wait_height=self.driver.wait_height)
         self.rpc = RpcServer(self.service, host=cfg.rpc_host, port=cfg.rpc_port)
         self.rpc.register_method("swarm_node", self._rpc_node)
+        self.metrics.watch(lambda: read_node(self))
 
     @classmethod
     def from_config(cls, cfg: NodeConfig, *, evaluate_test: bool = False, byzantine: str | None = None) -> Node:
@@ -292,6 +299,11 @@ class Node:
     # ---- running ----
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:  # before anything starts: a bad metrics address stops the node with a clear error
+            self.metrics_server = start_server(self.metrics.registry, self.cfg.metrics_addr)
+        except MetricsError as exc:
+            self.chain.close()
+            raise NodeError(str(exc)) from None
         try:
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async with self.executor.running(final=self.chain.close), trio.open_nursery() as root:
@@ -301,6 +313,8 @@ class Node:
         finally:
             if not self.work.stop():
                 log.warning("event=compute_threads_still_running (exiting anyway)")
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             log.info("event=stopped address=0x%s", self.address.hex())
 
     async def _on_signals(self, signals: Any, scope: trio.CancelScope) -> None:
@@ -318,9 +332,9 @@ class Node:
             await self._initial_sync()
             await nursery.start(self.driver.run)
             await nursery.start(self.loop.run)
-            log.info("event=started address=0x%s peer_id=%s height=%d rpc=%s:%d listen=%s", self.address.hex(),
-                     self.p2p.peer_id, self.chain.tip.height, self.cfg.rpc_host, port,
-                     ",".join(self.p2p.listen_addrs()))
+            log.info("event=started address=0x%s peer_id=%s height=%d rpc=%s:%d listen=%s metrics=%s",
+                     self.address.hex(), self.p2p.peer_id, self.chain.tip.height, self.cfg.rpc_host, port,
+                     ",".join(self.p2p.listen_addrs()), self._metrics_url())
             task_status.started()
             await trio.sleep_forever()
 
@@ -370,27 +384,38 @@ class Node:
             log.warning("event=no_peers bootstrap=%s", ",".join(self.cfg.bootstrap))
             return
         try:
-            reached = await self.p2p.catch_up()
+            with progress.polled_bar("syncing the chain from peers", self._sync_progress, progress.wanted()):
+                reached = await self.p2p.catch_up()
         except P2PError as exc:
             log.warning("event=sync_failed error=%r", str(exc))
             return
         log.info("event=synced height=%d", reached)
 
+    def _sync_progress(self) -> tuple[int, int]:
+        """(our height, the head peers stated) for the sync bar (read from rich's thread: both are snapshots)."""
+        return self.chain.tip.height, best_known_height(self)
+
     def _write_info(self, rpc_port: int) -> None:
         info = {"pid": os.getpid(), "address": "0x" + self.address.hex(), "peer_id": str(self.p2p.peer_id),
-                "rpc": f"http://{self.cfg.rpc_host}:{rpc_port}", "listen": self.p2p.listen_addrs()}
+                "rpc": f"http://{self.cfg.rpc_host}:{rpc_port}", "listen": self.p2p.listen_addrs(),
+                "metrics": self._metrics_url()}
         tmp = self.cfg.info_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.cfg.info_file)
+
+    def _metrics_url(self) -> str | None:
+        return self.metrics_server.url if self.metrics_server is not None else None
 
     # ---- RPC ----
 
     async def _rpc_node(self, params: Any) -> dict[str, Any]:
         obs = self.loop.observation
+        best = best_known_height(self)
         return {
             "address": "0x" + self.address.hex(), "peerId": str(self.p2p.peer_id),
             "listen": self.p2p.listen_addrs(), "peers": len(self.p2p.peers()),
             "height": self.chain.tip.height, "driver": self.driver.committed_height,
+            "bestKnownHeight": best, "syncLag": max(0, best - self.chain.tip.height), "metrics": self._metrics_url(),
             "consensus": dataclasses.asdict(self.driver.statistics()),
             "round": obs.round if obs else None, "windowOpen": obs.window_open if obs else None,
             "closeTime": obs.close_time if obs else None, "headTime": obs.head_time if obs else None,

@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -127,8 +128,10 @@ class RoundWork:
                  keep_model_rounds: int = 64, byzantine: ByzantineParticipant | None = None,
                  max_samples: int = 2**64, initial: dict[str, Any] | None = None, device: str = "cpu",
                  privacy: PrivacyConfig | None = None, me: bytes = b"", min_participants: int = 1,
-                 secagg: SecAggNode | None = None) -> None:
+                 secagg: SecAggNode | None = None, observe: Callable[[str, float], None] | None = None) -> None:
         self.task = task
+        # metrics: observe("train" | "aggregate", seconds) after each local training and aggregation
+        self._observe = observe or (lambda job, seconds: None)
         # secure aggregation: updates are committed masked; only the round's sum is ever unmasked
         self.secagg = secagg
         # (round, our unmasked delta, its LocalUpdate, its epsilon claim): masked again if the key set grows
@@ -235,6 +238,7 @@ class RoundWork:
         upd = await self.compute.run(local_update, self.task, model.params, data, action.round,
                                      action.client_index, self.device, self.privacy if self.byzantine is None else None,
                                      self._dp_generator, self.min_participants, residual, limiter=self.train_limiter)
+        self._observe("train", time.monotonic() - t0)
         if upd.residual is not None:
             await trio.to_thread.run_sync(self._store_residual, upd.residual)
         if self.secagg is not None:
@@ -535,6 +539,7 @@ class RoundWork:
         except AggregationError as exc:  # the rule itself fails on these inputs: every node would
             raise WorkError(f"aggregation rule {task.rule} failed: {exc}", retryable=False) from exc
         t_compute = time.monotonic()
+        self._observe("aggregate", t_compute - t_fetch)
 
         await self._store_aggregate(action, new, encoded, h, excluded, log_it=False)
         t_store = time.monotonic()

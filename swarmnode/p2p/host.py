@@ -56,6 +56,7 @@ from swarmnode.p2p.config import Limits, P2PConfig, Rate
 from swarmnode.p2p.errors import ConfigError, HandshakeError, IdentityError, P2PError
 from swarmnode.p2p.handshake import HANDSHAKE_PROTOCOL, Hello, exchange
 from swarmnode.p2p.identity import address_of_peer, key_pair_of
+from swarmnode.p2p.meter import TrafficMeter
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +444,8 @@ class P2PHost:
         if config.capture_dir is not None:  # off: nothing is installed, nothing runs
             self.capture = TrafficCapture(config.capture_dir, str(self.peer_id))
             self.capture.install(self.libp2p.get_network())
+        self.meter = TrafficMeter()  # bytes per protocol and on the wire, always on (the node's metrics)
+        self.meter.install(self.libp2p.get_network())
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[ID, INetConn, bool]](1024)
         self._bans_send, self._bans_recv = trio.open_memory_channel[ID](256)
         self._verified: dict[ID, PeerStatus] = {}

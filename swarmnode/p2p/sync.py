@@ -85,6 +85,7 @@ class ChainSync:
         self._serve_limiter = trio.CapacityLimiter(config.max_concurrent_serves)
         self._serving: Counter[ID] = Counter()  # requests being served, per peer
         self.counters: Counter[str] = Counter()
+        self.peer_head = 0  # the highest head a peer stated in a sync header (a claim: shown, never trusted)
 
     def attach(self) -> None:
         handler = self._serve if self._guard is None else self._guard.wrap(SYNC_PROTOCOL, self._serve)
@@ -150,6 +151,7 @@ class ChainSync:
             if env.kind == SYNC_REFUSED:
                 raise SyncRefused(wire.as_int(fields[0], "refusal reason"), wire.as_int(fields[1], "refusal limit"))
             head = wire.as_int(fields[0], "head height")
+            self.peer_head = max(self.peer_head, head)
             n = wire.as_int(fields[1], "block count", maximum=count)
             for height in range(first, first + n):
                 block, cert = await self._read_block(stream, height)
