@@ -31,7 +31,7 @@ def test_compressed_updates_give_the_simulations_model_hashes(tmp_path: Path) ->
     from swarmnode.learning.tasks import Task
 
     args = ("--compression", "topk", "--compression-fraction", "0.05", "--compression-bits", "4")
-    with running_swarm(tmp_path, 4, "tiny", commit_window_s=10, genesis_args=args) as swarm:
+    with running_swarm(tmp_path, 4, "tiny", commit_window_s=30, genesis_args=args) as swarm:
         g = load_genesis(tmp_path / "genesis.toml")
         assert g.task["compression"] == {"method": "topk", "bits": 4, "fraction": 0.05}
         torch.set_num_threads(1)
