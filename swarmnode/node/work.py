@@ -158,11 +158,11 @@ class RoundWork:
         self.device = device  # where local training runs; aggregation is exact integer arithmetic on the CPU
         self._held_out: tuple[bytes, tuple[float, float, int]] | None = None  # last (model hash, score)
         # training runs below the priority of consensus, libp2p and the chain
-        self.compute = ComputeThreads(workers=2, niceness=niceness)
+        self.compute = ComputeThreads(workers=2, niceness=niceness, name="train")
         # scoring is for people, never on the round's critical path: one thread at the lowest priority
-        self.scoring = ComputeThreads(workers=1, niceness=19 if niceness else 0)
+        self.scoring = ComputeThreads(workers=1, niceness=19 if niceness else 0, name="score")
         # aggregating is short and every validator's attestation waits for it: normal priority
-        self.aggregating = ComputeThreads(workers=1, niceness=0)
+        self.aggregating = ComputeThreads(workers=1, niceness=0, name="aggregate")
         self.train_limiter = trio.CapacityLimiter(1)
         self.eval_limiter = trio.CapacityLimiter(1)
         self._prune_lock = trio.Lock()
