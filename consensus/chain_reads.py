@@ -32,6 +32,7 @@ from eth.chains.base import Chain
 from eth.db.atomic import AtomicDBWriteBatch
 from eth.db.backends.base import BaseAtomicDB
 from eth.exceptions import BlockNotFound, HeaderNotFound, OutOfGas, Revert, TransactionNotFound
+from eth.vm.message import Message
 from eth.vm.spoof import SpoofTransaction
 from eth_abi import decode as abi_decode
 from eth_bloom import BloomFilter
@@ -41,6 +42,7 @@ from consensus.errors import ConsensusError
 from consensus.genesis import Genesis
 from consensus.genesis_block import STAKING_ADDRESS
 
+ZERO_ADDRESS = b"\x00" * 20
 MAX_LOG_RANGE = 10_000  # blocks per eth_getLogs query
 MAX_LOGS = 10_000
 
@@ -238,6 +240,27 @@ class ChainReader:
                              reverted=isinstance(computation.error, Revert))
         return bytes(computation.output)
 
+    def view(self, to: bytes, data: bytes, header: BlockHeaderAPI) -> bytes:
+        """A read-only call of `to` from the zero address at `header`: `call(CallRequest(to=to, data=data))`
+        without the transaction around the message (no spoofed transaction, nonce, fee, refund or coinbase
+        bookkeeping, and no fresh VM state for the sender's nonce). The output is the same; the node's own
+        contract reads (the round reader, the registry, validator sets, swarm_* RPC) make several per block,
+        and the transaction around each cost twice the message itself."""
+        state = self._call_state(header)
+        snapshot = state.snapshot()
+        try:
+            message = Message(gas=header.gas_limit, to=to, sender=ZERO_ADDRESS, value=0, data=data,
+                              code=state.get_code(to))
+            context = state.get_transaction_context_class()(gas_price=0, origin=ZERO_ADDRESS)
+            computation = state.computation_class.apply_message(state, message, context)
+        finally:
+            state.revert(snapshot)  # every call starts from the state after `header`
+            state.clear_transient_storage()
+        if computation.is_error:
+            raise CallFailed(_revert_message(computation), bytes(computation.output),
+                             reverted=isinstance(computation.error, Revert))
+        return bytes(computation.output)
+
     def _call_state(self, header: BlockHeaderAPI) -> StateAPI:
         """py-evm's costless state on top of `header` (the one eth_call runs in), kept for the next
         call at the same block: each call reverts what it did, and the reads it made stay cached, so
@@ -282,7 +305,7 @@ class ChainReader:
         assert self._genesis is not None, "validator sets need the genesis"
         if not state.get_code(STAKING_ADDRESS):
             return tuple((v.address, v.stake) for v in self._genesis.validators)
-        output = self.call(CallRequest(to=STAKING_ADDRESS, data=keccak(b"getValidators()")[:4]), header)
+        output = self.view(STAKING_ADDRESS, keccak(b"getValidators()")[:4], header)
         addresses, stakes = abi_decode(["address[]", "uint256[]"], output)
         return tuple((bytes.fromhex(a[2:]), int(s)) for a, s in zip(addresses, stakes, strict=True))
 

@@ -10,7 +10,7 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
 from consensus.chain import ExecutionChain
-from consensus.chain_reads import CallFailed, CallRequest
+from consensus.chain_reads import CallFailed
 from consensus.genesis_block import ROUNDS_ADDRESS, STAKING_ADDRESS
 
 
@@ -96,8 +96,7 @@ class SwarmViews:
         in_types = [_abi_type(p) for p in spec["inputs"]]
         selector = keccak(f"{fn}({','.join(in_types)})".encode())[:4]
         to = STAKING_ADDRESS if contract == "Staking" else ROUNDS_ADDRESS
-        output = self.chain.reader.call(CallRequest(to=to, data=selector + abi_encode(in_types, list(args))),
-                                        head)
+        output = self.chain.reader.view(to, selector + abi_encode(in_types, list(args)), head)
         decoded = abi_decode([_abi_type(p) for p in spec["outputs"]], output)
         values = [_jsonable(v, p) for v, p in zip(decoded, spec["outputs"], strict=True)]
         return values[0] if len(values) == 1 else values

@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from swarmnode.node.config import NodeConfigError, load_config
     from swarmnode.node.keys import KeyFileError
     from swarmnode.node.node import Node, NodeError, setup_logging
+    from swarmnode.node.profiling import ProfilingUnavailable, cpu_profile
 
     try:
         faulthandler.enable(all_threads=True)  # a fatal signal (SIGSEGV, SIGABRT) leaves every stack in the log
@@ -94,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         options = rpc_options(cfg, args)
         node = Node.from_config(cfg, evaluate_test=args.eval_test, byzantine=args.byzantine)
         node.rpc.configure(options)  # Node builds its RpcServer with the defaults
-        trio.run(node.run)
-    except (NodeConfigError, KeyFileError, NodeError, LearningError, ConsensusError) as exc:
+        with cpu_profile(args.name or "node"):  # SWARMNODE_PROFILE=DIR (developers: swarmnode/node/profiling.py)
+            trio.run(node.run)
+    except (NodeConfigError, KeyFileError, NodeError, LearningError, ConsensusError, ProfilingUnavailable) as exc:
         raise CliError(str(exc)) from None
     return 0

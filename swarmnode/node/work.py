@@ -30,7 +30,7 @@ from swarmnode.aggregation.errors import AggregationError
 from swarmnode.aggregation.exact import round_div
 from swarmnode.aggregation.rules import Contribution, RuleSpec, aggregate
 from swarmnode.experiment import ClientData, contribution_from_blob, local_update
-from swarmnode.learning.evaluate import evaluate
+from swarmnode.learning.evaluate import EvalResult, evaluate
 from swarmnode.learning.tasks import Task, initial_params
 from swarmnode.node import txs, views
 from swarmnode.node.blobfetch import BlobFetcher
@@ -59,6 +59,8 @@ progress_log = logging.getLogger("swarmnode.progress")
 
 SHARE_KEY_WAIT_S = 5  # how long (block time) key posting waits for participants without a share key
 HISTORY_ROUNDS = 256  # rounds this node keeps a record of (swarm_node's history); the chain keeps all
+VAL_SCORES_KEPT = 4  # validation scores remembered (this round's base and the last final models)
+VAL_SCORE_WAIT_S = 10.0  # the progress line's score waits this long for the next round's held-out score
 
 
 class WorkError(Exception):
@@ -162,13 +164,16 @@ class RoundWork:
         self.byzantine = byzantine  # tests and benchmarks: this node attacks instead of training honestly
         self.max_samples = max_samples  # the genesis cap on a commit's numSamples (the contract refuses more)
         self.device = device  # where local training runs; aggregation is exact integer arithmetic on the CPU
-        self._held_out: tuple[bytes, tuple[float, float, int]] | None = None  # last (model hash, score)
+        # validation scores by (model hash, client index), newest last, and the ones being computed
+        self._val_scores: OrderedDict[tuple[bytes, int], EvalResult] = OrderedDict()
+        self._val_running: dict[tuple[bytes, int], trio.Event] = {}
+        self._val_changed = trio.Event()  # set when a score starts or ends (then replaced)
         # training runs below the priority of consensus, libp2p and the chain
-        self.compute = ComputeThreads(workers=2, niceness=niceness)
+        self.compute = ComputeThreads(workers=2, niceness=niceness, name="train")
         # scoring is for people, never on the round's critical path: one thread at the lowest priority
-        self.scoring = ComputeThreads(workers=1, niceness=19 if niceness else 0)
+        self.scoring = ComputeThreads(workers=1, niceness=19 if niceness else 0, name="score")
         # aggregating is short and every validator's attestation waits for it: normal priority
-        self.aggregating = ComputeThreads(workers=1, niceness=0)
+        self.aggregating = ComputeThreads(workers=1, niceness=0, name="aggregate")
         self.train_limiter = trio.CapacityLimiter(1)
         self.eval_limiter = trio.CapacityLimiter(1)
         self._prune_lock = trio.Lock()
@@ -495,13 +500,40 @@ class RoundWork:
         val = self.clients[client_index].val if client_index < len(self.clients) else None
         if val is None or len(val) == 0:
             return None
-        if self._held_out is None or self._held_out[0] != h:
-            # on the commit's critical path: at training's priority, not the lowest (scoring's), where two
-            # busy cores held it back long enough to slow the demo's rounds by half
-            result = await self.compute.run(evaluate, self.task.model_spec(), model.params, val,
-                                            limiter=self.train_limiter)
-            self._held_out = (h, (result.loss, result.accuracy, len(val)))
-        return self._held_out[1]
+        result = await self._val_score((h, client_index), model.params, val)
+        return result.loss, result.accuracy, len(val)
+
+    async def _val_score(self, key: tuple[bytes, int], params: Any, val: Any) -> EvalResult:
+        """A model (by hash) scored on a client's validation split, computed once: round r's final model is
+        round r + 1's base, so the held-out score committed with r + 1 and the progress line's score of r
+        are one evaluation (each daemon evaluated its split twice per round). Computed here at training's
+        priority: it is on the commit's critical path (at scoring's lowest priority, two busy cores held
+        it back long enough to slow the demo's rounds by half)."""
+        while key not in self._val_scores and key in self._val_running:
+            await self._val_running[key].wait()
+        cached = self._val_scores.get(key)
+        if cached is not None:
+            return cached
+        done = self._val_running[key] = trio.Event()
+        self._val_news()
+        try:
+            result = await self.compute.run(evaluate, self.task.model_spec(), params, val, limiter=self.train_limiter)
+            self._remember_val_score(key, result)
+        finally:
+            del self._val_running[key]
+            done.set()
+        return result
+
+    def _remember_val_score(self, key: tuple[bytes, int], result: EvalResult) -> None:
+        self._val_scores[key] = result
+        while len(self._val_scores) > VAL_SCORES_KEPT:
+            self._val_scores.popitem(last=False)
+        self._val_news()
+
+    def _val_news(self) -> None:
+        """Wake whoever waits for a validation score to start or end."""
+        self._val_changed.set()
+        self._val_changed = trio.Event()
 
     # ---- step 4 ----
 
@@ -566,21 +598,40 @@ class RoundWork:
 
     async def score(self, round_: int, h: bytes, my_index: int | None) -> None:
         """Accuracy of a final model on this node's validation split (and the test set with --eval-test).
-        Runs at the lowest priority; when it falls behind, only the newest round waiting is scored."""
+        Runs at the lowest priority; when it falls behind, only the newest round waiting is scored. The
+        validation score is the next round's held-out score of the same model when this node trains it
+        (waited for up to VAL_SCORE_WAIT_S), otherwise computed here."""
         self._score_wanted = max(self._score_wanted, round_)
         async with self.eval_limiter:
             if round_ < self._score_wanted:
                 log.debug("event=score_skipped round=%d newer=%d", round_, self._score_wanted)
                 return
-            model = await self.load_model(h)
             rec = self.history.get(round_)
             val = self.clients[my_index].val if my_index is not None and my_index < len(self.clients) else None
+            model: GlobalModel | None = None
             if val is not None and len(val):
-                rec.val_accuracy = (await self.scoring.run(evaluate, self.task.model_spec(), model.params, val)).accuracy
+                assert my_index is not None
+                result = await self._shared_val_score((h, my_index))
+                if result is None:
+                    model = await self.load_model(h)
+                    result = await self.scoring.run(evaluate, self.task.model_spec(), model.params, val)
+                    self._remember_val_score((h, my_index), result)
+                rec.val_accuracy = result.accuracy
             if self.test_split is not None:
+                model = model if model is not None else await self.load_model(h)
                 rec.test_accuracy = (await self.scoring.run(evaluate, self.task.model_spec(), model.params,
                                                             self.test_split)).accuracy
         log.info("event=evaluated round=%d val_acc=%s test_acc=%s", round_, rec.val_accuracy, rec.test_accuracy)
+
+    async def _shared_val_score(self, key: tuple[bytes, int]) -> EvalResult | None:
+        """The held-out score of `key` once the next round's training computes it (it starts as the round
+        opens, when this final model is scored), or None if it does not start within VAL_SCORE_WAIT_S."""
+        with trio.move_on_after(VAL_SCORE_WAIT_S):
+            while key not in self._val_scores and key not in self._val_running:
+                await self._val_changed.wait()
+            while key not in self._val_scores and key in self._val_running:
+                await self._val_running[key].wait()
+        return self._val_scores.get(key)
 
     async def prune(self, final_round: int) -> None:
         """Round `final_round` is final: delete the update blobs of rounds more than keep_update_rounds

@@ -2,7 +2,10 @@
 
 Every node asks each verified peer (on connect, then every `interval` seconds) for the peers *it* has
 verified and the addresses they stated in their handshakes, and dials the ones it lacks, up to
-`max_peers`. The answers also tell us who is connected to whom; the direct consensus transport uses
+`max_peers`. While nothing changes (the same peers here, the same listings from each of them, nobody to
+dial) the refresh interval doubles, up to `max_interval`; any change brings it back to `interval`. In a
+settled swarm the exchange was nearly all of an idle node's network CPU: ten nodes opened 18 streams a
+second between them (117 ms of CPU per second in one process, 12 without it). The answers also tell us who is connected to whom; the direct consensus transport uses
 that to skip relaying a vote to a peer that already heard it from its signer.
 
 To avoid both ends dialing each other at once, the node with the smaller peer id dials first; the
@@ -59,11 +62,14 @@ def decode_listing(env: wire.Envelope) -> list[tuple[ID, tuple[str, ...]]]:
 
 
 class PeerExchange:
-    def __init__(self, host: P2PHost, *, max_peers: int = 32, interval: float = 5.0, timeout: float = 5.0) -> None:
+    def __init__(self, host: P2PHost, *, max_peers: int = 32, interval: float = 5.0, timeout: float = 5.0,
+                 max_interval: float | None = None) -> None:
         self.host = host
         self.max_peers = max_peers
         self.interval = interval
+        self.max_interval = max_interval if max_interval is not None else 8 * interval
         self.timeout = timeout
+        self.changes = 0  # our peer set changed, a listing changed, or a dial started: counted
         self.neighbours: dict[ID, frozenset[Address]] = {}  # peer -> chain addresses of its peers
         self._first_listed: dict[ID, float] = {}
         self._dialing: set[ID] = set()
@@ -88,15 +94,21 @@ class PeerExchange:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._on_new_peers, nursery)
             task_status.started()
+            wait = self.interval
             while True:
-                await trio.sleep(self.interval)  # periodic refresh: listings change without any event here
-                for peer in self.host.peers():
-                    nursery.start_soon(self.exchange, peer.peer_id, nursery)
+                await trio.sleep(wait)  # periodic refresh: listings change without any event here
+                before = self.changes
+                async with trio.open_nursery() as refresh:  # this refresh's exchanges, to judge it quiet
+                    for peer in self.host.peers():
+                        refresh.start_soon(self.exchange, peer.peer_id, nursery)
+                wait = min(2 * wait, self.max_interval) if self.changes == before else self.interval
 
     async def _on_new_peers(self, nursery: trio.Nursery) -> None:
         known: set[ID] = set()
         while True:
             current = {p.peer_id for p in self.host.peers()}
+            if current != known:
+                self.changes += 1
             for peer_id in current - known:
                 nursery.start_soon(self.exchange, peer_id, nursery)
             for peer_id in known - current:
@@ -125,12 +137,16 @@ class PeerExchange:
             log.debug("peer exchange with %s failed: %s", peer_id, exc)
             return
         self.counters["exchanges"] += 1
-        self.neighbours[peer_id] = frozenset(address_of_peer(p) for p, _ in listing)
+        neighbours = frozenset(address_of_peer(p) for p, _ in listing)
+        if self.neighbours.get(peer_id) != neighbours:
+            self.changes += 1
+        self.neighbours[peer_id] = neighbours
         self._exchanged.set()
         self._exchanged = trio.Event()
         if nursery is not None:
             for listed, addrs in listing:
                 if self._should_dial(listed, addrs):
+                    self.changes += 1
                     self._dialing.add(listed)
                     nursery.start_soon(self._dial, listed, addrs)
 

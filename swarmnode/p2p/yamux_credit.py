@@ -11,10 +11,18 @@ sender in one WINDOW_UPDATE once they reach the threshold (`_grow_threshold()`, 
 receive window here, see host.py), together with py-libp2p's own window auto-tuning. Flow control is
 unchanged: the sender's window starts at 256 KiB, the threshold is at most half the window, so credit
 always returns before the sender can stall.
+
+`install()` also caps yamux data frames at what one Noise transport message carries. py-libp2p sends
+frames of 64 KiB (header included) while a Noise message holds at most 65,519 plaintext bytes, so every
+full frame went out as two Noise messages (the second of 17 bytes): two encryptions, two writes, two
+reads and decryptions on the other end. Frames of at most 65,519 bytes are valid yamux for any peer.
+Measured in one process: a 0.83 MB update blob 25.7 -> 21.0 ms of CPU (both ends), 8 MB 163-189 -> 130-144.
 """
 
 from __future__ import annotations
 
+import libp2p.stream_muxer.yamux.yamux as yamux_module
+from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH
 from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 _installed = False
@@ -41,4 +49,7 @@ def install() -> None:
     global _installed
     if not _installed:
         YamuxStream._auto_tune_and_send_window_update = _batched_credit  # type: ignore[method-assign]
+        # YamuxStream.write reads the module constant at call time: a frame, header included, fits one
+        # Noise message
+        yamux_module.MAX_MESSAGE_SIZE = min(yamux_module.MAX_MESSAGE_SIZE, MAX_PLAINTEXT_LENGTH)
         _installed = True

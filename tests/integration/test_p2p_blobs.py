@@ -128,3 +128,30 @@ def test_announced_providers_are_remembered_for_a_bounded_number_of_blobs() -> N
     assert blobs.providers((0).to_bytes(32, "big")) == [], "past the cap, the oldest blob is forgotten"
     assert blobs.providers((1).to_bytes(32, "big")) == [peer]
     assert blobs.providers(MAX_TRACKED_BLOBS.to_bytes(32, "big")) == [peer]
+
+
+async def test_each_yamux_frame_of_a_blob_is_one_noise_message(monkeypatch) -> None:  # noqa: ANN001
+    """A full yamux data frame fits one Noise transport message (swarmnode.p2p.yamux_credit): py-libp2p's
+    64 KiB frames went out as two Noise messages each, doubling encryptions, writes and reads."""
+    from libp2p.security.noise.io import MAX_PLAINTEXT_LENGTH, NoiseTransportReadWriter
+    from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE
+
+    sizes: list[int] = []
+    original = NoiseTransportReadWriter.encrypt
+
+    def counting(self, data: bytes) -> bytes:  # noqa: ANN001
+        sizes.append(len(data))
+        return original(self, data)
+
+    blob = os.urandom(2 * MB)
+    async with star(2) as (server, client):
+        cid = server.blobs.store.put(blob)
+        with trio.fail_after(20):
+            await client.host.wait_peers(1)
+        monkeypatch.setattr(NoiseTransportReadWriter, "encrypt", counting)
+        with trio.fail_after(30):
+            assert await client.blobs.fetch(cid, providers=[server.peer_id], size=len(blob)) == blob
+    frames = -(-len(blob) // (MAX_PLAINTEXT_LENGTH - HEADER_SIZE))
+    data_messages = [s for s in sizes if s > 1024]
+    assert len(data_messages) <= frames + 2, (len(data_messages), frames)  # (the 1 MiB chunks' boundaries)
+    assert len(sizes) <= 2 * frames, sizes  # window updates included: batched, a few per blob

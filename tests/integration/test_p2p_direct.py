@@ -13,7 +13,8 @@ from consensus.votes import STEP_PREVOTE, address_of, sign_vote
 from swarmnode.p2p import wire
 from swarmnode.p2p.direct import CONSENSUS_PROTOCOL
 from swarmnode.p2p.identity import address_of_peer
-from swarmnode.p2p.testing import TEST_CHAIN_ID, full_mesh, node_secret, star
+from swarmnode.p2p.node import P2PNode
+from swarmnode.p2p.testing import TEST_CHAIN_ID, full_mesh, make_config, node_secret, star
 from swarmnode.p2p.topics import CONSENSUS, TopicPolicy
 
 JOIN_TIMEOUT = 20
@@ -53,6 +54,28 @@ async def test_peer_exchange_turns_a_star_into_a_full_mesh() -> None:
         for node in nodes[1:]:
             others = {address_of_peer(n.peer_id) for n in nodes[1:] if n is not node}
             assert others <= node.peer_exchange.neighbours[hub.peer_id], "the hub's listing must name every other spoke"
+
+
+async def test_peer_exchange_backs_off_while_nothing_changes_and_not_after_a_change() -> None:
+    """A settled swarm refreshes its listings ever less often (each refresh opened a stream to every peer);
+    a change (a new peer) brings the base interval back, so listings name newcomers within seconds."""
+    async with star(3, peer_exchange=True, peer_exchange_interval=0.2) as nodes:
+        with trio.fail_after(JOIN_TIMEOUT):
+            for node in nodes:
+                await node.host.wait_peers(2)
+                await node.peer_exchange.wait_listings({n.peer_id for n in nodes if n is not node})
+        await trio.sleep(2)  # settle: the interval grows towards 8 x 0.2 s
+        before = [n.peer_exchange.counters["exchanges"] for n in nodes]
+        await trio.sleep(4)
+        done = [n.peer_exchange.counters["exchanges"] - b for n, b in zip(nodes, before, strict=True)]
+        assert all(d <= 2 * 4 for d in done), done  # at most ~2 refreshes of 2 peers; 40 without backing off
+        hub = nodes[0]
+        async with P2PNode(make_config(3, bootstrap=tuple(hub.listen_addrs()), peer_exchange=True,
+                                       peer_exchange_interval=0.2)).run() as late:
+            with trio.fail_after(JOIN_TIMEOUT):
+                for node in nodes[1:]:  # named by the hub's next listing, dialed by one side or the other
+                    while late.peer_id not in {p.peer_id for p in node.peers()}:
+                        await node.host.wait_change()
 
 
 async def test_votes_reach_everyone_directly_and_are_not_relayed_in_a_full_mesh() -> None:

@@ -167,6 +167,12 @@ def test_receipts_logs_calls_and_estimates(chain) -> None:
     with pytest.raises(CallFailed, match="reverted"):
         chain.reader.call(CallRequest(sender=A1, to=reverter), chain.head)
     assert 21_000 < chain.reader.estimate_gas(CallRequest(sender=A1, to=logger, data=word), chain.head) <= 100_000
+    # view(): the node's own contract reads, the same message without a transaction around it
+    assert chain.reader.view(logger, word, chain.head) == word
+    with pytest.raises(CallFailed, match="reverted") as failed:
+        chain.reader.view(reverter, b"", chain.head)
+    assert failed.value.reverted
+    assert chain.reader.view(logger, (8).to_bytes(32, "big"), chain.head) == (8).to_bytes(32, "big")
     with pytest.raises(ReadError):
         chain.reader.receipt(b"\x00" * 32)
     with pytest.raises(ReadError):

@@ -7,6 +7,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -18,6 +19,10 @@ def _nice_of_this_thread() -> tuple[str, int]:
     return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
+def _os_name_of_this_thread() -> str:
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
 async def test_results_errors_and_priority() -> None:
     pool = ComputeThreads(workers=2, niceness=5)
     try:
@@ -26,7 +31,9 @@ async def test_results_errors_and_priority() -> None:
             await pool.run(lambda: 1 // 0)
         name, nice = await pool.run(_nice_of_this_thread, limiter=trio.CapacityLimiter(1))
         assert name in {t.name for t in threading.enumerate()}
-        assert name.startswith("swarmnode-compute-")
+        assert name.startswith("compute-")
+        if sys.platform.startswith("linux"):  # the OS sees the name too (per-thread CPU breakdowns)
+            assert await pool.run(_os_name_of_this_thread) in {"compute-0", "compute-1"}
         if sys.platform.startswith("linux"):
             loop_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
             assert nice == min(19, loop_nice + 5)  # the compute thread only; the caller is untouched

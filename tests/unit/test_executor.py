@@ -3,7 +3,9 @@ a running job always completes; errors reach the caller; stopping runs `final` o
 
 from __future__ import annotations
 
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import trio
@@ -17,6 +19,9 @@ async def test_every_job_runs_on_the_one_executor_thread() -> None:
         threads = {await ex.run(threading.get_ident) for _ in range(20)}
         assert len(threads) == 1 and threads != {threading.get_ident()}
         assert ex.thread is not None and threads == {ex.thread.ident}
+        if sys.platform.startswith("linux"):  # named in the OS too: per-thread CPU is told apart by it
+            tid = await ex.run(threading.get_native_id)
+            assert Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "chain-executor"
 
 
 async def test_queued_jobs_run_by_priority_then_in_submission_order() -> None:
