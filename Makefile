@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data test demo soak bench bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall fuzz lint clean
+.PHONY: setup data test demo soak bench bench-compression bench-large-models bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall fuzz lint clean
 
 # setup: the venv with everything installed, and Fashion-MNIST on this machine (Debian's
 # dataset-fashion-mnist, installed when this user may install packages; otherwise it says what to do)
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q --durations=15 -m "not long"
 
-# soak: the long system tests (60 rounds of churn, an 80-round soak: about 11 minutes), then 4 daemons on
+# soak: the long system tests (60 rounds of churn, an 80-round soak, the hospitals example: about 15 minutes), then 4 daemons on
 # the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
 soak: setup
 	$(PY) -m pytest -q --durations=5 -m long
@@ -33,7 +33,17 @@ demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall bench-compression bench-large-models
+
+# compressed updates: the seed experiment in process for 60 rounds per setting (about 15 CPU-minutes each)
+bench-compression: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_compression.py --out bench-results/compression.json
+
+# the swarm's per-round overhead with 4.8 MB (federated-net) and 44.7 MB (resnet) updates, 4 daemons
+bench-large-models: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_large_models.py --out bench-results/large-models.json
 
 bench-learning: setup
 	$(PY) scripts/reproduce_seed.py --preset dominant --out-dir bench-results/dominant

@@ -19,6 +19,7 @@ from examples_common import compare  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long  # 30 rounds and four single-hospital baselines: about 3-6 minutes, in `make soak`
 def test_hospitals_swarm_beats_every_hospital_alone(tmp_path: Path) -> None:
     example_hospitals.prepare(tmp_path, nodes=4, seed=7)
     files = sorted(tmp_path.glob("hospital-*.csv"), key=lambda p: int(p.stem.split("-")[1]))
