@@ -72,6 +72,7 @@ TARGET_VS_DEPLOYMENT = 10.0  # swarmnode at least this many times faster per rou
 TARGET_VS_SIMULATION = 1.5  # swarmnode at most this many times slower per round than Flower simulation mode
 EQUAL_ACCURACY_POINTS = 1.0  # "equal accuracy": every round's test accuracy within this many points of swarmnode's
 PR_SET_CHILD_SUBREAPER = 36
+MAX_CLIENTAPPS_PER_PARTICIPANT = 3  # beyond this many ClientApp processes at once, Flower deployment has failed
 
 
 class BenchError(Exception):
@@ -333,6 +334,8 @@ def summarize(figures: Mapping[str, Mapping[str, Any]], meta: Mapping[str, Any])
     if swarm is None:
         return out
     targets = out["targets"]
+    for name, why in meta.get("failed", {}).items():
+        targets[f"{name}_failed"] = why
     for name, fig in figures.items():
         if name == "swarmnode":
             continue
@@ -368,6 +371,8 @@ def format_table(summary: Mapping[str, Any]) -> str:
         lines.append(f"{name:<18} {f['round_seconds']:>8.2f} {_num(f['cpu_seconds_per_round'], '.1f'):>11} "
                      f"{f['cpu_seconds_total']:>11.1f} {f['peak_rss_mb'] / 1024:>11.2f} "
                      f"{f['sum_vmhwm_mb'] / 1024:>12.2f} {_num(wire, '.2f'):>13} {_num(acc, '.2f'):>8}%")
+    for name, why in summary.get("failed", {}).items():
+        lines.append(f"{name:<18} FAILED: {why.splitlines()[0]}")
     rounds = max((len(f["rounds"]) for f in setups.values()), default=0)
     lines += ["", "test accuracy (%) and seconds per round:",
               f"{'round':>5}  " + "  ".join(f"{name:>24}" for name in setups)]
@@ -572,7 +577,14 @@ def _wait_rounds(out: Path, rounds: int, spec: Mapping[str, Any], procs: Sequenc
     (the start, with round 0, gets startup_timeout) or the SuperLink exits."""
     seen, last_change, app_seen = 0, time.monotonic(), False
     while not (out / "done").exists():
-        app_running = _serverapp_running()
+        app_running = _count_running(b"flwr-serverapp", b"flwr-simulation") > 0
+        clientapps = _count_running(b"flwr-clientapp")
+        if clientapps > MAX_CLIENTAPPS_PER_PARTICIPANT * int(spec["participants"]):
+            # each ClientApp process must send its first heartbeat within 30 s of its launch or its task
+            # token expires and the task is launched again, without stopping the first: on a busy machine
+            # they pile up (93 at once for 10 participants here, at a load average of 96)
+            raise BenchError(f"Flower is thrashing: {clientapps} ClientApp processes at once for "
+                             f"{spec['participants']} participants (their task tokens expire before they start)")
         if app_seen and not app_running and not (out / "done").exists():
             raise BenchError(f"the ServerApp exited before the last round (rounds done: {max(0, seen - 1)})")
         app_seen = app_seen or app_running
@@ -592,15 +604,14 @@ def _wait_rounds(out: Path, rounds: int, spec: Mapping[str, Any], procs: Sequenc
     return _read_progress(out / "progress.jsonl")
 
 
-def _serverapp_running() -> bool:
-    """Whether the process that runs the ServerApp (flwr-serverapp, or flwr-simulation with its clients)
-    is alive below this driver."""
+def _count_running(*names: bytes) -> int:
+    """Live processes below this driver whose program is one of `names` (e.g. b"flwr-clientapp")."""
+    count = 0
     for s in process_tree(os.getpid()):
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{s.pid}/cmdline").read_bytes().split(b"\0")
-            if any(a.endswith((b"/flwr-serverapp", b"/flwr-simulation")) for a in argv[:2]):
-                return True
-    return False
+            count += any(a.rsplit(b"/", 1)[-1] in names for a in argv[:2])
+    return count
 
 
 def drive_swarm(spec: dict[str, Any]) -> dict[str, Any]:
@@ -756,14 +767,19 @@ def main(argv: list[str] | None = None) -> int:
                        "genesis": str(genesis), "venv": str(args.venv.resolve()),
                        "round_timeout": args.round_timeout, "startup_timeout": args.startup_timeout,
                        "dataset_dir": os.environ.get("SWARMNODE_DATA")}
-        figures, runs = {}, {}
+        figures, runs, failed = {}, {}, {}
         for name in args.setups:
             need = args.participants * 1.4  # a daemon, or a ClientApp process, holds torch and the dataset
             if name != "flower-simulation" and mem_available_gb() < need:
                 print(f"warning: {mem_available_gb():.1f} GB of memory available, {name} may need ~{need:.0f} GB",
                       flush=True)
             print(f"{name}: starting (load average {load_averages()})", flush=True)
-            run = run_setup(name, {**spec_common, "work": str(base / name)}, base, not args.no_netns)
+            try:
+                run = run_setup(name, {**spec_common, "work": str(base / name)}, base, not args.no_netns)
+            except BenchError as exc:  # the others still run: a table with a failed setup says so
+                print(f"error: {exc}", file=sys.stderr)
+                failed[name] = str(exc)
+                continue
             runs[name] = run
             figures[name] = setup_figures(run, score_setup(name, run.driver, genesis))
             f = figures[name]
@@ -777,6 +793,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     meta = {"participants": args.participants, "rounds": args.rounds, "flwr_version": args.flwr_version,
+            "failed": failed,
             "shared_versions": main_venv_versions(), "workload": workload, "cpus": os.cpu_count(),
             "load_average_before": load_before, "load_average_after": load_after,
             "notes": ["per-round figures: mean over rounds 2..R (round 1 also holds connection set-up)",
@@ -796,6 +813,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
+    if failed:
+        return 1
     if args.base_dir is None:
         from swarmnode.node.localnet import remove_tree
 

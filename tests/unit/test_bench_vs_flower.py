@@ -218,3 +218,13 @@ def test_table_shows_every_setup_round_and_target() -> None:
     assert "speedup_vs_flower_deployment: 10.00x (target >= 10x): MET" in text
     assert "slowdown_vs_flower_simulation: 1.67x (target <= 1.5x): NOT MET" in text
     assert "equal accuracy" in text and text.count("\n    2 ") == 1
+
+
+def test_a_failed_setup_is_reported_not_compared() -> None:
+    accs = [0.5, 0.6]
+    summary = bench.summarize({"flower-simulation": _figures(3.0, accs), "swarmnode": _figures(4.0, accs)},
+                              {"failed": {"flower-deployment": "Flower is thrashing: 93 ClientApp processes"}})
+    assert "speedup_vs_flower_deployment" not in summary["targets"]
+    assert summary["targets"]["flower-deployment_failed"].startswith("Flower is thrashing")
+    text = bench.format_table(summary)
+    assert "flower-deployment  FAILED: Flower is thrashing: 93 ClientApp processes" in text.splitlines()[3]
