@@ -72,7 +72,7 @@ TARGET_VS_DEPLOYMENT = 10.0  # swarmnode at least this many times faster per rou
 TARGET_VS_SIMULATION = 1.5  # swarmnode at most this many times slower per round than Flower simulation mode
 EQUAL_ACCURACY_POINTS = 1.0  # "equal accuracy": every round's test accuracy within this many points of swarmnode's
 PR_SET_CHILD_SUBREAPER = 36
-MAX_CLIENTAPPS_PER_PARTICIPANT = 3  # beyond this many ClientApp processes at once, Flower deployment has failed
+MAX_CLIENTAPPS_PER_PARTICIPANT = 3  # ClientApp launches per participant and round beyond which Flower thrashes
 
 
 class BenchError(Exception):
@@ -576,15 +576,17 @@ def _wait_rounds(out: Path, rounds: int, spec: Mapping[str, Any], procs: Sequenc
     """Until the ServerApp has written `done`; BenchError when a round takes longer than round_timeout
     (the start, with round 0, gets startup_timeout) or the SuperLink exits."""
     seen, last_change, app_seen = 0, time.monotonic(), False
+    launched: set[tuple[int, int]] = set()
     while not (out / "done").exists():
-        app_running = _count_running(b"flwr-serverapp", b"flwr-simulation") > 0
-        clientapps = _count_running(b"flwr-clientapp")
-        if clientapps > MAX_CLIENTAPPS_PER_PARTICIPANT * int(spec["participants"]):
-            # each ClientApp process must send its first heartbeat within 30 s of its launch or its task
-            # token expires and the task is launched again, without stopping the first: on a busy machine
-            # they pile up (93 at once for 10 participants here, at a load average of 96)
-            raise BenchError(f"Flower is thrashing: {clientapps} ClientApp processes at once for "
-                             f"{spec['participants']} participants (their task tokens expire before they start)")
+        app_running = bool(_running(b"flwr-serverapp", b"flwr-simulation"))
+        launched |= _running(b"flwr-clientapp")
+        if len(launched) > MAX_CLIENTAPPS_PER_PARTICIPANT * int(spec["participants"]) * max(1, seen):
+            # a ClientApp process must reach its SuperNode within 30 s of its task being claimed, or the
+            # task's token expires and the task is launched again: on a busy machine every launch misses
+            # it and they pile up (70 launches, none through, in 6 minutes of round 1 here)
+            raise BenchError(f"Flower is thrashing: {len(launched)} ClientApp launches for {max(0, seen - 1)} "
+                             f"rounds of {spec['participants']} participants (their task tokens expire before "
+                             "they start)")
         if app_seen and not app_running and not (out / "done").exists():
             raise BenchError(f"the ServerApp exited before the last round (rounds done: {max(0, seen - 1)})")
         app_seen = app_seen or app_running
@@ -604,14 +606,16 @@ def _wait_rounds(out: Path, rounds: int, spec: Mapping[str, Any], procs: Sequenc
     return _read_progress(out / "progress.jsonl")
 
 
-def _count_running(*names: bytes) -> int:
-    """Live processes below this driver whose program is one of `names` (e.g. b"flwr-clientapp")."""
-    count = 0
+def _running(*names: bytes) -> set[tuple[int, int]]:
+    """Live processes below this driver whose program is one of `names` (e.g. b"flwr-clientapp"), as
+    (pid, start time) pairs."""
+    found = set()
     for s in process_tree(os.getpid()):
         with contextlib.suppress(OSError):
             argv = Path(f"/proc/{s.pid}/cmdline").read_bytes().split(b"\0")
-            count += any(a.rsplit(b"/", 1)[-1] in names for a in argv[:2])
-    return count
+            if any(a.rsplit(b"/", 1)[-1] in names for a in argv[:2]):
+                found.add((s.pid, s.start))
+    return found
 
 
 def drive_swarm(spec: dict[str, Any]) -> dict[str, Any]:
