@@ -644,7 +644,7 @@ def drive(name: str, spec_path: Path) -> int:
         else:
             result = drive_flower(spec, simulation=name == "flower-simulation")
     except (BenchError, KeyboardInterrupt) as exc:
-        print(f"error: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"error: {str(exc) or 'interrupted'}", file=sys.stderr)
         _reap_and_kill_descendants()
         return 1
     except Exception:
