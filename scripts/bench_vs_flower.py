@@ -174,6 +174,7 @@ class TreeMeter:
 
     root: int
     net_dev: Path
+    own_namespace: bool = False  # the root moves into a namespace of its own: read `lo` only once it has
     samples: list[Sample] = field(default_factory=list)
     hwm_mb: dict[tuple[int, int], float] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -188,8 +189,17 @@ class TreeMeter:
             if hwm is not None:
                 self.hwm_mb[(s.pid, s.start)] = max(self.hwm_mb.get((s.pid, s.start), 0.0), hwm)
         if tree:
-            self.samples.append(Sample(time.monotonic(), sum(s.cpu + s.children_cpu for s in tree), rss,
-                                       lo_tx_bytes(self.net_dev), len(tree)))
+            lo = lo_tx_bytes(self.net_dev) if not self.own_namespace or self._moved() else None
+            self.samples.append(Sample(time.monotonic(), sum(s.cpu + s.children_cpu for s in tree), rss, lo,
+                                       len(tree)))
+
+    def _moved(self) -> bool:
+        """Whether the root has entered another network namespace than ours (`ip netns exec` does so
+        just after it starts: a reading before that would be the whole machine's loopback)."""
+        try:
+            return os.readlink(f"/proc/{self.root}/ns/net") != os.readlink("/proc/self/ns/net")
+        except OSError:
+            return False
 
     def _loop(self) -> None:
         while not self._stop.wait(SAMPLE_INTERVAL):
@@ -269,7 +279,7 @@ def run_setup(name: str, spec: dict[str, Any], base: Path, use_netns: bool) -> S
         t0 = time.monotonic()
         proc = subprocess.Popen(cmd, start_new_session=True)  # its output comes through to ours
         # `ip netns exec` execs the driver: the same pid, so its /proc/<pid>/net/dev is the namespace's
-        meter = TreeMeter(proc.pid, Path(f"/proc/{proc.pid}/net/dev") if ns else Path("/proc/net/dev"))
+        meter = TreeMeter(proc.pid, Path(f"/proc/{proc.pid}/net/dev") if ns else Path("/proc/net/dev"), bool(ns))
         meter.start()
         try:
             _, status, usage = os.wait4(proc.pid, 0)
