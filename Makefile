@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup data test demo soak bench bench-compression bench-large-models bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall fuzz lint clean
+.PHONY: setup data test demo soak bench bench-compression bench-large-models bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-flower bench-liveness bench-attacks bench-stall fuzz lint clean
 
 # setup: the venv with everything installed, and Fashion-MNIST on this machine (Debian's
 # dataset-fashion-mnist, installed when this user may install packages; otherwise it says what to do)
@@ -33,7 +33,7 @@ demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-liveness bench-attacks bench-stall bench-compression bench-large-models
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-flower bench-liveness bench-flower bench-attacks bench-stall bench-compression bench-large-models
 
 # compressed updates: the seed experiment in process for 60 rounds per setting (about 15 CPU-minutes each)
 bench-compression: setup
@@ -65,6 +65,12 @@ bench-swarm: setup
 	@mkdir -p bench-results
 	$(PY) scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 6 --out bench-results/swarm-seed10.json
 
+# the same workload (seed-10's task with FedAvg, 10 participants) through Flower's deployment and simulation
+# modes and swarmnode's daemons; installs Flower into .venv-flower the first time (about 20 minutes)
+bench-flower: setup
+	@mkdir -p bench-results
+	$(PY) scripts/bench_vs_flower.py --rounds 5 --out bench-results/flower.json
+
 # the attack table: 16 attacks x 6 rules x f = 1, 2, 3 of 10, 30 rounds each, in process (about an hour)
 bench-attacks: setup
 	@mkdir -p bench-results
@@ -90,4 +96,4 @@ lint: setup
 	$(VENV)/bin/mypy swarmnode/learning swarmnode/aggregation
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .venv-flower .pytest_cache build *.egg-info

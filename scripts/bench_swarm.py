@@ -74,7 +74,11 @@ def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     return out
 
 
-def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_timeout: float, score: bool = True) -> dict:
+def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_timeout: float, *,
+              score: bool = True) -> dict:
+    """The timed rounds through `nodes` daemons. Each round carries its finality time (`t_final`, on the
+    monotonic clock, as `t_start` is) and, with `score`, its final model's test accuracy (scored after
+    the timed run; scripts/bench_vs_flower.py scores outside the measured processes instead)."""
     genesis = load_genesis(genesis_path)
     keys = dev_keys_for(genesis_path, base, max(nodes, len(genesis.validators)))
     swarm = LocalSwarm(base, genesis_path.resolve(), keys, extra_env={"OMP_NUM_THREADS": "1"})
@@ -92,7 +96,7 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
                             round_timeout, f"round {r} final", interval=0.25)
             finals.append(time.monotonic())
             results.append({"round": r, "hash": info["finalHash"], "commits": len(info["commits"]),
-                            "seconds": finals[-1] - (finals[-2] if r else t_start)})
+                            "seconds": finals[-1] - (finals[-2] if r else t_start), "t_final": finals[-1]})
             print(f"  swarm round {r}: {len(info['commits'])} commits, {results[-1]['seconds']:.1f} s", flush=True)
         lo_total = loopback_bytes() - lo_start
         fetched = [(swarm.try_rpc(i, "swarm_node") or {}).get("counters", {}).get("blob_bytes_fetched", 0)
@@ -100,7 +104,8 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
         rss = [peak_rss_mb(p) for p in pids]
         cpu = [(c or 0.0) - c0 for c, c0 in zip((cpu_seconds(p) for p in pids), cpu_start, strict=True)]
         out = {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
-               "cpu_seconds": cpu, "elapsed": time.monotonic() - t_start}
+               "cpu_seconds": cpu, "elapsed": time.monotonic() - t_start, "t_start": t_start,
+               "store": str(swarm.nodes[0].data_dir / "store")}
     finally:
         swarm.close()
     if score:
