@@ -33,7 +33,7 @@ demo: setup
 	$(PY) scripts/local_swarm.py --nodes 4 --rounds 20 --genesis genesis/devnet-4.toml
 
 # Benchmarks print their figures and write JSON under bench-results/ (not tracked). Long: ~1 hour.
-bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-flower bench-liveness bench-flower bench-attacks bench-stall bench-compression bench-large-models
+bench: bench-learning bench-chain bench-consensus bench-p2p bench-swarm bench-flower bench-liveness bench-attacks bench-stall bench-compression bench-large-models
 
 # compressed updates: the seed experiment in process for 60 rounds per setting (about 15 CPU-minutes each)
 bench-compression: setup
