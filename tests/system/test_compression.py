@@ -9,6 +9,7 @@ bytes to the same integers as the simulation does.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,11 @@ def test_compressed_updates_give_the_simulations_model_hashes(tmp_path: Path) ->
     from swarmnode.learning.data import load_dataset
     from swarmnode.learning.tasks import Task
 
-    args = ("--compression", "topk", "--compression-fraction", "0.05", "--compression-bits", "4")
-    with running_swarm(tmp_path, 4, "tiny", commit_window_s=30, genesis_args=args) as swarm:
+    # round 0 opens at the genesis timestamp: "now", so that its window (which closes early once all four
+    # have committed) cannot have passed before the daemons are up and a late starter's commit is lost
+    args = ("--compression", "topk", "--compression-fraction", "0.05", "--compression-bits", "4",
+            "--genesis-time", str(int(time.time())))
+    with running_swarm(tmp_path, 4, "tiny", commit_window_s=90, genesis_args=args) as swarm:
         g = load_genesis(tmp_path / "genesis.toml")
         assert g.task["compression"] == {"method": "topk", "bits": 4, "fraction": 0.05}
         torch.set_num_threads(1)
