@@ -322,7 +322,9 @@ def setup_figures(run: SetupRun, accuracies: Sequence[float]) -> dict[str, Any]:
         "round_seconds": statistics.fmean(seconds[1:] or seconds),
         "first_round_seconds": seconds[0],
         "cpu_seconds_per_round": (cpu1 - cpu0) / steady if cpu0 is not None and cpu1 is not None else None,
-        "cpu_seconds_total": run.cpu_total,
+        # wait4() misses a process that outlived the driver (killed with the namespace, then reaped
+        # outside the tree); the last sample still holds what such a process had used by then
+        "cpu_seconds_total": max(run.cpu_total, max((s.cpu for s in run.samples), default=0.0)),
         "peak_rss_mb": max((s.rss_mb for s in run.samples), default=0.0),
         "sum_vmhwm_mb": sum(run.hwm_mb.values()),
         "processes_seen": len(run.hwm_mb),
