@@ -66,7 +66,8 @@ bench-swarm: setup
 	$(PY) scripts/bench_swarm.py --genesis genesis/seed-10.toml --rounds 6 --out bench-results/swarm-seed10.json
 
 # the same workload (seed-10's task with FedAvg, 10 participants) through Flower's deployment and simulation
-# modes and swarmnode's daemons; installs Flower into .venv-flower the first time (about 20 minutes)
+# modes and swarmnode's daemons (about 20 minutes here; the first run also installs Flower into
+# .venv-flower, about 10 more)
 bench-flower: setup
 	@mkdir -p bench-results
 	$(PY) scripts/bench_vs_flower.py --rounds 5 --out bench-results/flower.json

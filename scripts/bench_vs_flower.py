@@ -315,13 +315,16 @@ def setup_figures(run: SetupRun, accuracies: Sequence[float]) -> dict[str, Any]:
     cpu0, cpu1 = (interpolate(run.samples, t, lambda s: s.cpu) for t in (w0, w1))
     lo0, lo1 = (interpolate(run.samples, t, lambda s: s.lo_tx) for t in (w0, w1))
     all_lo = [s.lo_tx for s in run.samples if s.lo_tx is not None]
+    aggregated = run.driver.get("aggregated") or [None] * len(seconds)
     return {
-        "rounds": [{"round": i + 1, "seconds": s, "test_accuracy": a}
-                   for i, (s, a) in enumerate(zip(seconds, accuracies, strict=True))],
+        "rounds": [{"round": i + 1, "seconds": s, "test_accuracy": a, "updates_aggregated": n}
+                   for i, (s, a, n) in enumerate(zip(seconds, accuracies, aggregated, strict=True))],
         "round_seconds": statistics.fmean(seconds[1:] or seconds),
         "first_round_seconds": seconds[0],
         "cpu_seconds_per_round": (cpu1 - cpu0) / steady if cpu0 is not None and cpu1 is not None else None,
-        "cpu_seconds_total": run.cpu_total,
+        # wait4() misses a process that outlived the driver (killed with the namespace, then reaped
+        # outside the tree); the last sample still holds what such a process had used by then
+        "cpu_seconds_total": max(run.cpu_total, max((s.cpu for s in run.samples), default=0.0)),
         "peak_rss_mb": max((s.rss_mb for s in run.samples), default=0.0),
         "sum_vmhwm_mb": sum(run.hwm_mb.values()),
         "processes_seen": len(run.hwm_mb),
@@ -384,13 +387,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
     for name, why in summary.get("failed", {}).items():
         lines.append(f"{name:<18} FAILED: {why.splitlines()[0]}")
     rounds = max((len(f["rounds"]) for f in setups.values()), default=0)
-    lines += ["", "test accuracy (%) and seconds per round:",
-              f"{'round':>5}  " + "  ".join(f"{name:>24}" for name in setups)]
+    lines += ["", "test accuracy (%), updates aggregated and seconds, per round:",
+              f"{'round':>5}  " + "  ".join(f"{name:>26}" for name in setups)]
     for r in range(rounds):
         cells = []
         for f in setups.values():
             row = f["rounds"][r] if r < len(f["rounds"]) else None
-            cells.append(f"{row['test_accuracy'] * 100:>14.2f} {row['seconds']:>7.1f} s" if row else f"{'-':>24}")
+            n = "?" if row is None or row.get("updates_aggregated") is None else row["updates_aggregated"]
+            cells.append(f"{row['test_accuracy'] * 100:>10.2f} {n:>5} {row['seconds']:>7.1f} s" if row
+                         else f"{'-':>26}")
         lines.append(f"{r + 1:>5}  " + "  ".join(cells))
     targets = summary.get("targets", {})
     if targets:
@@ -576,9 +581,11 @@ def drive_flower(spec: dict[str, Any], simulation: bool) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(15)
         _reap_and_kill_descendants()
-    by_round = {int(p["round"]): float(p["t"]) for p in progress}
-    return {"t_start": by_round[0], "round_ends": [by_round[r] for r in range(1, int(spec["rounds"]) + 1)],
-            "models": [str(out / f"round-{r}.safetensors") for r in range(1, int(spec["rounds"]) + 1)]}
+    by_round = {int(p["round"]): p for p in progress}
+    rounds = range(1, int(spec["rounds"]) + 1)
+    return {"t_start": float(by_round[0]["t"]), "round_ends": [float(by_round[r]["t"]) for r in rounds],
+            "aggregated": [by_round[r].get("aggregated") for r in rounds],
+            "models": [str(out / f"round-{r}.safetensors") for r in rounds]}
 
 
 def _wait_rounds(out: Path, rounds: int, spec: Mapping[str, Any], procs: Sequence[subprocess.Popen[bytes]]
@@ -639,7 +646,7 @@ def drive_swarm(spec: dict[str, Any]) -> dict[str, Any]:
     _reap_and_kill_descendants()
     return {"t_start": real["t_start"], "round_ends": [r["t_final"] for r in real["rounds"]],
             "hashes": [r["hash"] for r in real["rounds"]], "store": real["store"],
-            "commits": [r["commits"] for r in real["rounds"]]}
+            "aggregated": [r["commits"] for r in real["rounds"]]}
 
 
 def drive(name: str, spec_path: Path) -> int:
