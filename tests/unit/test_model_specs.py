@@ -122,8 +122,8 @@ def test_spec_refuses_malformed_names(name, match):
 
 
 def test_spec_refuses_unknown_builtin_with_a_typed_error_listing_the_forms():
-    with pytest.raises(UnknownModel, match="'resnet'.*federated-net, small-cnn, mlp.*torchvision:.*entrypoint:") as info:
-        ModelSpec("resnet")
+    with pytest.raises(UnknownModel, match="'resnet50'.*federated-net, small-cnn, mlp, resnet.*torchvision:.*entrypoint:") as info:
+        ModelSpec("resnet50")
     assert isinstance(info.value, UnknownName) and isinstance(info.value, LearningError)
 
 

@@ -33,8 +33,8 @@ def test_genesis_hash_is_stable_for_presets():
 
 
 def test_unknown_names_are_typed_errors():
-    with pytest.raises(UnknownName, match="resnet"):
-        build_model("resnet", 0)
+    with pytest.raises(UnknownName, match="resnet50"):
+        build_model("resnet50", 0)
     from swarmnode.learning.errors import LearningError
 
     with pytest.raises(LearningError, match="unknown task keys"):
