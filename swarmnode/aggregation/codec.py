@@ -139,17 +139,22 @@ class _Reader:
     def unpack(self, fmt: str, what: str) -> tuple[int, ...]:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))
 
+    def name(self, prev: str | None) -> str:
+        """A tensor's name: length-prefixed UTF-8, 1..MAX_NAME bytes, strictly after `prev`."""
+        (name_len,) = self.unpack("<H", "name length")
+        if not 0 < name_len <= MAX_NAME:
+            raise MalformedBlob(f"tensor name length {name_len} outside 1..{MAX_NAME}")
+        try:
+            name = self.take(name_len, "name").decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedBlob(f"tensor name at offset {self.pos - name_len} is not UTF-8") from None
+        if prev is not None and name <= prev:
+            raise MalformedBlob(f"tensor names not strictly ascending: {name!r} after {prev!r}")
+        return name
+
 
 def _read_tensor(r: _Reader, kind: int, prev: str | None) -> tuple[str, torch.Tensor, int]:
-    (name_len,) = r.unpack("<H", "name length")
-    if not 0 < name_len <= MAX_NAME:
-        raise MalformedBlob(f"tensor name length {name_len} outside 1..{MAX_NAME}")
-    try:
-        name = r.take(name_len, "name").decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedBlob(f"tensor name at offset {r.pos - name_len} is not UTF-8") from None
-    if prev is not None and name <= prev:
-        raise MalformedBlob(f"tensor names not strictly ascending: {name!r} after {prev!r}")
+    name = r.name(prev)
     code, ndim = r.unpack("<BB", f"dtype of {name!r}")
     if code not in _ALLOWED[kind]:
         raise MalformedBlob(f"tensor {name!r} has dtype code {code}, not allowed in kind {kind}")

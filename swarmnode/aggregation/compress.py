@@ -38,7 +38,6 @@ from swarmnode.aggregation.codec import (
     DEFAULT_MAX_BYTES,
     MAGIC,
     MAX_EXPONENT,
-    MAX_NAME,
     MAX_NDIM,
     MAX_TENSORS,
     MIN_EXPONENT,
@@ -269,15 +268,7 @@ def _check_padding(raw: bytes, used_bits: int, what: str) -> None:
 
 
 def _read_tensor(r: _Reader, prev: str | None, spec: Compression | None) -> tuple[str, QTensor]:
-    (name_len,) = r.unpack("<H", "name length")
-    if not 0 < name_len <= MAX_NAME:
-        raise MalformedBlob(f"tensor name length {name_len} outside 1..{MAX_NAME}")
-    try:
-        name = r.take(name_len, "name").decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedBlob(f"tensor name at offset {r.pos - name_len} is not UTF-8") from None
-    if prev is not None and name <= prev:
-        raise MalformedBlob(f"tensor names not strictly ascending: {name!r} after {prev!r}")
+    name = r.name(prev)
     (ndim,) = r.unpack("<B", f"ndim of {name!r}")
     if ndim > MAX_NDIM:
         raise MalformedBlob(f"tensor {name!r} has {ndim} dimensions (max {MAX_NDIM})")
