@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from swarmnode.learning.errors import DataMismatch, DatasetNotFound, UnknownName
+from swarmnode.learning.errors import DataMismatch, DatasetCorrupt, DatasetNotFound, UnknownName
 
 # torchvision class name (its folder name under root) for each dataset we know.
 _TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -23,6 +24,8 @@ _IDX_FILES = (
 )
 DEBIAN_ROOT = Path("/usr/share/datasets")
 NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28)
+MAX_IDX_BYTES = 1 << 30  # a 28x28 image set of over 1.3M images is not one of ours
 
 
 @dataclass(frozen=True)
@@ -118,13 +121,71 @@ def _install_into_cache(name: str, files: dict[str, Path], cache: Path) -> Path:
     return cache
 
 
-def _read_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split]:
-    from torchvision import datasets  # heavy import, only when loading
+def read_idx(path: Path, ndim: int) -> torch.Tensor:
+    """An IDX file of unsigned bytes with `ndim` dimensions (the MNIST format: magic 0x000008NN, then NN
+    big-endian u32 sizes, then the bytes) as a uint8 tensor; DatasetCorrupt naming the file otherwise."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_IDX_BYTES:
+            raise DatasetCorrupt(f"{path}: {size} bytes, more than an IDX file of ours can hold ({MAX_IDX_BYTES})")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetCorrupt(f"{path}: cannot read: {exc.strerror or exc}") from None
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetCorrupt(f"{path}: {len(data)} bytes, shorter than an IDX header ({header})")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic != 0x0800 + ndim:
+        raise DatasetCorrupt(f"{path}: IDX magic {magic:#010x}, expected {0x0800 + ndim:#010x} (unsigned bytes, "
+                             f"{ndim} dimension{'s' if ndim > 1 else ''})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    count = 1
+    for d in dims:
+        count *= d
+    if len(data) - header != count:
+        raise DatasetCorrupt(f"{path}: its header says {'x'.join(map(str, dims))} = {count} bytes, "
+                             f"{len(data) - header} follow")
+    if count == 0:  # frombuffer refuses an empty tail; the caller says what an empty set means
+        return torch.empty(dims, dtype=torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8, offset=header).view(*dims)
+
+
+def _installed(name: str, files: dict[str, Path], cache: Path) -> dict[str, Path]:
+    """The four plain IDX files in the cache (copied and gunzipped there first when needed)."""
+    raw = _install_into_cache(name, files, cache) / _TORCHVISION_NAMES[name] / "raw"
+    return {stem: raw / stem for stem in _IDX_FILES}
+
+
+def _read_split(files: dict[str, Path], prefix: str) -> Split:
+    images = read_idx(files[f"{prefix}-images-idx3-ubyte"], 3)
+    labels = read_idx(files[f"{prefix}-labels-idx1-ubyte"], 1)
+    where = files[f"{prefix}-images-idx3-ubyte"]
+    if tuple(images.shape[1:]) != IMAGE_SHAPE:
+        raise DatasetCorrupt(f"{where}: images of {tuple(images.shape[1:])}, expected {IMAGE_SHAPE}")
+    if images.shape[0] == 0 or images.shape[0] != labels.shape[0]:
+        raise DatasetCorrupt(f"{where}: {images.shape[0]} images and {labels.shape[0]} labels")
+    if int(labels.max()) >= NUM_CLASSES:
+        raise DatasetCorrupt(f"{files[f'{prefix}-labels-idx1-ubyte']}: label {int(labels.max())} outside "
+                             f"0..{NUM_CLASSES - 1}")
+    return Split(images, labels.long())
+
+
+def _read_raw(files: dict[str, Path]) -> tuple[Split, Split]:
+    """The train and test splits from the four plain IDX files (read directly: no torchvision import,
+    which costs a daemon or a CLI call 2.5 s; the tensors are the same as torchvision's)."""
+    return _read_split(files, "train"), _read_split(files, "t10k")
+
+
+def _download(name: str, cache: Path) -> tuple[Split, Split]:
+    from torchvision import datasets  # heavy import, only when downloading
 
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
-    train = cls(str(root), train=True, download=download)
-    test = cls(str(root), train=False, download=download)
-    return Split(train.data, train.targets.long()), Split(test.data, test.targets.long())
+    cls(str(cache), train=True, download=True)
+    cls(str(cache), train=False, download=True)
+    files = _raw_files_in(cache / _TORCHVISION_NAMES[name] / "raw")
+    if files is None:
+        raise DatasetCorrupt(f"the download into {cache} left no IDX files behind")
+    return _read_raw(files)
 
 
 def _not_found_message(name: str, searched: list[str], download_error: str) -> str:
@@ -165,17 +226,19 @@ def load_dataset(
         searched.append(f"{label}: {directory}")
         files = _find_raw_files(name, directory)
         if files is not None:
-            train, test = _read_torchvision(name, _install_into_cache(name, files, cache), download=False)
+            train, test = _read_raw(_installed(name, files, cache))
             return Dataset(name, train, test, source=str(directory))
     cached = _find_raw_files(name, cache)
     searched.append(f"cache: {cache}")
     if cached is not None:
-        train, test = _read_torchvision(name, cache, download=False)
+        train, test = _read_raw(_installed(name, cached, cache))
         return Dataset(name, train, test, source=str(cache))
     if not allow_download:
         raise DatasetNotFound(_not_found_message(name, searched, "disabled"))
     try:
-        train, test = _read_torchvision(name, cache, download=True)
+        train, test = _download(name, cache)
+    except DatasetCorrupt:
+        raise
     except Exception as exc:  # torchvision raises RuntimeError/URLError/OSError variants
         raise DatasetNotFound(_not_found_message(name, searched, f"failed ({type(exc).__name__}: {exc})")) from None
     return Dataset(name, train, test, source="torchvision download")

@@ -9,6 +9,11 @@ class DatasetNotFound(LearningError):
     """No copy of a dataset was found in any of the places searched."""
 
 
+class DatasetCorrupt(LearningError):
+    """A dataset file is not what it claims to be (bad IDX header, wrong size, labels out of range); the
+    message names the file and what is wrong."""
+
+
 class UnknownName(LearningError):
     """A dataset, model, partitioner or optimizer name that does not exist."""
 
