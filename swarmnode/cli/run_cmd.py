@@ -74,11 +74,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     limit_malloc_arenas()  # before any thread starts (and before the imports below, which may start some)
 
+    from swarmnode.node.config import NodeConfigError, load_config
+
+    try:  # the config and the command line first: a mistake there is reported in a second, before torch loads
+        cfg = (load_config(args.config).with_bootstrap(tuple(args.bootstrap)).with_capture(args.capture_traffic)
+               .with_metrics(args.metrics_addr))
+    except NodeConfigError as exc:
+        raise CliError(str(exc)) from None
+
     import trio
 
     from consensus.errors import ConsensusError
     from swarmnode.learning.errors import LearningError
-    from swarmnode.node.config import NodeConfigError, load_config
     from swarmnode.node.keys import KeyFileError
     from swarmnode.node.node import Node, NodeError, setup_logging
     from swarmnode.node.profiling import ProfilingUnavailable, cpu_profile
@@ -89,8 +96,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError):  # stderr is not a real file (e.g. captured): no stack dumps then
         pass
     try:
-        cfg = (load_config(args.config).with_bootstrap(tuple(args.bootstrap)).with_capture(args.capture_traffic)
-               .with_metrics(args.metrics_addr))
         setup_logging(cfg.log_level, args.name)
         options = rpc_options(cfg, args)
         node = Node.from_config(cfg, evaluate_test=args.eval_test, byzantine=args.byzantine)
