@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest -q --durations=15 -m "not long"
 
-# soak: the long system tests (60 rounds of churn, an 80-round soak, the hospitals example: about 15 minutes), then 4 daemons on
+# soak: the long system tests (60 rounds of churn, an 80-round soak, the two worked examples: about 17 minutes), then 4 daemons on
 # the tiny task for 200 rounds (about 15 minutes); figures in bench-results/soak.json
 soak: setup
 	$(PY) -m pytest -q --durations=5 -m long

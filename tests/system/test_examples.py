@@ -30,6 +30,7 @@ def test_hospitals_swarm_beats_every_hospital_alone(tmp_path: Path) -> None:
     assert result["swarm"] > max(result["alone"]), result
 
 
+@pytest.mark.long  # 6 rounds of 3 daemons plus three single-node baselines: about 1 minute, in `make soak`
 def test_image_folders_train_through_the_folder_loader(tmp_path: Path) -> None:
     example_image_folders.prepare(tmp_path, nodes=3, per_node=400, test_images=1000, dominance=0.8, seed=5)
     trees = sorted(tmp_path.glob("node-*"), key=lambda p: int(p.name.split("-")[1]))

@@ -14,13 +14,12 @@ import json
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from swarmnode.node.localnet import LocalSwarm, cli, run_cli, running_swarm, wait_for
+from swarmnode.node.localnet import LocalSwarm, cli, run_cli, wait_for
 from swarmnode.p2p.blobs import BLOB_PROTOCOL
 from tests.unit.test_dashboard import DASHBOARD, queried_metrics
 
@@ -31,9 +30,8 @@ ROUND_TIMEOUT = 90.0
 
 
 @pytest.fixture(scope="module")
-def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
-    with running_swarm(tmp_path_factory.mktemp("metrics"), 3, "tiny") as s:
-        yield s
+def swarm(observed_swarm: LocalSwarm) -> LocalSwarm:
+    return observed_swarm
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:

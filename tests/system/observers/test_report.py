@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from swarmnode.cli.report_cmd import fetch_report
 from swarmnode.cli.report_data import RoundRange
 from swarmnode.cli.rpc_client import RpcClient
-from swarmnode.node.localnet import LocalSwarm, free_port, run_cli, running_swarm, wait_for
+from swarmnode.node.localnet import LocalSwarm, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +31,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSwarm]:
-    with running_swarm(tmp_path_factory.mktemp("report"), 3, "tiny") as s:
-        wait_for(lambda: len(s.final_hashes(0)) >= ROUNDS, ROUNDS * ROUND_TIMEOUT, f"{ROUNDS} final rounds\n{s.tail(0)}")
-        yield s
+def swarm(observed_swarm: LocalSwarm) -> LocalSwarm:
+    s = observed_swarm
+    wait_for(lambda: len(s.final_hashes(0)) >= ROUNDS, ROUNDS * ROUND_TIMEOUT, f"{ROUNDS} final rounds\n{s.tail(0)}")
+    return s
 
 
 @pytest.fixture(scope="module")
