@@ -241,12 +241,16 @@ def test_corrupted_model_store_is_detected_and_recovered(swarm: LocalSwarm) -> N
     swarm.start(3)
 
 
-def test_a_peer_claiming_every_blob_is_never_asked(swarm: LocalSwarm) -> None:
+def test_a_peer_claiming_every_blob_gains_nothing_and_plants_nothing(swarm: LocalSwarm) -> None:
     # A liar joins (not a participant), claims every update and final model the chain mentions, and would
     # serve a recent final model for all of them. Provider records are taken from active participants
-    # only, so no node ever asks it; the swarm keeps finalizing and agreeing. (A participant serving
-    # wrong bytes is tests/system/test_hostile.py's equivocation case: detected by hash.)
+    # only, so its claims never get it asked; the swarm keeps finalizing and agreeing. A node with no
+    # announced provider for a blob (e.g. node 3, restarted by the test before this one, missed the
+    # announcements) asks every other peer in random order, the liar among them: whatever the liar serves
+    # it then is refused by hash (BlobCorrupted) and never stored. (A participant serving wrong bytes is
+    # tests/system/test_hostile.py's equivocation case.)
     report = swarm.base / "liar.json"
+    log_start = [len(swarm.nodes[i].log_path.read_text()) for i in range(4)]
     log = open(swarm.base / "liar.log", "wb")  # noqa: SIM115 - owned by the child process
     liar = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("liar_peer.py")), "--rpc", swarm.nodes[0].rpc_url,
@@ -265,7 +269,10 @@ def test_a_peer_claiming_every_blob_is_never_asked(swarm: LocalSwarm) -> None:
         for i in range(4):
             wait_agrees(swarm, i, start + 2, hashes[start + 2])
         final = json.loads(report.read_text())
-        assert final["announced"] > 0 and final["served_wrong"] == 0, final
+        caught = sum(swarm.nodes[i].log_path.read_text()[log_start[i]:].count("failed: BlobCorrupted: peer ")
+                     for i in range(4))
+        assert final["announced"] > 0, final
+        assert final["served_wrong"] <= caught, f"{final}: only {caught} wrong blobs were refused by hash"
         assert all(node_info(swarm, i)["aggregates"].get(str(r)) in (None, hashes[r])
                    for i in range(4) for r in (start, start + 1, start + 2)), "a node disagrees with the chain"
     finally:
