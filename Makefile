@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -qq -e '.[dev]'
 	@touch $(STAMP)
 
-# test: everything but the runs marked long (about 16 minutes on 2 cores)
+# test: everything but the runs marked long (about 15-17 minutes on 2 cores)
 test: setup
 	$(PY) -m pytest -q --durations=15 -m "not long"
 
