@@ -223,7 +223,8 @@ async def test_looping_calls_time_out_while_blocks_keep_coming_and_other_calls_s
                 nursery.start_soon(reads)
                 for _ in range(2):
                     nursery.start_soon(looping_call)
-                await trio.sleep(0.1)
+                while node.server.calls.statistics()["running"] < 2:
+                    await trio.sleep(0.01)  # polled: the pool tells no event when a worker takes a call
                 nursery.start_soon(looping_call)  # a third: both workers are busy
         took = time.monotonic() - started
         codes = sorted((reply["error"]["code"], reply["error"]["message"]) for _, reply in answers)
@@ -388,7 +389,8 @@ async def test_a_client_that_does_not_read_its_response_is_dropped(tmp_path) -> 
         body = rpc_body("test_big")
         await reader.stream.send_all(b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s"
                                      % (len(body), body))
-        await trio.sleep(0.2)
+        while node.server.statistics()["open"] < 1:  # it holds the only slot
+            await trio.sleep(0.01)
         started = time.monotonic()
         elapsed, reply = await timed_rpc(node.port, "eth_blockNumber")  # waits for the only slot
         assert reply["result"] == "0x0"
@@ -419,7 +421,8 @@ async def test_connections_beyond_the_limit_wait_then_get_503(tmp_path) -> None:
             await client.aclose()
 
         async def fourth() -> None:
-            await trio.sleep(0.1)
+            while node.server.statistics()["waiting"] < 1:  # after the third is queued
+                await trio.sleep(0.01)
             started = time.monotonic()
             client = await Http.open(port)
             status, _, body = await client.request(rpc_body("eth_blockNumber"))

@@ -28,8 +28,9 @@ async def test_queued_jobs_run_by_priority_then_in_submission_order() -> None:
     order: list[str] = []
     gate = threading.Event()
     async with ChainExecutor().running() as ex, trio.open_nursery() as nursery:
-        nursery.start_soon(ex.run, gate.wait)  # occupies the thread while the rest queue up
-        await trio.sleep(0.05)
+        started = threading.Event()
+        nursery.start_soon(ex.run, lambda: (started.set(), gate.wait()))  # occupies the thread...
+        await trio.to_thread.run_sync(started.wait)  # ...from now on, while the rest queue up
         for name, prio in [("rpc-1", Priority.RPC), ("node-1", Priority.NODE), ("consensus-1", Priority.CONSENSUS),
                            ("rpc-2", Priority.RPC), ("sync-1", Priority.SYNC), ("consensus-2", Priority.CONSENSUS)]:
             nursery.start_soon(lambda n=name, p=prio: ex.run(order.append, n, priority=p))
@@ -42,8 +43,9 @@ async def test_a_cancelled_waiter_withdraws_its_queued_job() -> None:
     ran: list[int] = []
     gate = threading.Event()
     async with ChainExecutor().running() as ex, trio.open_nursery() as nursery:
-        nursery.start_soon(ex.run, gate.wait)
-        await trio.sleep(0.05)
+        started = threading.Event()
+        nursery.start_soon(ex.run, lambda: (started.set(), gate.wait()))
+        await trio.to_thread.run_sync(started.wait)
         with trio.move_on_after(0.05):
             await ex.run(ran.append, 1)
         gate.set()
