@@ -42,6 +42,7 @@ from swarmnode.aggregation.validate import validate_update
 from swarmnode.learning.data import Dataset, Split, inputs
 from swarmnode.learning.evaluate import EvalResult, evaluate, evaluate_module
 from swarmnode.learning.models import build_model
+from swarmnode.learning.optim import local_optimizer
 from swarmnode.learning.partition import partition, train_val_split
 from swarmnode.learning.tasks import Task, initial_params, training_seed
 from swarmnode.learning.train import LocalResult, batches, train_local
@@ -342,10 +343,7 @@ class Centralized:
                           first.mean, first.std)
         self.model = build_model(task.model_spec(), task.seed)
         cfg = task.train_config()
-        self.opt: torch.optim.Optimizer = (
-            torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adam"
-            else torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        )
+        self.opt = local_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.momentum, cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(task.seed)
         self.steps_done = 0
 

@@ -12,6 +12,7 @@ from torch import nn
 from swarmnode.learning.data import Split, inputs
 from swarmnode.learning.errors import LearningError, UnknownName
 from swarmnode.learning.models import ModelSpec, build_model
+from swarmnode.learning.optim import LocalOptimizer, local_optimizer
 
 if TYPE_CHECKING:
     from swarmnode.privacy.dp import DPSGD
@@ -55,10 +56,8 @@ class LocalResult:
     steps: int
 
 
-def _optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def _optimizer(cfg: TrainConfig, params: Iterator[nn.Parameter]) -> LocalOptimizer:
+    return local_optimizer(cfg.optimizer, params, cfg.lr, cfg.momentum, cfg.weight_decay)
 
 
 def batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -135,7 +134,7 @@ def train_local(
     return LocalResult(delta, len(data), loss_sum / seen if seen else 0.0, correct / seen if seen else 0.0, steps)
 
 
-def _dpsgd_steps(model: nn.Module, opt: torch.optim.Optimizer, data: Split, cfg: TrainConfig, steps: int,
+def _dpsgd_steps(model: nn.Module, opt: LocalOptimizer, data: Split, cfg: TrainConfig, steps: int,
                  anchor: dict[str, torch.Tensor] | None, shift: torch.Tensor | None, dp: DPSGD,
                  device: str) -> tuple[float, int, int]:
     """`steps` DP-SGD steps (Abadi et al. 2016); returns (loss sum, correct, examples seen).
