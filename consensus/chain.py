@@ -241,6 +241,10 @@ class ExecutionChain:
             raise
         return cls(db, genesis, network_id)
 
+    def cache_statistics(self) -> dict[str, int]:
+        """The database's read cache: see consensus.db.LevelDB."""
+        return self._db.cache_statistics()
+
     def close(self) -> None:
         self.discard_pending()
         self._db.close()

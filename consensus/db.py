@@ -9,11 +9,19 @@ commit certificate, its consensus bytes), as ONE atomic, fsynced batch on the ba
 that has been executed but is not yet final is therefore never on disk, and a process killed at any
 moment leaves the disk at the last flushed block. `discard()` forgets the pending writes.
 
-Neither class is thread-safe; the chain that owns them runs in a single worker thread.
+Neither class is thread-safe for writes; the chain that owns them runs in a single worker thread. Reads
+of `LevelDB` may come from other threads too (the RPC call workers' channels).
+
+`LevelDB` keeps the values of recently read or written 32-byte keys (trie nodes, code, headers: content
+addresses) in a bounded LRU. Every block re-reads the same few hundred trie nodes through fresh py-evm
+state objects, and each plyvel get costs a C call that releases and retakes the interpreter lock, which
+a busy daemon's training threads hold: cached, a read is a dict lookup.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +45,23 @@ class _Deleted:
 _DELETED = _Deleted()
 
 
+READ_CACHE_BYTES = 32 << 20  # values of 32-byte keys kept in memory (about 100,000 trie nodes)
+CACHED_KEY_LENGTH = 32
+_MAX_CACHED_VALUE = 1 << 20  # a larger value (a big contract's code) is read from disk each time
+
+
 class LevelDB(BaseAtomicDB):
     """py-evm atomic database over a LevelDB directory (one plyvel write batch per atomic batch)."""
 
-    def __init__(self, path: Path | str, *, sync_writes: bool = True) -> None:
+    def __init__(self, path: Path | str, *, sync_writes: bool = True, cache_bytes: int = READ_CACHE_BYTES) -> None:
         self.path = Path(path)
         self._sync = sync_writes
+        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._cached_bytes = 0
+        self._cache_limit = cache_bytes
+        self._cache_lock = threading.Lock()
+        self._generation = 0  # bumped by every write: a read that raced with one is not cached
+        self.cache_hits = self.cache_misses = 0
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._db = plyvel.DB(str(self.path), create_if_missing=True)
@@ -54,6 +73,10 @@ class LevelDB(BaseAtomicDB):
         in functools.lru_caches until the interpreter tears down; a plyvel.DB freed that late raises in
         its __dealloc__ and Python prints "Error in sys.excepthook" at every exit."""
         db, self._db = self._db, _ClosedDB(self.path)
+        with self._cache_lock:
+            self._cache.clear()
+            self._cached_bytes = 0
+            self._generation += 1
         if not db.closed:
             db.close()
         del db
@@ -63,21 +86,72 @@ class LevelDB(BaseAtomicDB):
         return self._db.closed
 
     def __getitem__(self, key: bytes) -> bytes:
-        value = self._db.get(key)
+        value = self._get(key)
         if value is None:
             raise KeyError(key)
         return value
 
+    def _get(self, key: bytes) -> bytes | None:
+        if len(key) != CACHED_KEY_LENGTH:
+            return self._db.get(key)
+        with self._cache_lock:
+            value = self._cache.get(key)
+            if value is not None:
+                self._cache.move_to_end(key)
+                self.cache_hits += 1
+                return value
+            self.cache_misses += 1
+            generation = self._generation
+        value = self._db.get(key)
+        if value is not None:
+            with self._cache_lock:
+                if generation == self._generation:  # no write landed while we read
+                    self._remember(key, value)
+        return value
+
+    def cache_statistics(self) -> dict[str, int]:
+        """Reads of 32-byte keys answered from memory (`hits`) or from disk (`misses`), and what is kept."""
+        with self._cache_lock:
+            return {"hits": self.cache_hits, "misses": self.cache_misses, "entries": len(self._cache),
+                    "bytes": self._cached_bytes, "limit": self._cache_limit}
+
+    def _remember(self, key: bytes, value: bytes) -> None:
+        """Under the lock: keep `key`'s value, evicting the least recently used beyond the limit."""
+        if len(value) > _MAX_CACHED_VALUE:
+            return
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cached_bytes -= len(old)
+        self._cache[key] = value
+        self._cached_bytes += len(value)
+        while self._cached_bytes > self._cache_limit and self._cache:
+            self._cached_bytes -= len(self._cache.popitem(last=False)[1])
+
+    def _written(self, puts: Mapping[bytes, bytes], deletes: tuple[bytes, ...] = ()) -> None:
+        """After a write is on disk: the cache holds the new values, and a read that began before the write
+        (it may have seen the old value) does not store what it read."""
+        with self._cache_lock:
+            self._generation += 1
+            for key in deletes:
+                old = self._cache.pop(key, None)
+                if old is not None:
+                    self._cached_bytes -= len(old)
+            for key, value in puts.items():
+                if len(key) == CACHED_KEY_LENGTH:
+                    self._remember(key, value)
+
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self._db.put(key, value, sync=self._sync)
+        self._written({key: value})
 
     def __delitem__(self, key: bytes) -> None:
         if self._db.get(key) is None:
             raise KeyError(key)
         self._db.delete(key, sync=self._sync)
+        self._written({}, (key,))
 
     def _exists(self, key: bytes) -> bool:
-        return self._db.get(key) is not None
+        return self._get(key) is not None
 
     def write_many(self, puts: Mapping[bytes, bytes], deletes: tuple[bytes, ...] = ()) -> None:
         """Apply `puts` and `deletes` as one atomic LevelDB batch (fsynced when sync_writes)."""
@@ -86,6 +160,7 @@ class LevelDB(BaseAtomicDB):
                 batch.delete(key)
             for key, value in puts.items():
                 batch.put(key, value)
+        self._written(puts, deletes)
 
     @contextmanager
     def atomic_batch(self) -> Iterator[AtomicWriteBatchAPI]:

@@ -437,6 +437,7 @@ class Node:
             "ingest": self.ingest.statistics(),
             "fetcher": self.fetcher.statistics(),
             "executor": self.executor.statistics(),
+            "chainCache": self.chain.cache_statistics(),
             "pool": self.pool.statistics(),
             "p2p": {"gossip": self.p2p.gossip.statistics(), "blobs": self.p2p.blobs.statistics(),
                     "consensus": self.p2p.consensus.statistics(), "peerExchange": self.p2p.peer_exchange.statistics(),
