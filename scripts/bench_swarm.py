@@ -53,6 +53,25 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time so far of each live thread of a process, summed by thread kind: its name without a trailing
+    number ("train-1" and "train-0" are "train"). Threads that already exited are not in it."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        kind = name.rstrip("0123456789").rstrip("- ") or name
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def simulate(genesis_path: Path, rounds: int) -> list[dict]:
     import torch
 
@@ -95,15 +114,25 @@ def run_swarm(genesis_path: Path, nodes: int, rounds: int, base: Path, round_tim
             info = wait_for(lambda r=r: (x := swarm.try_rpc(0, "swarm_getRound", r)) and x["finalized"] and x,
                             round_timeout, f"round {r} final", interval=0.25)
             finals.append(time.monotonic())
+            if r == 0:  # the breakdown by thread is of the steady rounds
+                threads_start = [thread_cpu_seconds(p) for p in pids]
+                cpu_steady_start = [cpu_seconds(p) or 0.0 for p in pids]
             results.append({"round": r, "hash": info["finalHash"], "commits": len(info["commits"]),
                             "seconds": finals[-1] - (finals[-2] if r else t_start), "t_final": finals[-1]})
             print(f"  swarm round {r}: {len(info['commits'])} commits, {results[-1]['seconds']:.1f} s", flush=True)
         lo_total = loopback_bytes() - lo_start
-        fetched = [(swarm.try_rpc(i, "swarm_node") or {}).get("counters", {}).get("blob_bytes_fetched", 0)
-                   for i in range(nodes)]
+        infos = [swarm.try_rpc(i, "swarm_node") or {} for i in range(nodes)]
+        fetched = [info.get("counters", {}).get("blob_bytes_fetched", 0) for info in infos]
         rss = [peak_rss_mb(p) for p in pids]
         cpu = [(c or 0.0) - c0 for c, c0 in zip((cpu_seconds(p) for p in pids), cpu_start, strict=True)]
-        out = {"rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
+        by_thread: dict[str, float] = {}
+        for pid, before in zip(pids, threads_start, strict=True):
+            for kind, seconds in thread_cpu_seconds(pid).items():
+                by_thread[kind] = by_thread.get(kind, 0.0) + seconds - before.get(kind, 0.0)
+        steady = sum((cpu_seconds(p) or 0.0) - c0 for p, c0 in zip(pids, cpu_steady_start, strict=True))
+        by_thread["(threads that exited)"] = steady - sum(by_thread.values())
+        out = {"cpu_seconds_by_thread_rounds_1plus": by_thread, "chain_cache": [i.get("chainCache") for i in infos],
+               "rounds": results, "loopback_bytes": lo_total, "blob_bytes_fetched": fetched, "peak_rss_mb": rss,
                "cpu_seconds": cpu, "elapsed": time.monotonic() - t_start, "t_start": t_start,
                "store": str(swarm.nodes[0].data_dir / "store")}
     finally:
@@ -193,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     sim_cpu = sum(s["cpu_seconds"] for s in sim) / len(sim)
     print(f"CPU seconds per round: swarm {sum(real['cpu_seconds']) / args.rounds:.1f} (all daemons), "
           f"simulation {sim_cpu:.1f}")
+    steady_rounds = max(1, args.rounds - 1)
+    print("CPU seconds per round by thread kind, rounds >= 1 (all daemons): " + ", ".join(
+        f"{kind} {seconds / steady_rounds:.1f}" for kind, seconds in
+        sorted(real["cpu_seconds_by_thread_rounds_1plus"].items(), key=lambda kv: -kv[1]) if seconds >= 0.05))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
