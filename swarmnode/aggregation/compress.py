@@ -234,7 +234,8 @@ def compress_delta(delta: Mapping[str, torch.Tensor], spec: Compression, seed: i
     if not spec.on:
         raise CompressionError("compress_delta needs a compression method; plain updates use codec.encode_update")
     gen = torch.Generator().manual_seed(seed)
-    packed, new_residual = [], {} if spec.method == "topk" else None
+    packed = []
+    new_residual: dict[str, torch.Tensor] | None = {} if spec.method == "topk" else None
     for name in sorted(delta):
         x = delta[name].detach().to(torch.float32)
         if new_residual is not None and residual is not None and name in residual:
