@@ -2,9 +2,9 @@
 torch.optim.
 
 Why not torch.optim: constructing any torch.optim optimizer imports torch._dynamo (its methods are
-wrapped in `torch._disable_dynamo`, which imports it on first call). That import costs about 2.5 CPU-s and
-tens of MB in every daemon, once, in the first round's training, and on a machine that runs ten daemons
-it is most of round 0's extra CPU. Local training needs only the update rule.
+wrapped in `torch._disable_dynamo`, which imports it on first call). That import costs 1.8-2.5 CPU-s and
+about 150 MB of RSS in every daemon, once, in the first round's training; on a machine that runs ten
+daemons it was most of round 0's extra CPU. Local training needs only the update rule.
 
 The rules below are torch.optim's single-tensor implementations (`_single_tensor_sgd`, `_single_tensor_adam`;
 on CPU, torch.optim uses neither the foreach nor the fused kernels) with dampening 0, no Nesterov,
