@@ -120,6 +120,18 @@ def dealing_recipients(share_keys: Mapping[int, bytes], active: Collection[int])
     return tuple(out)
 
 
+def dealing_may_start(view: RoundKeys, opened: int, first_blocked: int, wait_s: int) -> bool:
+    """Whether to deal our keys for `view.round` now. Shares go only to the share-key holders on chain when
+    we deal, so while some active participant has no share key yet we give it `wait_s` seconds of block
+    time, counted from the later of the round's opening (`opened`) and the first head at which we found our
+    dealing held up (`first_blocked`). From the opening alone the wait is void in round 0 of a chain whose
+    genesis is old: two daemons that started first then dealt only to each other, and when one of them
+    dropped out, the other's secret and its own were both unrecoverable (the round settled on its base)."""
+    if len(view.recipients) >= view.active:
+        return True
+    return view.head_time - max(opened, first_blocked) >= wait_s
+
+
 class CalldataCache:
     """Bundles and reveals by keccak256, read out of SwarmRounds calls in the node's committed blocks."""
 

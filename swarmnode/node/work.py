@@ -47,7 +47,7 @@ from swarmnode.node.machine import (
     Train,
     Trained,
 )
-from swarmnode.node.secagg_node import RoundKeys, SecAggNode, round_keys
+from swarmnode.node.secagg_node import RoundKeys, SecAggNode, dealing_may_start, round_keys
 from swarmnode.node.store import CorruptObject, ModelStore, NotInStore, atomic_write
 from swarmnode.p2p import P2PNode
 from swarmnode.privacy import secagg as secagg_lib
@@ -138,6 +138,8 @@ class RoundWork:
         self.secagg = secagg
         # (round, our unmasked delta, its LocalUpdate, its epsilon claim): masked again if the key set grows
         self._unmasked: tuple[int, Any, Any, int] | None = None
+        # round -> head time at which our key dealing first waited for a participant's share key
+        self._dealing_blocked: dict[int, int] = {}
         # differential privacy (genesis [privacy]): noise from this node's own generator, never a public seed
         self.privacy = privacy if privacy is not None and privacy.dp_on else None
         self.me = me
@@ -345,7 +347,9 @@ class RoundWork:
                 # shares go to the share-key holders known now: give the others a few seconds to set theirs
                 info = await self.service.run(views.round_info, self.service.chain, min(call.round, view.round))
                 opened = int(info["openTime"]) if info else 0
-                if view.head_time - opened < SHARE_KEY_WAIT_S:
+                self._dealing_blocked = {r: t for r, t in self._dealing_blocked.items() if r >= call.round - 1}
+                first_blocked = self._dealing_blocked.setdefault(call.round, view.head_time)
+                if not dealing_may_start(view, opened, first_blocked, SHARE_KEY_WAIT_S):
                     raise WorkError(f"{view.active - len(view.recipients)} participants have no share key yet")
             try:
                 return await trio.to_thread.run_sync(self.secagg.post_keys_calldata, view, call.round, my_index)

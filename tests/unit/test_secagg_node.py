@@ -13,7 +13,14 @@ import torch
 from eth_utils import keccak
 
 from swarmnode.node import txs
-from swarmnode.node.secagg_node import RoundKeys, SecAggNode, dealing_recipients, fixed_exponent, to_fixed
+from swarmnode.node.secagg_node import (
+    RoundKeys,
+    SecAggNode,
+    dealing_may_start,
+    dealing_recipients,
+    fixed_exponent,
+    to_fixed,
+)
 from swarmnode.privacy import secagg
 from swarmnode.privacy.config import PrivacyConfig
 
@@ -171,3 +178,23 @@ def test_the_calldata_cache_reads_earlier_blocks_asked_for_later_and_skips_rever
     assert [cache.get(keccak(b)) is not None for b in bundles] == [False, True, True, True, False, True]
     cache.forget_before_block(3)
     assert cache.get(keccak(bundles[2])) is None and cache.get(keccak(bundles[3])) == bundles[3]
+
+
+def _holders(count: int, active: int, head_time: int) -> RoundKeys:
+    keys = {i: bytes([i + 1]) * 32 for i in range(count)}
+    return RoundKeys(ROUND, (), (), keys, tuple(sorted(keys.items())), {}, active, 10_000, head_time)
+
+
+def test_dealing_waits_for_missing_share_keys_from_when_it_was_first_held_up_not_from_an_old_opening() -> None:
+    """Round 0 of a chain whose genesis is hours old: the opening is far behind, so counting from it the
+    wait was void and the first two daemons dealt only to each other."""
+    opened = 0
+    first_blocked = 1_700_000_000
+    assert not dealing_may_start(_holders(2, 4, first_blocked), opened, first_blocked, 5)
+    assert not dealing_may_start(_holders(2, 4, first_blocked + 4), opened, first_blocked, 5)  # 1 s inside
+    assert dealing_may_start(_holders(2, 4, first_blocked + 5), opened, first_blocked, 5)  # the wait is over
+    assert dealing_may_start(_holders(4, 4, first_blocked), opened, first_blocked, 5)  # everyone has a key
+    assert dealing_may_start(_holders(5, 4, first_blocked), opened, first_blocked, 5)
+    # a round that opened after we were first held up (the next round): counted from its opening
+    assert not dealing_may_start(_holders(3, 4, first_blocked + 9), first_blocked + 6, first_blocked, 5)
+    assert dealing_may_start(_holders(3, 4, first_blocked + 11), first_blocked + 6, first_blocked, 5)
