@@ -45,9 +45,10 @@ class _Deleted:
 _DELETED = _Deleted()
 
 
-READ_CACHE_BYTES = 32 << 20  # values of 32-byte keys kept in memory (about 100,000 trie nodes)
+READ_CACHE_BYTES = 32 << 20  # memory for values of 32-byte keys (about 100,000 trie nodes with their overhead)
 CACHED_KEY_LENGTH = 32
 _MAX_CACHED_VALUE = 1 << 20  # a larger value (a big contract's code) is read from disk each time
+_ENTRY_OVERHEAD = 200  # bytes an entry costs besides its value (key, objects, the LRU's links): measured ~170
 
 
 class LevelDB(BaseAtomicDB):
@@ -113,19 +114,20 @@ class LevelDB(BaseAtomicDB):
         """Reads of 32-byte keys answered from memory (`hits`) or from disk (`misses`), and what is kept."""
         with self._cache_lock:
             return {"hits": self.cache_hits, "misses": self.cache_misses, "entries": len(self._cache),
-                    "bytes": self._cached_bytes, "limit": self._cache_limit}
+                    "bytes": self._cached_bytes, "limit": self._cache_limit}  # bytes: values + _ENTRY_OVERHEAD each
 
     def _remember(self, key: bytes, value: bytes) -> None:
-        """Under the lock: keep `key`'s value, evicting the least recently used beyond the limit."""
-        if len(value) > _MAX_CACHED_VALUE:
-            return
+        """Under the lock: keep `key`'s value (a value above the per-value cap only drops what was kept),
+        evicting the least recently used beyond the limit."""
         old = self._cache.pop(key, None)
         if old is not None:
-            self._cached_bytes -= len(old)
+            self._cached_bytes -= _ENTRY_OVERHEAD + len(old)
+        if len(value) > _MAX_CACHED_VALUE:
+            return
         self._cache[key] = value
-        self._cached_bytes += len(value)
+        self._cached_bytes += _ENTRY_OVERHEAD + len(value)
         while self._cached_bytes > self._cache_limit and self._cache:
-            self._cached_bytes -= len(self._cache.popitem(last=False)[1])
+            self._cached_bytes -= _ENTRY_OVERHEAD + len(self._cache.popitem(last=False)[1])
 
     def _written(self, puts: Mapping[bytes, bytes], deletes: tuple[bytes, ...] = ()) -> None:
         """After a write is on disk: the cache holds the new values, and a read that began before the write
@@ -135,7 +137,7 @@ class LevelDB(BaseAtomicDB):
             for key in deletes:
                 old = self._cache.pop(key, None)
                 if old is not None:
-                    self._cached_bytes -= len(old)
+                    self._cached_bytes -= _ENTRY_OVERHEAD + len(old)
             for key, value in puts.items():
                 if len(key) == CACHED_KEY_LENGTH:
                     self._remember(key, value)

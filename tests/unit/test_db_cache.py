@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from consensus.db import _MAX_CACHED_VALUE, DatabaseError, LevelDB, StagedDB
+from consensus.db import _ENTRY_OVERHEAD, _MAX_CACHED_VALUE, DatabaseError, LevelDB, StagedDB
 
 
 def key(i: int) -> bytes:
@@ -55,24 +55,25 @@ def test_every_write_replaces_or_drops_the_cached_value(tmp_path: Path) -> None:
     assert db[key(3)] == b"y"
     staged.flush()
     assert db[key(3)] == b"z" and db._db.get(key(3)) == b"z"
-    assert db.cache_statistics()["bytes"] == len(b"z")
+    assert db.cache_statistics()["bytes"] == _ENTRY_OVERHEAD + len(b"z")
     db.close()
 
 
 def test_the_cache_keeps_within_its_byte_limit_evicting_the_least_recently_used(tmp_path: Path) -> None:
-    db = LevelDB(tmp_path / "db", sync_writes=False, cache_bytes=300)
+    entry = _ENTRY_OVERHEAD + 100  # what one 100-byte value costs
+    db = LevelDB(tmp_path / "db", sync_writes=False, cache_bytes=3 * entry)
     db.write_many({key(i): bytes([i]) * 100 for i in range(3)})  # exactly at the limit: all three kept
-    assert db.cache_statistics()["bytes"] == 300 and db.cache_statistics()["entries"] == 3
+    assert db.cache_statistics()["bytes"] == 3 * entry and db.cache_statistics()["entries"] == 3
     assert db[key(0)] == bytes([0]) * 100  # now the most recently used
-    db.write_many({key(3): b"\x03" * 100})  # 100 bytes over: the least recently used (key 1) goes
+    db.write_many({key(3): b"\x03" * 100})  # one entry over: the least recently used (key 1) goes
     stats = db.cache_statistics()
-    assert stats["bytes"] == 300 and stats["entries"] == 3
+    assert stats["bytes"] == 3 * entry and stats["entries"] == 3
     assert key(1) not in db._cache and key(0) in db._cache
     assert db[key(1)] == b"\x01" * 100  # still on disk
-    assert db.cache_statistics()["bytes"] <= 300
-    db.write_many({key(4): b"\x04" * 301})  # larger than the whole cache: nothing else stays beside it
-    assert db.cache_statistics()["bytes"] <= 300
-    assert db[key(4)] == b"\x04" * 301
+    assert db.cache_statistics()["bytes"] <= 3 * entry
+    db.write_many({key(4): b"\x04" * (3 * entry)})  # larger than the whole cache: nothing stays beside it
+    assert db.cache_statistics()["bytes"] <= 3 * entry
+    assert db[key(4)] == b"\x04" * (3 * entry)
     db.close()
 
 
@@ -82,6 +83,9 @@ def test_a_value_above_the_per_value_cap_is_read_from_disk_each_time(tmp_path: P
     assert key(1) in db._cache and key(2) not in db._cache
     assert db[key(2)] == b"\x02" * (_MAX_CACHED_VALUE + 1)
     assert key(2) not in db._cache
+    db.write_many({key(1): b"\x03" * (_MAX_CACHED_VALUE + 1)})  # a cached key overwritten by a big value
+    assert key(1) not in db._cache and db[key(1)] == b"\x03" * (_MAX_CACHED_VALUE + 1)
+    assert db.cache_statistics()["bytes"] == 0
     db.close()
 
 
