@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -35,8 +36,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise UnknownName(f"unknown optimizer {self.optimizer!r}; known: sgd, adam")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise LearningError(f"batch_size must be >= 1 and lr > 0, got {self.batch_size}, {self.lr}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise LearningError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for name in ("lr", "momentum", "weight_decay", "prox_mu", "logit_adjust"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value < 0 or (name == "lr" and value == 0)):
+                raise LearningError(f"{name} must be a finite number {'> 0' if name == 'lr' else '>= 0'}, "
+                                    f"got {value!r}")
         if self.local_steps < 1 and self.local_epochs < 1:
             raise LearningError("set local_steps >= 1 or local_epochs >= 1")
 

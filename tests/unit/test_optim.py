@@ -13,6 +13,7 @@ from torch import nn
 
 from swarmnode.learning.errors import LearningError
 from swarmnode.learning.optim import SGD, Adam, local_optimizer
+from swarmnode.learning.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,3 +100,21 @@ def test_local_training_does_not_import_torch_dynamo() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("lr", 0.0), ("lr", -0.1), ("lr", float("nan")), ("lr", float("inf")), ("lr", "0.1"),
+    ("momentum", -1e-9), ("momentum", float("nan")), ("momentum", float("inf")),
+    ("weight_decay", -0.5), ("weight_decay", float("nan")), ("prox_mu", float("-inf")),
+    ("logit_adjust", float("nan")), ("batch_size", 0), ("batch_size", 2.5), ("batch_size", True),
+])
+def test_a_training_setting_out_of_range_is_refused_when_the_task_is_read(field: str, value: object) -> None:
+    """Before, NaN, infinite or negative settings passed the genesis and failed (or trained into NaN) in
+    every node's every round."""
+    with pytest.raises(LearningError, match=field):
+        TrainConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_settings_at_the_edges_are_accepted() -> None:
+    TrainConfig(lr=1e-12, momentum=0.0, weight_decay=0.0, prox_mu=0.0, logit_adjust=0.0, batch_size=1)
+    TrainConfig(lr=10, momentum=0, weight_decay=0)  # integers from a TOML file
