@@ -58,6 +58,8 @@ log = logging.getLogger("swarmnode.node")
 progress_log = logging.getLogger("swarmnode.progress")
 
 SHARE_KEY_WAIT_S = 5  # how long (block time) key posting waits for participants without a share key
+DEALING_POLL_S = 0.25  # how often that wait reads the chain again
+DEALING_WAIT_LIMIT_S = 30.0  # local seconds after which the wait gives up (the chain made too few blocks)
 HISTORY_ROUNDS = 256  # rounds this node keeps a record of (swarm_node's history); the chain keeps all
 VAL_SCORES_KEPT = 4  # validation scores remembered (this round's base and the last final models)
 VAL_SCORE_WAIT_S = 10.0  # the progress line's score waits this long for the next round's held-out score
@@ -335,6 +337,29 @@ class RoundWork:
         self.secagg.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         atomic_write(self.secagg.dir / "announced.json", json.dumps({"round": round_}).encode())
 
+    async def _wait_for_share_keys(self, round_: int, view: RoundKeys) -> RoundKeys:
+        """Shares go to the share-key holders on chain when we deal: while an active participant has none,
+        give it SHARE_KEY_WAIT_S of block time (`dealing_may_start`), reading the chain again every
+        DEALING_POLL_S. Waiting here, not failing the action, matters: a retry's back-off let a participant
+        whose share key came last deal, train and commit (freezing the key set without us) before our retry
+        came round. A chain that makes no blocks for DEALING_WAIT_LIMIT_S ends the wait with a WorkError."""
+        started = trio.current_time()
+        self._dealing_blocked = {r: t for r, t in self._dealing_blocked.items() if r >= round_ - 1}
+        while len(view.recipients) < view.active:
+            info = await self.service.run(views.round_info, self.service.chain, min(round_, view.round))
+            opened = int(info["openTime"]) if info else 0
+            if round_ not in self._dealing_blocked:
+                log.info("event=dealing_waits round=%d without_share_key=%d wait_s=%d", round_,
+                         view.active - len(view.recipients), SHARE_KEY_WAIT_S)
+            first_blocked = self._dealing_blocked.setdefault(round_, view.head_time)
+            if dealing_may_start(view, opened, first_blocked, SHARE_KEY_WAIT_S):
+                break
+            if trio.current_time() - started > DEALING_WAIT_LIMIT_S:
+                raise WorkError(f"{view.active - len(view.recipients)} participants have no share key yet")
+            await trio.sleep(DEALING_POLL_S)  # polled: share keys arrive in blocks, read through views
+            view = await self._round_keys(round_, scan_from=await self._scan_start(round_))
+        return view
+
     async def secagg_calldata(self, call: ShareKeyCall | MaskKeysCall | RevealCall, my_index: int | None) -> bytes:
         """The calldata of a secure-aggregation transaction, built when it is sent (keys dealt, shares opened)."""
         if self.secagg is None or my_index is None:
@@ -343,14 +368,7 @@ class RoundWork:
             return self.secagg.share_key_calldata()
         view = await self._round_keys(call.round, scan_from=await self._scan_start(call.round))
         if isinstance(call, MaskKeysCall):
-            if len(view.recipients) < view.active:
-                # shares go to the share-key holders known now: give the others a few seconds to set theirs
-                info = await self.service.run(views.round_info, self.service.chain, min(call.round, view.round))
-                opened = int(info["openTime"]) if info else 0
-                self._dealing_blocked = {r: t for r, t in self._dealing_blocked.items() if r >= call.round - 1}
-                first_blocked = self._dealing_blocked.setdefault(call.round, view.head_time)
-                if not dealing_may_start(view, opened, first_blocked, SHARE_KEY_WAIT_S):
-                    raise WorkError(f"{view.active - len(view.recipients)} participants have no share key yet")
+            view = await self._wait_for_share_keys(call.round, view)
             try:
                 return await trio.to_thread.run_sync(self.secagg.post_keys_calldata, view, call.round, my_index)
             except secagg_lib.SecAggError as exc:

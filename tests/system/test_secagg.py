@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 
 from swarmnode.node.keys import address_of, load_key
-from swarmnode.node.localnet import LocalSwarm, running_swarm, wait_for
+from swarmnode.node.localnet import LocalSwarm, make_genesis, running_swarm, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +84,40 @@ def test_rounds_finalize_without_a_committers_reveal_and_without_a_key_posters_c
     print(f"\nnode 3 committed without revealing in rounds {silent_rounds} (all final on new models); killed "
           f"after posting keys for round {nxt}, which finalized on {done[nxt][:14]} with its commits "
           f"{len(info['commits'])} and key set {len(info['maskKeys'])}")
+
+
+@pytest.mark.long
+def test_round_0_dealing_waits_for_a_participant_that_starts_late(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Three daemons start first (enough validators to make blocks), the fourth once they are waiting for its
+    share key. Round 0 of a genesis made minutes before opened long ago by block time; the wait for share
+    keys used to count from that opening and so never waited: the first daemons dealt their shares only
+    among themselves. Each of the first three must now wait (its log says so) before dealing, and round 0
+    must still finalize on an unmasked sum that every node agrees on."""
+    base = tmp_path_factory.mktemp("secagg-late")
+    genesis, keys = make_genesis(base, 4, "tiny", commit_window_s=8,
+                                 extra_args=("--secure-aggregation", "--min-participants", "2"))
+    env = {"OMP_NUM_THREADS": "1",
+           "SWARMNODE_DATA": os.environ.get("SWARMNODE_DATA", "/usr/share/datasets/fashion-mnist")}
+    swarm = LocalSwarm(base, genesis, keys, extra_env=env)
+    waiting = "event=dealing_waits round=0 "
+    try:
+        for i in range(4):
+            swarm.init_node(i)
+        swarm.start_all([0, 1, 2])
+        wait_for(lambda: all(waiting in swarm.nodes[i].log_path.read_text() for i in (0, 1, 2)), ROUND_TIMEOUT,
+                 f"nodes 0-2 to wait for node 3's share key\n{swarm.tail(0)}", interval=0.2)
+        swarm.start(3)
+        hashes = wait_for(lambda: (h := swarm.final_hashes(0)) and 0 in h and h, 2 * ROUND_TIMEOUT,
+                          f"round 0 final\n{swarm.tail(0)}")
+        info = rows(swarm, 0)
+        assert hashes[0] != info["baseHash"], f"round 0 settled on its base\n{swarm.tail(0, 40)}"
+        for i in (1, 2, 3):
+            got = wait_for(lambda i=i: swarm.final_hashes(i).get(0), ROUND_TIMEOUT, f"node{i} round 0")
+            assert got == hashes[0], f"node{i} disagrees on round 0"
+        for i in range(4):
+            assert "event=secagg_unrecoverable" not in swarm.nodes[i].log_path.read_text(), swarm.tail(i, 40)
+        me3 = "0x" + address_of(load_key(swarm.keys_dir / "node-3.key")).hex()
+        print(f"\nround 0: key set {len(info['maskKeys'])} (node 3 in it: {me3 in lower(info['maskKeys'])}), "
+              f"{len(info['commits'])} commits, final {hashes[0][:14]}")
+    finally:
+        swarm.close()
