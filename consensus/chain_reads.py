@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from eth_abi import decode as abi_decode
 from eth_bloom import BloomFilter
 from eth_utils import ValidationError, keccak
 
+from consensus.db import CACHED_KEY_LENGTH, ByteLRU
 from consensus.errors import ConsensusError
 from consensus.genesis import Genesis
 from consensus.genesis_block import STAKING_ADDRESS
@@ -513,9 +513,8 @@ class _NodeDB(BaseAtomicDB):
     Writes (py-evm's scratch) stay in an overlay that `reset()` drops: a call never persists anything."""
 
     def __init__(self, channel: _Channel, alarm: _Alarm, cache_bytes: int) -> None:
-        self._channel, self._alarm, self._cache_limit = channel, alarm, cache_bytes
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cached = 0
+        self._channel, self._alarm = channel, alarm
+        self._cache = ByteLRU(cache_bytes, max_value=cache_bytes // 8)
         self._overlay: dict[bytes, bytes | None] = {}
         self.reads = 0
 
@@ -528,20 +527,16 @@ class _NodeDB(BaseAtomicDB):
             if value is None:
                 raise KeyError(key)
             return value
-        cached = self._cache.get(key)
+        cached = self._cache.get(bytes(key))
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         self._alarm.deferring = True
         try:
             self._channel.send(b"G" + bytes(key))
             reply = self._channel.recv()
             self.reads += 1
-            if reply[:1] == b"V" and len(key) == 32 and len(reply) < self._cache_limit // 8:
-                self._cache[bytes(key)] = reply[1:]
-                self._cached += len(reply)
-                while self._cached > self._cache_limit:
-                    self._cached -= len(self._cache.popitem(last=False)[1]) + 1
+            if reply[:1] == b"V" and len(key) == CACHED_KEY_LENGTH:
+                self._cache.put(bytes(key), reply[1:])
         finally:
             self._alarm.deferring = False
         self._alarm.check()

@@ -51,15 +51,48 @@ _MAX_CACHED_VALUE = 1 << 20  # a larger value (a big contract's code) is read fr
 _ENTRY_OVERHEAD = 200  # bytes an entry costs besides its value (key, objects, the LRU's links): measured ~170
 
 
+class ByteLRU:
+    """Values by key, least recently used evicted first, within `limit` bytes (each entry counts its value
+    plus _ENTRY_OVERHEAD); a value above `max_value` is never kept. Not thread-safe: callers lock."""
+
+    def __init__(self, limit: int, max_value: int = _MAX_CACHED_VALUE) -> None:
+        self.limit, self.max_value = limit, max_value
+        self.entries: OrderedDict[bytes, bytes] = OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: bytes) -> bytes | None:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        """Keep `key`'s value (one above `max_value` only drops what was kept)."""
+        self.drop(key)
+        if len(value) > self.max_value:
+            return
+        self.entries[key] = value
+        self.bytes += _ENTRY_OVERHEAD + len(value)
+        while self.bytes > self.limit and self.entries:
+            self.bytes -= _ENTRY_OVERHEAD + len(self.entries.popitem(last=False)[1])
+
+    def drop(self, key: bytes) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.bytes -= _ENTRY_OVERHEAD + len(old)
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.bytes = 0
+
+
 class LevelDB(BaseAtomicDB):
     """py-evm atomic database over a LevelDB directory (one plyvel write batch per atomic batch)."""
 
     def __init__(self, path: Path | str, *, sync_writes: bool = True, cache_bytes: int = READ_CACHE_BYTES) -> None:
         self.path = Path(path)
         self._sync = sync_writes
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()
-        self._cached_bytes = 0
-        self._cache_limit = cache_bytes
+        self._cache = ByteLRU(cache_bytes)
         self._cache_lock = threading.Lock()
         self._generation = 0  # bumped by every write: a read that raced with one is not cached
         self.cache_hits = self.cache_misses = 0
@@ -76,7 +109,6 @@ class LevelDB(BaseAtomicDB):
         db, self._db = self._db, _ClosedDB(self.path)
         with self._cache_lock:
             self._cache.clear()
-            self._cached_bytes = 0
             self._generation += 1
         if not db.closed:
             db.close()
@@ -98,7 +130,6 @@ class LevelDB(BaseAtomicDB):
         with self._cache_lock:
             value = self._cache.get(key)
             if value is not None:
-                self._cache.move_to_end(key)
                 self.cache_hits += 1
                 return value
             self.cache_misses += 1
@@ -107,27 +138,14 @@ class LevelDB(BaseAtomicDB):
         if value is not None:
             with self._cache_lock:
                 if generation == self._generation:  # no write landed while we read
-                    self._remember(key, value)
+                    self._cache.put(key, value)
         return value
 
     def cache_statistics(self) -> dict[str, int]:
         """Reads of 32-byte keys answered from memory (`hits`) or from disk (`misses`), and what is kept."""
         with self._cache_lock:
-            return {"hits": self.cache_hits, "misses": self.cache_misses, "entries": len(self._cache),
-                    "bytes": self._cached_bytes, "limit": self._cache_limit}  # bytes: values + _ENTRY_OVERHEAD each
-
-    def _remember(self, key: bytes, value: bytes) -> None:
-        """Under the lock: keep `key`'s value (a value above the per-value cap only drops what was kept),
-        evicting the least recently used beyond the limit."""
-        old = self._cache.pop(key, None)
-        if old is not None:
-            self._cached_bytes -= _ENTRY_OVERHEAD + len(old)
-        if len(value) > _MAX_CACHED_VALUE:
-            return
-        self._cache[key] = value
-        self._cached_bytes += _ENTRY_OVERHEAD + len(value)
-        while self._cached_bytes > self._cache_limit and self._cache:
-            self._cached_bytes -= _ENTRY_OVERHEAD + len(self._cache.popitem(last=False)[1])
+            return {"hits": self.cache_hits, "misses": self.cache_misses, "entries": len(self._cache.entries),
+                    "bytes": self._cache.bytes, "limit": self._cache.limit}  # bytes: values + _ENTRY_OVERHEAD each
 
     def _written(self, puts: Mapping[bytes, bytes], deletes: tuple[bytes, ...] = ()) -> None:
         """After a write is on disk: the cache holds the new values, and a read that began before the write
@@ -135,12 +153,10 @@ class LevelDB(BaseAtomicDB):
         with self._cache_lock:
             self._generation += 1
             for key in deletes:
-                old = self._cache.pop(key, None)
-                if old is not None:
-                    self._cached_bytes -= _ENTRY_OVERHEAD + len(old)
+                self._cache.drop(key)
             for key, value in puts.items():
                 if len(key) == CACHED_KEY_LENGTH:
-                    self._remember(key, value)
+                    self._cache.put(key, value)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
         self._db.put(key, value, sync=self._sync)

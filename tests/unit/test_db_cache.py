@@ -68,7 +68,7 @@ def test_the_cache_keeps_within_its_byte_limit_evicting_the_least_recently_used(
     db.write_many({key(3): b"\x03" * 100})  # one entry over: the least recently used (key 1) goes
     stats = db.cache_statistics()
     assert stats["bytes"] == 3 * entry and stats["entries"] == 3
-    assert key(1) not in db._cache and key(0) in db._cache
+    assert key(1) not in db._cache.entries and key(0) in db._cache.entries
     assert db[key(1)] == b"\x01" * 100  # still on disk
     assert db.cache_statistics()["bytes"] <= 3 * entry
     db.write_many({key(4): b"\x04" * (3 * entry)})  # larger than the whole cache: nothing stays beside it
@@ -80,11 +80,11 @@ def test_the_cache_keeps_within_its_byte_limit_evicting_the_least_recently_used(
 def test_a_value_above_the_per_value_cap_is_read_from_disk_each_time(tmp_path: Path) -> None:
     db = LevelDB(tmp_path / "db", sync_writes=False, cache_bytes=8 * _MAX_CACHED_VALUE)
     db.write_many({key(1): b"\x01" * _MAX_CACHED_VALUE, key(2): b"\x02" * (_MAX_CACHED_VALUE + 1)})
-    assert key(1) in db._cache and key(2) not in db._cache
+    assert key(1) in db._cache.entries and key(2) not in db._cache.entries
     assert db[key(2)] == b"\x02" * (_MAX_CACHED_VALUE + 1)
-    assert key(2) not in db._cache
+    assert key(2) not in db._cache.entries
     db.write_many({key(1): b"\x03" * (_MAX_CACHED_VALUE + 1)})  # a cached key overwritten by a big value
-    assert key(1) not in db._cache and db[key(1)] == b"\x03" * (_MAX_CACHED_VALUE + 1)
+    assert key(1) not in db._cache.entries and db[key(1)] == b"\x03" * (_MAX_CACHED_VALUE + 1)
     assert db.cache_statistics()["bytes"] == 0
     db.close()
 
