@@ -172,11 +172,11 @@ class EvmHarness:
         while self.head_number < block_number:
             self.mine()
 
-    def _signed_tx(self, key: keys.PrivateKey, to: bytes, data: bytes, value: int) -> Any:
+    def _signed_tx(self, key: keys.PrivateKey, to: bytes, data: bytes, value: int, gas: int = TX_GAS) -> Any:
         vm = self.chain.get_vm()
         sender = key.public_key.to_canonical_address()
         unsigned = vm.create_unsigned_transaction(
-            nonce=vm.state.get_nonce(sender), gas_price=GAS_PRICE, gas=TX_GAS, to=to, value=value, data=data
+            nonce=vm.state.get_nonce(sender), gas_price=GAS_PRICE, gas=gas, to=to, value=value, data=data
         )
         signed = unsigned.as_signed_transaction(key, chain_id=self.chain_id)
         return vm.get_transaction_builder().decode(signed.encode())
@@ -191,16 +191,17 @@ class EvmHarness:
         return events
 
     def transact(self, key: keys.PrivateKey, contract: Contract, fn: str, *args: Any, value: int = 0,
-                 timestamp: int | None = None) -> TxResult:
+                 timestamp: int | None = None, gas: int = TX_GAS) -> TxResult:
         data = contract.encode(fn, *args)
-        return self.send_raw(key, contract.address, data, value, contract, fn, timestamp=timestamp)
+        return self.send_raw(key, contract.address, data, value, contract, fn, timestamp=timestamp, gas=gas)
 
     def send_raw(
         self, key: keys.PrivateKey, to: bytes, data: bytes, value: int,
         contract: Contract | None = None, fn: str | None = None, *, timestamp: int | None = None,
+        gas: int = TX_GAS,
     ) -> TxResult:
         self._prepare_header(timestamp)
-        tx = self._signed_tx(key, to, data, value)
+        tx = self._signed_tx(key, to, data, value, gas)
         number = self.chain.header.block_number
         _, receipts, computations = self.chain.mine_all([tx])
         computation, receipt = computations[0], receipts[0]

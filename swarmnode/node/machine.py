@@ -123,10 +123,12 @@ class RevealCall:
 
 @dataclass(frozen=True)
 class AttestCall:
-    """SwarmRounds.attestAggregate's arguments."""
+    """SwarmRounds.attestAggregate's arguments. `full_gas`: declare txs.ATTEST_GAS, enough for any
+    registry and validator set, not the gas sized to the chain as it is (sent after that one reverted)."""
 
     round: int
     model_hash: bytes
+    full_gas: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,6 +339,7 @@ class RoundState:
     trained: Mapping[int, CommitCall] = field(default_factory=dict)  # our update per round
     aggregates: Mapping[int, bytes] = field(default_factory=dict)  # our results, newest KEEP_ROUNDS
     finals: Mapping[int, bytes] = field(default_factory=dict)  # final hashes, newest KEEP_ROUNDS
+    full_gas: frozenset[int] = frozenset()  # rounds whose attestation reverted while the round stayed open
 
     @property
     def round(self) -> int | None:
@@ -420,6 +423,7 @@ def _observe(state: RoundState, ev: BlockObserved) -> RoundState:
         state, obs=obs, has_base=ev.has_base, done=done, sent=sent, running=recent(state.running),
         retries={k: v for k, v in state.retries.items() if k[1] >= keep},
         trained={q: c for q, c in state.trained.items() if q >= keep},
+        full_gas=frozenset(q for q in state.full_gas if q >= keep),
     )
 
 
@@ -500,6 +504,13 @@ def _included(state: RoundState, ev: TxIncluded) -> tuple[RoundState, list[Actio
         return state, [Report("remask", r, (("masked_over", ours.key_count), ("key_set", obs.key_count)))]
     if what == "sharekey":  # e.g. the genesis turned secure aggregation on after a restart: try again later
         state = replace(state, done=state.done - {ev.key})
+    if (what == "attest" and obs is not None and obs.round == r and not obs.attested and obs.validator
+            and r not in state.full_gas):
+        # the round is still open, so ours was not a late attestation: it ran out of the gas sized to the
+        # chain when it was sent (the registry or the validator set grew before it got in, perhaps put in
+        # front of it on purpose). A reverted call changes nothing: send it once more at ATTEST_GAS.
+        state = replace(state, done=state.done - {ev.key}, full_gas=state.full_gas | {r})
+        return state, [Report("attest_full_gas", r, (("reason", ev.detail),))]
     return state, [Report("tx_reverted", ev.key[1], (("what", ev.key[0]), ("reason", ev.detail)))]
 
 
@@ -540,7 +551,7 @@ def wanted(state: RoundState) -> list[Action]:
         if ours is None:
             out.append(Aggregate(r, obs.base_hash, () if obs.skipped else obs.commits))
         elif obs.validator and not obs.attested:
-            out.append(SendTx("attest", AttestCall(r, ours)))
+            out.append(SendTx("attest", AttestCall(r, ours, full_gas=r in state.full_gas)))
     return out
 
 

@@ -53,7 +53,7 @@ class RoundLoop:
         self._tx_order = trio.Lock()
         self._warned_no_data = False
         self.counters = {"mismatches": 0, "actions_failed": 0, "actions_crashed": 0, "gave_up": 0,
-                         "tx_reverted": 0, "attest_late": 0, "events": 0,
+                         "tx_reverted": 0, "attest_late": 0, "attest_full_gas": 0, "events": 0,
                          "watch_crashed": 0}
 
     @property
@@ -200,7 +200,10 @@ class RoundLoop:
                 data = await self.work.secagg_calldata(action.call, obs.participant_index if obs else None)
             else:
                 data = txs.call_data(action.call)
-            return m.TxSubmitted(await self.sender.send(action.key, data))
+            gas = None
+            if isinstance(action.call, m.AttestCall) and not action.call.full_gas:
+                gas = await self.service.run(views.attest_gas, self.service.chain, priority=Priority.NODE)
+            return m.TxSubmitted(await self.sender.send(action.key, data, gas))
         if isinstance(action, m.Score):
             obs = self.state.obs
             await self.work.score(action.round, action.model_hash, obs.participant_index if obs else None)
@@ -243,6 +246,10 @@ class RoundLoop:
             # the others' attestations finalized the round first (in this block or before): expected
             self.counters["attest_late"] += 1
             log.info("event=attest_late round=%d (the round was final before our attestation)", r)
+        elif report.event == "attest_full_gas":
+            self.counters["attest_full_gas"] += 1
+            log.warning("event=attest_full_gas round=%d (our attestation reverted while the round is open: "
+                        "sent again at the full gas) reason=%r", r, report.get("reason"))
         elif report.event == "tx_reverted":
             self.counters["tx_reverted"] += 1
             log.warning("event=tx_reverted round=%d what=%s reason=%r", r, report.get("what"), report.get("reason"))

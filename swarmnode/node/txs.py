@@ -17,6 +17,14 @@ FIXED_ONE = 1_000_000  # SwarmRounds stores loss and accuracy as value * 1e6
 MAX_REPORTED = 2**64  # SwarmRounds' bound on a reported loss (and sample count)
 COMMIT_GAS = 1_000_000
 ATTEST_GAS = 10_000_000  # attestAggregate may finalize: pay every contributor, count absentees, open the next round
+# A finalizing attestation's gas grows with the registry (pay a contributor or record an absentee, then set
+# it expected in the next round) and the attestations settled (reward, or penalize through Staking).
+# Measured (tests/unit/test_contracts.py): 0.89M with 10 participants and 4 validators, 6.3M with 128 and 4,
+# 7.6M with 128 and 64: at most ~70K per participant and ~25K per validator on top of ~0.15M. A block
+# holds 30M of declared gas, so a flat ATTEST_GAS let only 3 attestations into a block.
+ATTEST_BASE_GAS = 600_000
+ATTEST_GAS_PER_PARTICIPANT = 100_000
+ATTEST_GAS_PER_VALIDATOR = 60_000
 MEMBERSHIP_GAS = 1_000_000  # register, leave
 
 
@@ -83,6 +91,16 @@ def gas_for(data: bytes) -> int:
     if data[:4] in (POST_KEYS_SELECTOR, REVEAL_SELECTOR):  # calldata-heavy: shares travel in it
         return MEMBERSHIP_GAS + 48 * len(data)
     return ATTEST_GAS if data[:4] == ATTEST_SELECTOR else COMMIT_GAS if data[:4] == COMMIT_SELECTOR else MEMBERSHIP_GAS
+
+
+def attest_gas(registered: int, validators: int) -> int:
+    """Gas for an attestation that may finalize, with `registered` participants in the registry (active or
+    not) and `validators` validators: about 1.5x what finalizing needs, and never above ATTEST_GAS. The
+    registry or the validator set can still grow before the attestation gets in (a hostile proposer can put
+    registrations in front of it): an attestation that then runs out of gas reverts as a whole and the
+    node sends it again at ATTEST_GAS (machine.py)."""
+    need = ATTEST_BASE_GAS + ATTEST_GAS_PER_PARTICIPANT * registered + ATTEST_GAS_PER_VALIDATOR * validators
+    return min(ATTEST_GAS, need)
 
 
 def share_key_data(share_pk: bytes) -> bytes:
@@ -206,8 +224,10 @@ def sign_cancel(secret: bytes, chain_id: int, nonce: int, to: bytes, min_fee_cap
     return sign_tx(secret, chain_id, nonce, to=to, value=0, gas=21_000, max_fee=max_fee, tip=1)
 
 
-def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: int, value: int = 0) -> bytes:
-    """A signed EIP-1559 call to SwarmRounds paying at most twice the current base fee (min 1 gwei)."""
+def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: int, value: int = 0,
+              gas: int | None = None) -> bytes:
+    """A signed EIP-1559 call to SwarmRounds paying at most twice the current base fee (min 1 gwei), with
+    `gas` (default: gas_for(data))."""
     max_fee = max(2 * base_fee, 10**9) + 1
-    return sign_tx(secret, chain_id, nonce, to=SWARM_ROUNDS_ADDRESS, data=data, gas=gas_for(data), max_fee=max_fee,
-                   tip=1, value=value)
+    return sign_tx(secret, chain_id, nonce, to=SWARM_ROUNDS_ADDRESS, data=data,
+                   gas=gas_for(data) if gas is None else gas, max_fee=max_fee, tip=1, value=value)

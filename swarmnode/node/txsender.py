@@ -107,15 +107,15 @@ class TxSender:
     def followed(self) -> list[Followed]:
         return list(self._followed.values())
 
-    async def send(self, key: Key, data: bytes) -> bytes:
-        """Sign `data` (a call to SwarmRounds) at the next free nonce and submit it; returns its hash.
-        TxRejected (the pool's reason) propagates."""
+    async def send(self, key: Key, data: bytes, gas: int | None = None) -> bytes:
+        """Sign `data` (a call to SwarmRounds, with `gas`; default txs.gas_for) at the next free nonce and
+        submit it; returns its hash. TxRejected (the pool's reason) propagates."""
         chain, pool = self.service.chain, self.service.pool
         secret, chain_id, me = self._secret, self.chain_id, self.address
 
         def sign_and_admit() -> tuple[int, int, bytes, bytes]:
             nonce = pool.next_nonce(me, chain.state_view())
-            raw = txs.sign_call(secret, chain_id, nonce, data, chain.next_base_fee())
+            raw = txs.sign_call(secret, chain_id, nonce, data, chain.next_base_fee(), gas=gas)
             tx = pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
             return chain.height, nonce, raw, bytes(tx.hash)
 

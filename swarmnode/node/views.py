@@ -7,6 +7,7 @@ from typing import Any
 from consensus.chain import ExecutionChain
 from consensus.chain_reads import CallFailed
 from consensus.rpc_swarm import SwarmViews
+from swarmnode.node import txs
 from swarmnode.node.machine import CommitInfo, RoundObservation
 
 ZERO32 = b"\x00" * 32
@@ -169,6 +170,13 @@ def round_info(chain: ExecutionChain, round_: int) -> dict[str, Any] | None:
         return dict(SwarmViews(chain).call_view("SwarmRounds", "getRound", round_))
     except CallFailed:
         return None
+
+
+def attest_gas(chain: ExecutionChain) -> int:
+    """Gas for our attestation, sized to the registry and the validator set at the committed head
+    (txs.attest_gas)."""
+    v = SwarmViews(chain)
+    return txs.attest_gas(int(v.call_view("SwarmRounds", "registrySize")), int(v.call_view("Staking", "validatorCount")))
 
 
 def update_committers(chain: ExecutionChain, round_: int) -> list[bytes]:

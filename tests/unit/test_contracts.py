@@ -35,6 +35,7 @@ from consensus.genesis_state import (
     build_genesis_alloc,
 )
 from consensus.votes import STEP_PRECOMMIT, STEP_PREVOTE, recover_address, sign_digest, sign_vote, vote_signer
+from swarmnode.node.txs import ATTEST_GAS, attest_gas
 from swarmnode.p2p.identity import peer_id_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -1374,9 +1375,11 @@ def test_withdrawn_validator_cannot_attest(evm):
 GAS_CAP = 10_000_000
 
 
-@pytest.mark.parametrize("n", [10, 128])
+@pytest.mark.parametrize("n", [10, 40, 128])
 def test_gas_of_a_finalizing_attestation(n):
-    """n expected participants: measured when all n are paid, and when n - 1 are recorded absent."""
+    """n expected participants: measured when all n are paid, and when n - 1 are recorded absent; the gas a
+    node declares for its attestation (txs.attest_gas, sized to the registry and the validators) covers
+    both with at least 30% to spare."""
     extra = GAS_KEYS[: n - 2]
     evm = make_chain(with_params(commit_window_s=10_000), extra_funded=tuple(address_of(k) for k in extra))
     for key in extra:
@@ -1397,6 +1400,8 @@ def test_gas_of_a_finalizing_attestation(n):
           f"{missed.gas_used:,} gas with {n - 1} absentees recorded")
     assert paid.gas_used < GAS_CAP, f"{paid.gas_used:,} gas to finalize {n} contributors"
     assert missed.gas_used < GAS_CAP, f"{missed.gas_used:,} gas to record {n - 1} absentees"
+    declared = attest_gas(evm.call(ROUNDS, "registrySize"), len(VALIDATOR_KEYS))
+    assert max(paid.gas_used, missed.gas_used) * 13 // 10 <= declared, (paid.gas_used, missed.gas_used, declared)
 
 
 BIG_VALIDATOR_KEYS = [keys.PrivateKey(keccak(f"big validator {i}".encode())) for i in range(64)]
@@ -1424,3 +1429,29 @@ def test_gas_of_a_finalizing_attestation_at_the_limits():
     assert len(final.events_named("ContributorRewarded")) == 128
     print(f"\nfinalizing attestation, 128 contributors and 64 validators: {final.gas_used:,} gas")
     assert final.gas_used < GAS_CAP, f"{final.gas_used:,} gas"
+    assert final.gas_used * 13 // 10 <= attest_gas(128, 64) == ATTEST_GAS == GAS_CAP
+
+
+def test_registrations_put_in_front_of_a_sized_attestation_make_it_revert_and_full_gas_finalizes():
+    """A node sizes its attestation's gas to the registry it sees (ten attestations fit in a block, not
+    three). A hostile proposer can put registrations in front of the finalizing one: setting each new
+    participant expected in the next round costs more than was declared, the attestation reverts as a whole
+    (nothing recorded, the round still open), and the node's second copy at ATTEST_GAS finalizes."""
+    extra = GAS_KEYS[:100]
+    evm = make_chain(with_params(commit_window_s=10_000), extra_funded=tuple(address_of(k) for k in extra))
+    ok(commit(evm, K0))
+    ok(commit(evm, K1))  # both genesis participants: round 0 closes early
+    for key in VALIDATOR_KEYS[:2]:
+        ok(attest(evm, key, 0, round_hash(0)))  # 2 of 4 validators: not final yet
+    sized = attest_gas(evm.call(ROUNDS, "registrySize"), len(VALIDATOR_KEYS))
+    assert sized * 10 <= 30_000_000 < ATTEST_GAS * 4  # ten sized attestations fit in a block; four flat ones do not
+    for key in extra:
+        ok(register(evm, key))
+    cut_short = evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, round_hash(0), gas=sized)
+    assert not cut_short.success and cut_short.gas_used == sized  # out of gas: all of it spent
+    assert evm.call(ROUNDS, "currentRound") == 0
+    assert round_info(evm, 0)["attestationCount"] == 2  # the reverted attestation left nothing behind
+    final = ok(evm.transact(VALIDATOR_KEYS[2], ROUNDS, "attestAggregate", 0, round_hash(0), gas=ATTEST_GAS))
+    assert final.output is True and evm.call(ROUNDS, "currentRound") == 1
+    assert round_info(evm, 1)["expectedCount"] == 102
+    assert final.gas_used > sized, (final.gas_used, sized)
