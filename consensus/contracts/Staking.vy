@@ -15,6 +15,10 @@ MAX_VALIDATORS: constant(uint256) = 64
 BPS: constant(uint256) = 10000
 MAX_STEP: constant(uint256) = 2
 
+interface ISwarmRounds:
+    def currentRound() -> uint256: view
+    def attestationOf(round: uint256, validator: address) -> bytes32: view
+
 struct Vote:
     height: uint256
     round: uint256
@@ -209,12 +213,20 @@ def deposit():
 
 @external
 def requestWithdraw(amount: uint256):
-    """Start unbonding `amount`; it can be withdrawn `unbondingBlocks` blocks later."""
+    """Start unbonding `amount`; it can be withdrawn `unbondingBlocks` blocks later. Not while the sender's
+    attestation of the open round stands: SwarmRounds counts an attestation's stake as it was when cast,
+    against the total stake when the round finalizes, so stake that attested and then left could be cast
+    again from another account (a hash finalized with less than 2/3 of the stake), and it would escape the
+    penalty for a wrong attestation."""
     assert amount > 0, "requestWithdraw: zero amount"
     stake: uint256 = self.stakeOf[msg.sender]
     assert amount <= stake, "requestWithdraw: amount exceeds stake"
     remaining: uint256 = stake - amount
     assert remaining == 0 or remaining >= self.minStake, "requestWithdraw: remaining stake below min stake"
+    rounds: ISwarmRounds = ISwarmRounds(self.swarmRounds)
+    open: uint256 = staticcall rounds.currentRound()
+    assert staticcall rounds.attestationOf(open, msg.sender) == empty(bytes32), \
+        "requestWithdraw: attested in the open round (wait until it finalizes)"
     self._unbond(msg.sender, amount)
 
 
