@@ -123,8 +123,8 @@ class RevealCall:
 
 @dataclass(frozen=True)
 class AttestCall:
-    """SwarmRounds.attestAggregate's arguments. `full_gas`: declare txs.ATTEST_GAS, enough for any
-    registry and validator set, not the gas sized to the chain as it is (sent after that one reverted)."""
+    """SwarmRounds.attestAggregate's arguments. `full_gas`: declare txs.ATTEST_GAS, what finalizing needs
+    at the contracts' limits, not the gas sized to the chain as it is (sent after that one ran out)."""
 
     round: int
     model_hash: bytes
@@ -289,6 +289,7 @@ class TxIncluded:
     success: bool  # False: included but reverted
     detail: str
     now: float
+    out_of_gas: bool = False  # reverted having spent all the gas it declared
 
 
 @dataclass(frozen=True)
@@ -504,11 +505,11 @@ def _included(state: RoundState, ev: TxIncluded) -> tuple[RoundState, list[Actio
         return state, [Report("remask", r, (("masked_over", ours.key_count), ("key_set", obs.key_count)))]
     if what == "sharekey":  # e.g. the genesis turned secure aggregation on after a restart: try again later
         state = replace(state, done=state.done - {ev.key})
-    if (what == "attest" and obs is not None and obs.round == r and not obs.attested and obs.validator
-            and r not in state.full_gas):
-        # the round is still open, so ours was not a late attestation: it ran out of the gas sized to the
-        # chain when it was sent (the registry or the validator set grew before it got in, perhaps put in
-        # front of it on purpose). A reverted call changes nothing: send it once more at ATTEST_GAS.
+    if (what == "attest" and ev.out_of_gas and obs is not None and obs.round == r and not obs.attested
+            and obs.validator and r not in state.full_gas):
+        # it ran out of the gas sized to the chain when it was sent (the registry or the round's attestations
+        # grew before it got in, perhaps put in front of it on purpose), and the round is still open. A
+        # reverted call changes nothing: send it once more at ATTEST_GAS.
         state = replace(state, done=state.done - {ev.key}, full_gas=state.full_gas | {r})
         return state, [Report("attest_full_gas", r, (("reason", ev.detail),))]
     return state, [Report("tx_reverted", ev.key[1], (("what", ev.key[0]), ("reason", ev.detail)))]

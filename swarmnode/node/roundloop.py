@@ -110,7 +110,8 @@ class RoundLoop:
                     for outcome in await self.sender.check():
                         now = trio.current_time()
                         if isinstance(outcome, Included):
-                            await self._send.send(m.TxIncluded(outcome.key, outcome.success, outcome.detail, now))
+                            await self._send.send(m.TxIncluded(outcome.key, outcome.success, outcome.detail, now,
+                                                                   outcome.out_of_gas))
                         else:
                             await self._send.send(m.TxLost(outcome.key, outcome.reason, now))
                 await self.sender.forget_before(obs.round - 1)
@@ -201,8 +202,9 @@ class RoundLoop:
             else:
                 data = txs.call_data(action.call)
             gas = None
-            if isinstance(action.call, m.AttestCall) and not action.call.full_gas:
-                gas = await self.service.run(views.attest_gas, self.service.chain, priority=Priority.NODE)
+            if isinstance(action.call, m.AttestCall):
+                gas = await self.service.run(views.attest_gas, self.service.chain, action.call.round,
+                                             action.call.full_gas, priority=Priority.NODE)
             return m.TxSubmitted(await self.sender.send(action.key, data, gas))
         if isinstance(action, m.Score):
             obs = self.state.obs

@@ -16,15 +16,17 @@ from swarmnode.node.machine import AttestCall, CommitCall, RejoinCall
 FIXED_ONE = 1_000_000  # SwarmRounds stores loss and accuracy as value * 1e6
 MAX_REPORTED = 2**64  # SwarmRounds' bound on a reported loss (and sample count)
 COMMIT_GAS = 1_000_000
-ATTEST_GAS = 10_000_000  # attestAggregate may finalize: pay every contributor, count absentees, open the next round
-# A finalizing attestation's gas grows with the registry (pay a contributor or record an absentee, then set
-# it expected in the next round) and the attestations settled (reward, or penalize through Staking).
-# Measured (tests/unit/test_contracts.py): 0.89M with 10 participants and 4 validators, 6.3M with 128 and 4,
-# 7.6M with 128 and 64: at most ~70K per participant and ~25K per validator on top of ~0.15M. A block
-# holds 30M of declared gas, so a flat ATTEST_GAS let only 3 attestations into a block.
+ATTEST_GAS = 15_000_000  # the most a finalizing attestation can need, with 25% to spare (two fit in a block)
+# A finalizing attestation pays every contributor (or records every absentee) and sets every active
+# participant expected in the next round, and settles every attestation of the round: a reward, or a penalty
+# through Staking that may force the validator out of the set. Measured (tests/unit/test_contracts.py):
+# 0.89M with 10 participants and 4 validators, 6.3M with 128 and 4, and at the limits (128 contributors, 64
+# attestations, 60 of them wrong and forced out) 11.6M: under ~70K per participant and ~90K per attestation
+# on top of ~0.15M. A flat ATTEST_GAS let only two attestations into a 30M block, so a node declares
+# attest_gas(...) for the registry and attestations it sees.
 ATTEST_BASE_GAS = 600_000
 ATTEST_GAS_PER_PARTICIPANT = 100_000
-ATTEST_GAS_PER_VALIDATOR = 60_000
+ATTEST_GAS_PER_ATTESTATION = 100_000
 MEMBERSHIP_GAS = 1_000_000  # register, leave
 
 
@@ -93,13 +95,14 @@ def gas_for(data: bytes) -> int:
     return ATTEST_GAS if data[:4] == ATTEST_SELECTOR else COMMIT_GAS if data[:4] == COMMIT_SELECTOR else MEMBERSHIP_GAS
 
 
-def attest_gas(registered: int, validators: int) -> int:
+def attest_gas(registered: int, attested: int, validators: int) -> int:
     """Gas for an attestation that may finalize, with `registered` participants in the registry (active or
-    not) and `validators` validators: about 1.5x what finalizing needs, and never above ATTEST_GAS. The
-    registry or the validator set can still grow before the attestation gets in (a hostile proposer can put
-    registrations in front of it): an attestation that then runs out of gas reverts as a whole and the
-    node sends it again at ATTEST_GAS (machine.py)."""
-    need = ATTEST_BASE_GAS + ATTEST_GAS_PER_PARTICIPANT * registered + ATTEST_GAS_PER_VALIDATOR * validators
+    not), `attested` attestations already in the round and `validators` validators (each may still
+    attest): about 1.4x what finalizing needs or more, and never above ATTEST_GAS. The registry and the
+    attestations can still grow before it gets in (a hostile proposer can put registrations in front of
+    it): an attestation that then runs out of gas reverts as a whole, and the node sends it again at
+    ATTEST_GAS (machine.py)."""
+    need = ATTEST_BASE_GAS + ATTEST_GAS_PER_PARTICIPANT * registered + ATTEST_GAS_PER_ATTESTATION * (attested + validators)
     return min(ATTEST_GAS, need)
 
 

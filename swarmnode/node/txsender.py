@@ -52,6 +52,7 @@ class Included:
     tx_hash: bytes
     success: bool
     detail: str
+    out_of_gas: bool = False  # reverted having spent all the gas it declared
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,10 @@ def _status(chain: ExecutionChain, pool: TxPool, address: bytes,
             receipt = None
         if receipt is not None:
             block = int(receipt.location.block.number)
-            detail = f"block {block}" if receipt.success else f"reverted in block {block}"
-            out.append((f, Included(f.key, f.tx_hash, receipt.success, detail)))
+            out_of_gas = not receipt.success and receipt.gas_used >= int(receipt.location.tx.gas)
+            detail = (f"block {block}" if receipt.success else
+                      f"ran out of gas in block {block}" if out_of_gas else f"reverted in block {block}")
+            out.append((f, Included(f.key, f.tx_hash, receipt.success, detail, out_of_gas)))
         elif committed_nonce > f.nonce:
             out.append((f, Lost(f.key, f.tx_hash, f"nonce {f.nonce} was used by another transaction")))
         elif f.tx_hash not in pool:

@@ -172,11 +172,17 @@ def round_info(chain: ExecutionChain, round_: int) -> dict[str, Any] | None:
         return None
 
 
-def attest_gas(chain: ExecutionChain) -> int:
-    """Gas for our attestation, sized to the registry and the validator set at the committed head
-    (txs.attest_gas)."""
+def attest_gas(chain: ExecutionChain, round_: int, full: bool = False) -> int:
+    """Gas for our attestation of `round_`: sized to the registry, the round's attestations and the validator
+    set at the committed head (txs.attest_gas), or with `full` txs.ATTEST_GAS; never above the block gas
+    limit (the pool refuses more)."""
+    if full:
+        return min(txs.ATTEST_GAS, chain.genesis.block_gas_limit)
     v = SwarmViews(chain)
-    return txs.attest_gas(int(v.call_view("SwarmRounds", "registrySize")), int(v.call_view("Staking", "validatorCount")))
+    attested = int(v.call_view("SwarmRounds", "getRound", round_)["attestationCount"])
+    gas = txs.attest_gas(int(v.call_view("SwarmRounds", "registrySize")), attested,
+                         int(v.call_view("Staking", "validatorCount")))
+    return min(gas, chain.genesis.block_gas_limit)
 
 
 def update_committers(chain: ExecutionChain, round_: int) -> list[bytes]:

@@ -300,18 +300,29 @@ def test_an_attestation_reverted_while_the_round_is_open_goes_again_once_at_full
     run.done(("aggregate", 0), Aggregated(G1))
     run.done(("attest", 0), TxSubmitted(b"\x78" * 32))
     # out of the gas sized to the registry when it was sent (registrations got in before it): once more
-    out = run.feed(TxIncluded(("attest", 0), False, "reverted in block 7", run.now))
-    assert out == [Report("attest_full_gas", 0, (("reason", "reverted in block 7"),)),
+    out = run.feed(TxIncluded(("attest", 0), False, "ran out of gas in block 7", run.now, out_of_gas=True))
+    assert out == [Report("attest_full_gas", 0, (("reason", "ran out of gas in block 7"),)),
                    SendTx("attest", AttestCall(0, G1, full_gas=True))]
     run.done(("attest", 0), TxSubmitted(b"\x79" * 32))
-    # a second revert at full gas is not retried: it is reported
-    out = run.feed(TxIncluded(("attest", 0), False, "reverted in block 8", run.now))
-    assert out == [Report("tx_reverted", 0, (("what", "attest"), ("reason", "reverted in block 8")))]
+    # a second one at full gas is not retried: it is reported
+    out = run.feed(TxIncluded(("attest", 0), False, "ran out of gas in block 8", run.now, out_of_gas=True))
+    assert out == [Report("tx_reverted", 0, (("what", "attest"), ("reason", "ran out of gas in block 8")))]
     assert run.block(window_open=False, commits=COMMITS) == []
     # the next round starts at the sized gas again
     run.block(round=1, base_hash=G1, height=12, window_open=False, commits=COMMITS)
     assert run.done(("aggregate", 1), Aggregated(G2)) == [SendTx("attest", AttestCall(1, G2))]
     assert run.state.full_gas == frozenset({0})
+
+
+def test_an_attestation_reverted_for_another_reason_is_not_sent_again() -> None:
+    run = Run()
+    run.block(window_open=False, commits=COMMITS)
+    run.done(("aggregate", 0), Aggregated(G1))
+    run.done(("attest", 0), TxSubmitted(b"\x78" * 32))
+    # e.g. late: the round finalized in a block newer than the observation (gas left over: not out of gas)
+    out = run.feed(TxIncluded(("attest", 0), False, "reverted in block 7", run.now))
+    assert out == [Report("tx_reverted", 0, (("what", "attest"), ("reason", "reverted in block 7")))]
+    assert run.state.full_gas == frozenset()
 
 
 def test_an_attestation_reverted_after_the_round_moved_on_is_late_not_retried() -> None:
@@ -320,7 +331,8 @@ def test_an_attestation_reverted_after_the_round_moved_on_is_late_not_retried() 
     run.done(("aggregate", 0), Aggregated(G1))
     run.done(("attest", 0), TxSubmitted(b"\x78" * 32))
     run.block(round=1, base_hash=G1, height=9)  # the others' attestations finalized round 0 first
-    out = run.feed(TxIncluded(("attest", 0), False, "attestAggregate: round already finalized", run.now))
+    out = run.feed(TxIncluded(("attest", 0), False, "attestAggregate: round already finalized", run.now,
+                              out_of_gas=True))
     assert out == [Report("tx_reverted", 0, (("what", "attest"),
                                              ("reason", "attestAggregate: round already finalized")))]
     assert run.state.full_gas == frozenset()
