@@ -340,7 +340,7 @@ class RoundState:
     trained: Mapping[int, CommitCall] = field(default_factory=dict)  # our update per round
     aggregates: Mapping[int, bytes] = field(default_factory=dict)  # our results, newest KEEP_ROUNDS
     finals: Mapping[int, bytes] = field(default_factory=dict)  # final hashes, newest KEEP_ROUNDS
-    full_gas: frozenset[int] = frozenset()  # rounds whose attestation reverted while the round stayed open
+    full_gas: frozenset[int] = frozenset()  # rounds whose attestation ran out of gas while the round was open
 
     @property
     def round(self) -> int | None:

@@ -250,8 +250,8 @@ class RoundLoop:
             log.info("event=attest_late round=%d (the round was final before our attestation)", r)
         elif report.event == "attest_full_gas":
             self.counters["attest_full_gas"] += 1
-            log.warning("event=attest_full_gas round=%d (our attestation reverted while the round is open: "
-                        "sent again at the full gas) reason=%r", r, report.get("reason"))
+            log.warning("event=attest_full_gas round=%d (our attestation ran out of gas while the round is "
+                        "open: sent again at the full gas) reason=%r", r, report.get("reason"))
         elif report.event == "tx_reverted":
             self.counters["tx_reverted"] += 1
             log.warning("event=tx_reverted round=%d what=%s reason=%r", r, report.get("what"), report.get("reason"))

@@ -144,3 +144,28 @@ def test_observations_match_a_full_read_and_the_contract_after_every_block(tmp_p
         assert [a.lower() for a in absent] == ["0x" + me[3].hex()], absent
     finally:
         chain.close()
+
+
+def test_attestation_gas_is_read_from_the_head_and_never_above_the_block_gas_limit(tmp_path: Path) -> None:
+    """views.attest_gas: txs.attest_gas of the registry size, the round's attestations and the validator
+    count at the committed head; at full gas txs.ATTEST_GAS; both capped at the genesis block gas limit
+    (the pool refuses a transaction declaring more)."""
+    from swarmnode.node.views import attest_gas
+
+    for limit in (30_000_000, 5_000_000):
+        genesis = replace(dev_genesis(3, 5, chain_id=4549, rounds=replace(DEV_ROUNDS, commit_window_s=WINDOW_S),
+                                      genesis_model_hash=GENESIS_MODEL), block_gas_limit=limit)
+        chain = ExecutionChain.open(tmp_path / f"c{limit}", genesis, sync_writes=False)
+        try:
+            keys = [dev_key(i) for i in range(5)]
+            pool = TxPool(genesis.chain_id, chain.decode_transaction)
+            for i in range(4):
+                raw = txs.sign_call(keys[i], genesis.chain_id, 0, txs.register_data(PEER_IDS[i]), chain.next_base_fee())
+                pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+            built = ChainApplication(chain, address_of(keys[0]), pool=pool).propose_block(1, 0, genesis.genesis_time + 1)
+            chain.commit(chain.block_hash(built))
+            assert SwarmViews(chain).call_view("SwarmRounds", "registrySize") == 4
+            assert attest_gas(chain, 0) == txs.attest_gas(4, 0, 3) == 1_300_000  # under both limits
+            assert attest_gas(chain, 0, True) == min(txs.ATTEST_GAS, limit)  # 15M, or 5M under a 5M limit
+        finally:
+            chain.close()
