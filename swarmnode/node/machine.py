@@ -58,7 +58,8 @@ class RoundObservation:
     round: int  # currentRound: open, or closed and awaiting attestations
     base_hash: bytes  # G_r: the final hash of round r-1 (the genesis model hash for round 0)
     window_open: bool  # the next block may still accept commits
-    skipped: bool  # closed with fewer commits than min_participants under "skip": nothing is aggregated
+    skipped: bool  # closed with fewer commits than min_participants (under "skip", or a secagg key set frozen
+    # below min_participants): nothing is aggregated
     commits: tuple[CommitInfo, ...]
     close_time: int  # the deadline (block-time seconds); the window may close earlier
     extended: bool  # held open past the deadline: fewer commits than min_participants ("extend")

@@ -267,6 +267,16 @@ def test_genesis_places_runtime_code_at_fixed_addresses():
     assert alloc[P[0]] == {"balance": 1_000 * ETHER, "nonce": 0, "code": b"", "storage": {}}
 
 
+EIP_170_LIMIT = 24_576  # bytes of deployed code a CREATE may leave (the genesis places code without the check)
+
+
+def test_every_contract_fits_the_eip_170_code_size_limit():
+    """The genesis alloc would take larger code, but a chain that ever redeploys or upgrades these
+    contracts by transaction could not; SwarmRounds is within ~130 bytes of it (see README's gaps)."""
+    sizes = {name: len(code_bytes(load_artifact(name), "bytecode_runtime")) for name in ("Staking", "SwarmRounds")}
+    assert all(0 < n <= EIP_170_LIMIT for n in sizes.values()), sizes
+
+
 def test_genesis_staking_holds_total_stake_plus_reward_pool(evm):
     assert evm.balance(STAKING_ADDRESS) == 4 * STAKE + PARAMS.reward_pool
     assert_solvent(evm)

@@ -209,3 +209,70 @@ def test_the_reveal_size_bound(size):
         ok(commit(evm, k, key_count=2))
     result = reveal(evm, K0, shares=b"\x07" * size)  # the window closed early at the second commit
     assert result.success is (size <= 6144)
+
+
+def test_a_key_set_frozen_below_min_participants_closes_at_the_deadline_and_the_round_is_skipped():
+    """One key poster commits (min 2): its set can never bring a second commit, so the round is not extended
+    for ever; it closes at closeTime, settles on its base model, and the next round builds a set as usual."""
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    ok(post(evm, K0))
+    ok(commit(evm, K0, key_count=1))
+    close = GENESIS_TIME + WINDOW
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close) is False
+    reverts(post(evm, K1, i=1, timestamp=close - 3), "postMaskKeys: key set frozen")
+    reverts(commit(evm, K1, key_count=1, timestamp=close - 2), "commitUpdate: no mask keys")
+    base = round_info(evm)["baseHash"]
+    reverts(attest(evm, K2, model_hash=base, timestamp=close - 1), "attestAggregate: commit window still open")
+    reverts(attest(evm, K2, model_hash=keccak(b"m0"), timestamp=close),
+            "attestAggregate: skipped round must attest its base hash")
+    reverts(reveal(evm, K0, timestamp=close + 1), "revealShares: too few commits")  # never unmasked
+    for i, k in enumerate((K0, K1, K2)):
+        last = ok(attest(evm, k, model_hash=base, timestamp=close + 2 + i))
+    assert last.events_named("RoundSkipped") == [{"round": 0, "commitCount": 1}]
+    assert not last.events_named("ContributorRewarded")  # a skipped round's commit is not paid
+    info = round_info(evm)
+    assert (info["finalized"], info["skipped"], info["finalHash"]) == (True, True, base)
+    assert evm.call(ROUNDS, "currentRound") == 1
+    t = close + 10
+    ok(post(evm, K0, round_=1, i=0, timestamp=t))
+    ok(post(evm, K1, round_=1, i=1, timestamp=t + 1))
+    ok(commit(evm, K0, round_=1, key_count=2, timestamp=t + 2))
+    ok(commit(evm, K1, round_=1, key_count=2, timestamp=t + 3))
+    assert round_info(evm, 1)["commitCount"] == 2
+
+
+def test_a_key_set_frozen_at_min_participants_keeps_the_round_extended():
+    """The other side of the bound: a set of min members frozen with fewer commits can still reach min,
+    so the round stays open past its deadline, as without secure aggregation."""
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    ok(post(evm, K0, i=0))
+    ok(post(evm, K1, i=1))
+    ok(commit(evm, K0, key_count=2))
+    late = GENESIS_TIME + WINDOW + 10_000
+    assert evm.call(ROUNDS, "windowOpen", timestamp=late) is True
+    reverts(attest(evm, K2, model_hash=round_info(evm)["baseHash"], timestamp=late),
+            "attestAggregate: commit window still open")
+    ok(commit(evm, K1, key_count=2, timestamp=late + 1))
+
+
+def test_a_late_first_commit_over_a_set_below_min_restarts_the_clock_then_closes():
+    """An extended round (no commit by its deadline) whose first commit freezes a set of one: the commit
+    restarts the window's clock, as any late first commit does, and the round closes a window after it."""
+    evm = secagg_chain(straggler_grace_pct=0)
+    ok(evm.transact(K0, ROUNDS, "setShareKey", keccak(K0.to_bytes())))
+    ok(post(evm, K0))
+    t = GENESIS_TIME + WINDOW + 500
+    assert evm.call(ROUNDS, "windowOpen", timestamp=t) is True  # no commit yet: extended
+    result = ok(commit(evm, K0, key_count=1, timestamp=t))
+    assert result.events_named("WindowRestarted")[0]["closeTime"] == t + WINDOW
+    assert evm.call(ROUNDS, "windowOpen", timestamp=t + WINDOW - 1) is True
+    assert evm.call(ROUNDS, "windowOpen", timestamp=t + WINDOW) is False
+    base = round_info(evm)["baseHash"]
+    for i, k in enumerate((K0, K1, K2)):
+        ok(attest(evm, k, model_hash=base, timestamp=t + WINDOW + i))
+    assert round_info(evm)["skipped"] is True

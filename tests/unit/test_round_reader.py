@@ -169,3 +169,68 @@ def test_attestation_gas_is_read_from_the_head_and_never_above_the_block_gas_lim
             assert attest_gas(chain, 0, True) == min(txs.ATTEST_GAS, limit)  # 15M, or 5M under a 5M limit
         finally:
             chain.close()
+
+
+def test_a_key_set_frozen_below_min_closes_at_the_deadline_for_readers_and_contract_alike(tmp_path: Path) -> None:
+    """Secure aggregation, min_participants 2: participant 0 alone posts keys and commits, freezing a set of
+    one. Every reader (a member of the set, a registered participant outside it, a validator that is not a
+    participant) sees the window open until the deadline, not extended, then closed and skipped; the
+    contract takes an attestation of the base hash exactly from then, and the round settles on it."""
+    genesis = replace(dev_genesis(3, 5, chain_id=4551, rounds=replace(DEV_ROUNDS, commit_window_s=WINDOW_S,
+                                                                      min_participants=2),
+                                  genesis_model_hash=GENESIS_MODEL), privacy={"secure_aggregation": True})
+    chain = ExecutionChain.open(tmp_path / "c", genesis, sync_writes=False)
+    keys = [dev_key(i) for i in range(5)]
+    me = [address_of(k) for k in keys]
+    nonces = [0] * 5
+    clock = [genesis.genesis_time]
+    readers = {i: RoundReader(me[i]) for i in (0, 3, 2)}  # in the set, outside it, a validator only
+
+    def signed(who: int, data: bytes) -> bytes:
+        gas = txs.attest_gas(5, 3, 3) if data[:4] == txs.ATTEST_SELECTOR else None
+        return txs.sign_call(keys[who], genesis.chain_id, nonces[who], data, chain.next_base_fee(), gas=gas)
+
+    def block(*calls: tuple[int, bytes], dt: int = 5) -> None:
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        for who, data in calls:
+            pool.add_raw(signed(who, data), chain.state_view(), chain.next_base_fee())
+            nonces[who] += 1
+        clock[0] += dt
+        built = ChainApplication(chain, me[0], pool=pool).propose_block(chain.height + 1, 0, clock[0])
+        chain.commit(chain.block_hash(built))
+        assert len(chain.reader.block_by_number(chain.height).transactions) == len(calls), "a transaction failed"
+
+    def attest_would_succeed() -> bool:
+        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        pool.add_raw(signed(1, txs.attest_data(0, GENESIS_MODEL)), chain.state_view(), chain.next_base_fee())
+        executed = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
+                                     coinbase=me[0], now=int(chain.head.timestamp) + 1)
+        ok = executed.receipts is not None and executed.receipts[0].state_root == b"\x01"
+        chain.discard_pending()
+        return ok
+
+    try:
+        block(*[(i, txs.register_data(PEER_IDS[i])) for i in (0, 3)])
+        block(*[(i, txs.share_key_data(bytes([i + 1]) * 32)) for i in (0, 3)])
+        block((0, txs.post_keys_data(0, b"\x05" * 32, b"\x06" * 32, b"\x07" * 64)))
+        block((0, txs.commit_data(txs.CommitCall(0, b"\x09" * 32, 100, 500_000, 900_000, key_count=1))))
+        close = int(SwarmViews(chain).call_view("SwarmRounds", "getRound", 0)["closeTime"])
+        saw_open = 0
+        while True:
+            obs = {i: r.observe(chain) for i, r in readers.items()}
+            assert len({(o.window_open, o.extended, o.skipped) for o in obs.values()}) == 1, obs
+            o = obs[2]
+            assert not o.extended  # the frozen set can never bring the second commit
+            assert o.window_open == (int(chain.head.timestamp) + 1 < close)
+            assert attest_would_succeed() == (not o.window_open)
+            if not o.window_open:
+                break
+            saw_open += 1
+            block(dt=2)
+        assert saw_open >= 3 and all(o.skipped for o in obs.values())
+        block(*[(v, txs.attest_data(0, GENESIS_MODEL)) for v in range(3)])
+        info = SwarmViews(chain).call_view("SwarmRounds", "getRound", 0)
+        assert (info["finalized"], info["skipped"], _b(info["finalHash"])) == (True, True, GENESIS_MODEL)
+        assert readers[0].observe(chain).round == 1
+    finally:
+        chain.close()
