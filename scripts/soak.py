@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = res.summary()
     growth, slope = res.memory_growth_mb(), res.memory_slope()
     rss_slope, file_slope = res.memory_slope("rss"), res.memory_slope("file")
+    cache_slope, rest_slope = res.memory_slope("cache"), res.memory_slope("anon-less-cache")
     print(f"\nrounds run {res.rounds_run}, finalized {res.rounds_finalized}, wall clock {res.wall_seconds:.0f} s")
     print(f"round time: median {res.median_round:.2f} s, longest {res.longest_round:.2f} s")
     for i, samples in res.anon_mb.items():
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
               f"rss {res.rss_mb[i][-1][1]:.0f} MB ({rss_slope.get(i, 0):+.1f}/100 rounds), "
               f"of which mapped files {res.file_mb[i][-1][1]:.0f} MB "
               f"({file_slope.get(i, 0):+.1f}/100 rounds: LevelDB's tables, the chain's size on disk)")
+        cache = res.cache_mb.get(i)
+        if cache:
+            print(f"node{i}: of the RssAnon trend, the chain read cache (bounded) {cache_slope.get(i, 0):+.1f} MB "
+                  f"per 100 rounds ({cache[-1][1]:.1f} MB held at round {cache[-1][0]}), the rest "
+                  f"{rest_slope.get(i, 0):+.1f} MB per 100 rounds")
     print(f"all nodes agree with the chain: {res.agree}; log problems: {res.bad_lines or 'none'}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -65,6 +65,9 @@ class SoakResult:
     rss_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # node -> [(round, MB)]: VmRSS
     anon_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # RssAnon: judged for leaks
     file_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)  # RssFile (LevelDB's mmaps)
+    # the chain read cache's accounted bytes (values plus a per-entry estimate; bounded, see consensus/db.py),
+    # read over RPC at the same rounds: how much of RssAnon's trend is that cache filling up
+    cache_mb: dict[int, list[tuple[int, float]]] = field(default_factory=dict)
     agree: bool = True  # every node's chain has the same final hash for every round
     bad_lines: dict[int, list[str]] = field(default_factory=dict)
 
@@ -89,7 +92,9 @@ class SoakResult:
     def memory_slope(self, series: str = "anon") -> dict[int, float]:
         """Per node: private memory (RssAnon) in MB per 100 rounds, least-squares over the samples after the
         first quarter of the run (caches and the allocator's arenas fill during the first rounds; a leak
-        keeps growing after). VmRSS would also count LevelDB's mapped tables, which grow with the chain."""
+        keeps growing after). VmRSS would also count LevelDB's mapped tables, which grow with the chain.
+        Series "cache" is the chain read cache's own trend; "anon-less-cache" is RssAnon minus that cache
+        at each sample (what grows besides the cache)."""
         out = {}
         start = max(10, self.rounds_run // 4)
         for i, samples in self._series(series).items():
@@ -103,7 +108,13 @@ class SoakResult:
         return out
 
     def _series(self, name: str) -> dict[int, list[tuple[int, float]]]:
-        return {"rss": self.rss_mb, "anon": self.anon_mb, "file": self.file_mb}[name]
+        if name == "anon-less-cache":
+            out = {}
+            for i, samples in self.anon_mb.items():
+                cache = dict(self.cache_mb.get(i, []))
+                out[i] = [(r, mb - cache[r]) for r, mb in samples if r in cache]
+            return out
+        return {"rss": self.rss_mb, "anon": self.anon_mb, "file": self.file_mb, "cache": self.cache_mb}[name]
 
     def summary(self) -> dict[str, Any]:
         d = asdict(self)
@@ -111,6 +122,8 @@ class SoakResult:
                  memory_growth_mb=self.memory_growth_mb(), memory_mb_per_100_rounds=self.memory_slope(),
                  rss_mb_per_100_rounds=self.memory_slope("rss"),
                  file_mb_per_100_rounds=self.memory_slope("file"),
+                 cache_mb_per_100_rounds=self.memory_slope("cache"),
+                 anon_less_cache_mb_per_100_rounds=self.memory_slope("anon-less-cache"),
                  memory_start_end_mb={i: (s[0][1], s[-1][1]) for i, s in self.rss_mb.items() if s})
         return d
 
@@ -126,8 +139,11 @@ def run_soak(base: Path, *, rounds: int, nodes: int = 4, task: str = "tiny", com
         for i in range(nodes):
             swarm.init_node(i)
         swarm.start_all(list(range(nodes)))
-        result = SoakResult(nodes, rounds, 0, 0.0, [], {i: [] for i in range(nodes)},
-                            {i: [] for i in range(nodes)}, {i: [] for i in range(nodes)})
+        def per_node() -> dict[int, list[tuple[int, float]]]:
+            return {i: [] for i in range(nodes)}
+
+        result = SoakResult(nodes, rounds, 0, 0.0, [], rss_mb=per_node(), anon_mb=per_node(), file_mb=per_node(),
+                            cache_mb=per_node())
         last_final = time.monotonic()
         for r in range(rounds):
             def final(want: int = r) -> bool:
@@ -152,6 +168,9 @@ def run_soak(base: Path, *, rounds: int, nodes: int = 4, task: str = "tiny", com
                         result.rss_mb[i].append((r, mem["VmRSS"]))
                         result.anon_mb[i].append((r, mem["RssAnon"]))
                         result.file_mb[i].append((r, mem["RssFile"]))
+                        cache = (swarm.try_rpc(i, "swarm_node") or {}).get("chainCache")
+                        if cache is not None:
+                            result.cache_mb[i].append((r, cache["bytes"] / (1 << 20)))
                 if progress is not None:
                     progress(r, result)
         result.wall_seconds = time.monotonic() - t0
