@@ -23,6 +23,12 @@ Other header rules: gas_limit is pinned to the genesis value; prevrandao (mix_ha
 32-byte consensus commitment chosen by the proposer; there are no withdrawals (no beacon chain: py-evm
 would credit whatever a proposer listed).
 
+Transaction rule: every transaction is a call (no contract creation) to an address that is not one of
+the VM's precompiles. The only code on this chain is the genesis contracts', and a precompile's running
+time is not bounded by its gas: one MODEXP call at 5M gas is a single ~1.2 s pow(), so a block of them
+(or of creation code that calls them) would cost every node seconds to validate. A block holding such a
+transaction is invalid; the pool refuses it (consensus.txpool.ForbiddenTarget).
+
 Blocks and transactions from peers are decoded by `decode_block` / `decode_transaction`, which bound
 their RLP first (consensus.rlp_guard) and raise only InvalidBlock / InvalidTransaction.
 
@@ -41,6 +47,7 @@ import plyvel
 import rlp
 from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, VirtualMachineAPI
 from eth.constants import BLANK_ROOT_HASH
+from eth.vm.forks.prague.computation import PragueComputation
 
 from consensus.chain_reads import ChainReader
 from consensus.db import LevelDB, StagedDB
@@ -55,6 +62,8 @@ EXTRA_DATA = b"swarmnode"
 ZERO32 = b"\x00" * 32
 ALLOWED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+# the addresses a transaction may not call: Prague's precompiles (0x01-0x11 in py-evm), read from the VM
+PRECOMPILES = frozenset(bytes(a) for a in PragueComputation._precompiles)
 
 _CERT_PREFIX = b"swarm:cert:"
 _CONSENSUS_PREFIX = b"swarm:consensus:"
@@ -184,6 +193,16 @@ def signature_problem(tx: SignedTransactionAPI) -> str | None:
     return None
 
 
+def target_problem(tx: SignedTransactionAPI) -> str | None:
+    """Why a transaction's target is not allowed (a contract creation, a precompile), or None."""
+    to = bytes(tx.to)
+    if not to:
+        return "it creates a contract (only calls are allowed)"
+    if to in PRECOMPILES:
+        return f"it calls precompile 0x{to.hex()} (its running time is not bounded by its gas)"
+    return None
+
+
 def check_transactions(txs: Sequence[SignedTransactionAPI], chain_id: int) -> None:
     for i, tx in enumerate(txs):
         problem = signature_problem(tx)
@@ -199,6 +218,9 @@ def check_transactions(txs: Sequence[SignedTransactionAPI], chain_id: int) -> No
             raise InvalidBlock(f"transaction {i} has unsupported type {tx_type}")
         if tx.chain_id != chain_id:
             raise InvalidBlock(f"transaction {i} has chain id {tx.chain_id}, expected {chain_id}")
+        target = target_problem(tx)
+        if target is not None:
+            raise InvalidBlock(f"transaction {i} is not allowed: {target}")
 
 
 # ---------------------------------------------------------------- the chain

@@ -1,7 +1,7 @@
 """The transaction pool: admission checks with typed rejections, per-sender nonce order, fee priority.
 
 Entry checks (each failure raises a TxRejected subclass whose `reason` is a short stable code):
-size, decoding, type, signature, chain id, gas (intrinsic <= gas <= block gas limit), fee cap vs the
+size, decoding, type, target (a call, not to a precompile: see consensus.chain), signature, chain id, gas (intrinsic <= gas <= block gas limit), fee cap vs the
 next base fee, nonce (no gaps: the next expected nonce, or a fee-bumped replacement of a pending one),
 balance (covers every pending tx of the sender at its maximum cost), per-sender and total bounds.
 
@@ -19,7 +19,7 @@ from typing import Protocol
 
 from eth.abc import SignedTransactionAPI
 
-from consensus.chain import ALLOWED_TX_TYPES, signature_problem
+from consensus.chain import ALLOWED_TX_TYPES, signature_problem, target_problem
 from consensus.errors import ConsensusError
 
 MAX_TX_BYTES = 128 * 1024
@@ -43,6 +43,10 @@ class TxRejected(ConsensusError):
 
     def __init__(self, message: str) -> None:
         super().__init__(f"{self.reason}: {message}")
+
+
+class ForbiddenTarget(TxRejected):
+    reason = "forbidden-target"
 
 
 class OversizedTransaction(TxRejected):
@@ -208,6 +212,9 @@ class TxPool:
         tx_type = getattr(tx, "type_id", None)
         if tx_type not in ALLOWED_TX_TYPES:
             raise UnsupportedTxType(f"type {tx_type} (accepted: legacy, 1, 2)")
+        target = target_problem(tx)
+        if target is not None:
+            raise ForbiddenTarget(f"not accepted: {target}")
         size = len(tx.encode())
         if size > self.limits.max_tx_bytes:
             raise OversizedTransaction(f"{size} bytes, limit {self.limits.max_tx_bytes}")

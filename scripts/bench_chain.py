@@ -134,6 +134,66 @@ def bench_contract_calls(tmp: Path, genesis: Genesis, repeats: int) -> dict[str,
     return _row(f"{CONTRACT_CALLS} contract calls (SwarmRounds.register)", CONTRACT_CALLS, times)
 
 
+# MODEXP (precompile 5) with a 32-byte base and modulus and a 100,000-byte exponent of 0xff bytes: ~4.3M gas
+# (EIP-2565) plus ~1.6M of calldata, and one long pow() in py-evm
+MODEXP_CALL = ((32).to_bytes(32, "big") + (100_000).to_bytes(32, "big") + (32).to_bytes(32, "big")
+               + (3).to_bytes(32, "big") + b"\xff" * 100_000 + (2**255 - 19).to_bytes(32, "big"))
+MODEXP_GAS = 6_000_000
+
+
+def bench_forbidden_targets(tmp: Path, genesis: Genesis) -> dict[str, dict[str, object]]:
+    """What a hostile proposer's block costs an importer that executes it, against refusing it by the
+    transaction rule (consensus.chain: no creation, no precompile), for two blocks within the 30M block gas
+    limit: 5 direct MODEXP calls of 6M gas, and 2 contract creations whose code builds a 300,000-byte
+    exponent in memory and calls MODEXP. Each block is built with the rule switched off, as a proposer
+    running other code would; the importer executes it with the rule off, then refuses it with the rule on."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_stall import modexp_code  # creation code that builds a long exponent in memory, then MODEXP
+
+    calls = [sign_tx(dev_key(i), genesis.chain_id, 0, to=b"\x00" * 19 + b"\x05", data=MODEXP_CALL,
+                     gas=MODEXP_GAS) for i in range(5)]
+    creations = [sign_tx(dev_key(i), genesis.chain_id, 0, to=None, data=bytes.fromhex(modexp_code(300_000)[2:]),
+                         gas=14_500_000) for i in range(2)]
+    return {"calls": _forbidden_block(tmp / "calls", genesis, calls, "5 MODEXP calls"),
+            "creations": _forbidden_block(tmp / "creations", genesis, creations,
+                                          "2 contract creations whose code calls MODEXP")}
+
+
+def _forbidden_block(tmp: Path, genesis: Genesis, raws: list[bytes], label: str) -> dict[str, object]:
+    import consensus.chain as chain_module
+    from consensus.chain import InvalidBlock
+
+    rule = chain_module.target_problem
+    builder = ExecutionChain.open(tmp / "fb", genesis)
+    importer = ExecutionChain.open(tmp / "fi", genesis)
+    try:
+        chain_module.target_problem = lambda tx: None  # type: ignore[assignment]
+        try:
+            block = builder.build_block([builder.decode_transaction(r) for r in raws], coinbase=COINBASE,
+                                        now=genesis.genesis_time + 1)
+            encoded = block.encode()
+            t0, c0 = time.perf_counter(), time.process_time()
+            importer.execute_block(encoded, now=None)
+            executed = (time.perf_counter() - t0, time.process_time() - c0)
+            importer.discard_pending()
+        finally:
+            chain_module.target_problem = rule  # type: ignore[assignment]
+        t0 = time.perf_counter()
+        try:
+            importer.execute_block(encoded, now=None)
+        except InvalidBlock as exc:
+            refused, reason = time.perf_counter() - t0, str(exc)
+        else:
+            raise SystemExit("the block of MODEXP calls was not refused")
+    finally:
+        builder.close()
+        importer.close()
+    return {"block": f"{label} (hostile proposer)", "gas_used": int(block.block.header.gas_used),
+            "execute_ms_without_rule": round(executed[0] * 1000, 1),
+            "execute_cpu_ms_without_rule": round(executed[1] * 1000, 1),
+            "refuse_ms_with_rule": round(refused * 1000, 2), "refusal": reason}
+
+
 def _row(label: str, n: int, times: list[tuple[float, float, float, float]]) -> dict[str, object]:
     build, imp, build_cpu, import_cpu = (statistics.median(t[k] for t in times) for k in range(4))
     return {"block": label, "txs": n, "build_ms": round(build * 1000, 1), "import_ms": round(imp * 1000, 1),
@@ -228,6 +288,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="runs per block size (median reported)")
     parser.add_argument("--sustained-txs", type=int, default=3000)
     parser.add_argument("--block-txs", type=int, default=200, help="max txs per block in sustained mode")
+    parser.add_argument("--forbidden-only", action="store_true",
+                        help="only the hostile block of MODEXP calls (executed against refused)")
     parser.add_argument("--importer", type=Path, help=argparse.SUPPRESS)  # internal: the second node
     args = parser.parse_args()
     if args.importer:
@@ -235,6 +297,15 @@ def main() -> int:
 
     genesis = bench_genesis()
     with tempfile.TemporaryDirectory(prefix="bench_chain_") as tmp:
+        forbidden = bench_forbidden_targets(Path(tmp), genesis)
+        for f in forbidden.values():
+            print(f"{f['block']}, {f['gas_used']:,} gas: an importer executing it spends "
+                  f"{f['execute_ms_without_rule']} ms ({f['execute_cpu_ms_without_rule']} ms CPU); "
+                  f"the transaction rule refuses it in {f['refuse_ms_with_rule']} ms", flush=True)
+        if args.forbidden_only:
+            args.out.write_text(json.dumps({"forbidden_targets": forbidden}, indent=2) + "\n")
+            print(f"wrote {args.out}")
+            return 0
         rows = bench_blocks(Path(tmp), genesis, args.repeats)
         sustained = [bench_sustained(Path(tmp), genesis, args.sustained_txs, args.block_txs, two_processes=p)
                      for p in (False, True)]
@@ -250,7 +321,8 @@ def main() -> int:
               f"(pool admission {run['admission_ms_per_tx']} ms/tx; CPU-bound {run['tx_per_cpu_s']} tx/s)")
     load = [round(x, 2) for x in os.getloadavg()]
     print(f"machine: {os.cpu_count()} cores, load average {load} (figures scale with contention)")
-    args.out.write_text(json.dumps({"blocks": rows, "sustained": sustained, "cpu_count": os.cpu_count(),
+    args.out.write_text(json.dumps({"blocks": rows, "sustained": sustained, "forbidden_targets": forbidden,
+                                    "cpu_count": os.cpu_count(),
                                     "load_average": load}, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

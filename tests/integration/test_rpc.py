@@ -137,6 +137,8 @@ async def test_contracts_through_their_abi_with_logs_and_reverts(node) -> None:
         (lambda: "0x" + sign_tx(KEYS[1], 7331, 3, to=TO).hex(), "nonce-gap"),
         (lambda: "0x" + sign_tx(KEYS[1], 7331, 0, to=TO, data=b"\x01" * 150_000, gas=5_000_000).hex(), "oversized"),
         (lambda: "0x" + _bad_signature().hex(), "bad-signature"),
+        (lambda: "0x" + sign_tx(KEYS[1], 7331, 0, to=None, data=b"\x60\x00", gas=100_000).hex(), "forbidden-target"),
+        (lambda: "0x" + sign_tx(KEYS[1], 7331, 0, to=b"\x00" * 19 + b"\x05", gas=100_000).hex(), "forbidden-target"),
     ],
 )
 async def test_bad_transactions_are_rejected_with_a_reason(node, make_raw, reason) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import rlp
+from eth_utils import keccak
 
+import consensus.chain
 from consensus.chain import (
     MAX_FUTURE_DRIFT,
     ExecutionChain,
@@ -17,17 +19,18 @@ from consensus.chain import (
 from consensus.chain_reads import CallFailed, CallRequest, ReadError
 from consensus.devtools import address_of, dev_genesis, dev_key, sign_tx
 from consensus.envelope import Envelope, EnvelopeError
+from consensus.genesis_state import STAKING_ADDRESS
 
 K0, K1 = dev_key(0), dev_key(1)
 A0, A1 = address_of(K0), address_of(K1)
 TO = b"\x11" * 20
 COINBASE = b"\x22" * 20
 T0 = 1_000  # genesis time of dev_genesis
-TOPIC = b"\xab" * 32
-# runtime: MSTORE(0, CALLDATALOAD(0)); LOG1(0, 32, TOPIC); RETURN(0, 32)
-LOGGER_RUNTIME = bytes.fromhex("600035600052") + b"\x7f" + TOPIC + bytes.fromhex("60206000a160206000f3")
-LOGGER_INIT = bytes.fromhex("6031600c60003960316000f3") + LOGGER_RUNTIME
-REVERTER_INIT = bytes.fromhex("6005600c60003960056000f3") + bytes.fromhex("60006000fd")
+DEPOSIT = keccak(b"deposit()")[:4]
+STAKE_OF = keccak(b"stakeOf(address)")[:4]
+# creation code of a contract whose runtime logs and returns its first calldata word
+LOGGER_INIT = bytes.fromhex("6031600c60003960316000f3600035600052") + b"\x7f" + b"\xab" * 32 + bytes.fromhex(
+    "60206000a160206000f3")
 
 
 @pytest.fixture
@@ -145,38 +148,90 @@ def test_execute_rejects_header_rule_violations(tmp_path, genesis, chain) -> Non
 
 
 def test_receipts_logs_calls_and_estimates(chain) -> None:
-    deploy = chain.decode_transaction(sign_tx(K0, chain.chain_id, 0, to=None, data=LOGGER_INIT, gas=200_000))
-    revert = chain.decode_transaction(sign_tx(K0, chain.chain_id, 1, to=None, data=REVERTER_INIT, gas=200_000))
-    build_and_commit(chain, [deploy, revert])
-    logger = chain.reader.receipt(deploy.hash).contract_address
-    reverter = chain.reader.receipt(revert.hash).contract_address
-    assert chain.state_view().get_code(logger) == LOGGER_RUNTIME
-    word = (7).to_bytes(32, "big")
-    call = chain.decode_transaction(sign_tx(K1, chain.chain_id, 0, to=logger, data=word, gas=100_000))
-    build_and_commit(chain, [call], now=T0 + 1)
-
-    receipt = chain.reader.receipt(call.hash)
+    """Against the genesis Staking contract (the only code a transaction can reach, see the next tests)."""
+    deposited = keccak(b"Deposited(address,uint256,uint256)")
+    deposit = chain.decode_transaction(sign_tx(K0, chain.chain_id, 0, to=STAKING_ADDRESS, value=5,
+                                               data=DEPOSIT, gas=200_000))
+    refused = chain.decode_transaction(sign_tx(K0, chain.chain_id, 1, to=STAKING_ADDRESS, data=DEPOSIT,
+                                               gas=200_000))  # zero value: reverts
+    build_and_commit(chain, [deposit, refused])
+    receipt = chain.reader.receipt(deposit.hash)
     assert receipt.success and receipt.gas_used == receipt.cumulative_gas_used > 21_000
-    assert [(e.address, e.topics, e.data) for e in receipt.logs] == [(logger, (TOPIC,), word)]
-    assert len(chain.reader.logs(0, 2, [logger], [[TOPIC]])) == 1
-    assert chain.reader.logs(0, 2, [TO]) == []
-    assert chain.reader.logs(0, 2, [], [[b"\x00" * 32]]) == []
-    assert chain.reader.logs(0, 1, [logger]) == []
+    stake = chain.genesis.validators[0].stake + 5
+    assert [(e.address, e.topics, e.data) for e in receipt.logs] == [
+        (STAKING_ADDRESS, (deposited, b"\x00" * 12 + A0), (5).to_bytes(32, "big") + stake.to_bytes(32, "big"))]
+    assert not chain.reader.receipt(refused.hash).success
+    assert len(chain.reader.logs(0, 1, [STAKING_ADDRESS], [[deposited]])) == 1
+    assert chain.reader.logs(0, 1, [TO]) == []
+    assert chain.reader.logs(0, 1, [], [[b"\x00" * 32]]) == []
+    assert chain.reader.logs(0, 0, [STAKING_ADDRESS]) == []
 
-    assert chain.reader.call(CallRequest(sender=A1, to=logger, data=word), chain.head) == word
+    stake_of = STAKE_OF + b"\x00" * 12 + A0
+    assert chain.reader.call(CallRequest(sender=A1, to=STAKING_ADDRESS, data=stake_of), chain.head) == \
+        stake.to_bytes(32, "big")
     with pytest.raises(CallFailed, match="reverted"):
-        chain.reader.call(CallRequest(sender=A1, to=reverter), chain.head)
-    assert 21_000 < chain.reader.estimate_gas(CallRequest(sender=A1, to=logger, data=word), chain.head) <= 100_000
+        chain.reader.call(CallRequest(sender=A1, to=STAKING_ADDRESS, data=DEPOSIT), chain.head)  # no value
+    estimate = chain.reader.estimate_gas(CallRequest(sender=A0, to=STAKING_ADDRESS, data=DEPOSIT, value=5),
+                                         chain.head)
+    assert 21_000 < estimate <= 200_000
     # view(): the node's own contract reads, the same message without a transaction around it
-    assert chain.reader.view(logger, word, chain.head) == word
+    assert chain.reader.view(STAKING_ADDRESS, stake_of, chain.head) == stake.to_bytes(32, "big")
     with pytest.raises(CallFailed, match="reverted") as failed:
-        chain.reader.view(reverter, b"", chain.head)
+        chain.reader.view(STAKING_ADDRESS, DEPOSIT, chain.head)
     assert failed.value.reverted
-    assert chain.reader.view(logger, (8).to_bytes(32, "big"), chain.head) == (8).to_bytes(32, "big")
     with pytest.raises(ReadError):
         chain.reader.receipt(b"\x00" * 32)
     with pytest.raises(ReadError):
         chain.reader.block_by_number(99)
+
+
+# A precompile's running time is not bounded by its gas: MODEXP with a 32-byte base and modulus and a
+# 100,000-byte exponent of 0xff bytes is one ~1.2 s pow() for ~4.3M gas (EIP-2565 pricing).
+MODEXP_INPUT = ((32).to_bytes(32, "big") + (100_000).to_bytes(32, "big") + (32).to_bytes(32, "big")
+                + (3).to_bytes(32, "big") + b"\xff" * 100_000 + (2**255 - 19).to_bytes(32, "big"))
+
+
+@pytest.mark.parametrize(("to", "data", "what"), [
+    (None, LOGGER_INIT, "creates a contract"),
+    (b"\x00" * 19 + b"\x05", MODEXP_INPUT, "calls precompile 0x" + "00" * 19 + "05"),
+    (b"\x00" * 19 + b"\x01", b"", "calls precompile"),  # the first of Prague's precompiles
+    (b"\x00" * 19 + b"\x11", b"", "calls precompile"),  # and the last
+])
+def test_a_block_may_hold_only_calls_to_non_precompiles(tmp_path, genesis, chain, monkeypatch, to, data,
+                                                        what) -> None:
+    """A hostile proposer's block with a creation or a precompile call is invalid for every importer, and
+    this node's own builder refuses to make one; nothing changes in either chain."""
+    bad = chain.decode_transaction(sign_tx(K0, chain.chain_id, 0, to=to, data=data, gas=8_000_000))
+    with pytest.raises(InvalidBlock, match=what):
+        chain.build_block([bad], coinbase=COINBASE, now=T0)
+    assert chain.height == 0 and chain.pending is None
+    # a proposer running code without the rule makes a block that is otherwise valid (roots and all); for
+    # MODEXP, building it runs the ~1.2 s pow() once
+    monkeypatch.setattr(consensus.chain, "target_problem", lambda tx: None)
+    hostile = chain.build_block([bad], coinbase=COINBASE, now=T0)
+    chain.discard_pending()
+    monkeypatch.undo()
+    other = ExecutionChain.open(tmp_path / "other", genesis, sync_writes=False)
+    try:
+        def never(*args: object) -> None:
+            raise AssertionError("the block was executed")
+
+        monkeypatch.setattr(other._evm, "import_block", never)  # refused before any of it runs
+        with pytest.raises(InvalidBlock, match=f"transaction 0 is not allowed: it {what}"):
+            other.execute_block(hostile.encode(), now=None)
+        assert other.height == 0 and other.pending is None
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("to", [b"\x00" * 20, b"\x00" * 19 + b"\x12", TO])
+def test_calls_next_to_the_precompile_range_are_allowed(chain, to) -> None:
+    """The other side of the rule: address zero, 0x12 (one past Prague's last precompile) and any account
+    without code take a plain transfer."""
+    tx = chain.decode_transaction(sign_tx(K0, chain.chain_id, 0, to=to, value=7))
+    build_and_commit(chain, [tx])
+    assert chain.reader.receipt(tx.hash).success
+    assert chain.state_view().get_balance(to) >= 7
 
 
 def test_validator_set_comes_from_the_staking_contract(chain, genesis) -> None:

@@ -11,6 +11,7 @@ from consensus.genesis_block import chain_class
 from consensus.txpool import (
     AlreadyKnown,
     FeeTooLow,
+    ForbiddenTarget,
     GasLimitExceeded,
     InsufficientFunds,
     IntrinsicGasTooLow,
@@ -62,8 +63,10 @@ def test_accepts_valid_transactions_of_every_supported_kind() -> None:
     pool, state = make_pool(), FakeState()
     pool.add_raw(tx(K0, 0), state, BASE_FEE)
     pool.add_raw(tx(K0, 1, legacy=True), state, BASE_FEE)
-    assert len(pool) == 2
-    assert pool.next_nonce(A0, state) == 2
+    pool.add_raw(tx(K0, 2, to=b"\x00" * 19 + b"\x12"), state, BASE_FEE)  # one past the precompiles
+    pool.add_raw(tx(K0, 3, to=b"\x00" * 20), state, BASE_FEE)
+    assert len(pool) == 4
+    assert pool.next_nonce(A0, state) == 4
 
 
 def _tampered_signature() -> bytes:
@@ -85,6 +88,9 @@ def _tampered_signature() -> bytes:
         (lambda: tx(K0, 0, max_fee=BASE_FEE - 1), FeeTooLow),
         (lambda: tx(K0, 0, value=10**22), InsufficientFunds),
         (lambda: tx(K0, 0, data=b"\x01" * 200_000, gas=10_000_000), OversizedTransaction),
+        (lambda: tx(K0, 0, to=None, data=b"\x60\x00", gas=100_000), ForbiddenTarget),  # a contract creation
+        (lambda: tx(K0, 0, to=b"\x00" * 19 + b"\x05", gas=100_000), ForbiddenTarget),  # MODEXP
+        (lambda: tx(K0, 0, to=b"\x00" * 19 + b"\x11", gas=100_000), ForbiddenTarget),  # Prague's last precompile
     ],
 )
 def test_each_bad_transaction_is_rejected_with_its_reason(raw, error) -> None:
