@@ -445,9 +445,27 @@ class Node:
         }
 
 
+class AddConnFailureFilter(logging.Filter):
+    """py-libp2p 0.8.1's Swarm.add_conn logs every failed connection set-up as a warning carrying a
+    formatted traceback in its message ("[ADDCONN_FAIL] ... %r\n%s"), a trio.Cancelled included: a peer
+    cut off by a partition, or a connection torn down at shutdown. Keep the line and the exception's
+    repr, drop the library's traceback (a node log holds a traceback only for a fault of its own)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if (isinstance(record.msg, str) and record.msg.startswith("[ADDCONN_FAIL]") and isinstance(args, tuple)
+                and len(args) == 3):
+            record.msg = "add_conn failed for peer %s: %r (py-libp2p's traceback left out)"
+            record.args = args[:2]
+        return True
+
+
 def setup_logging(level: str, name: str | None = None) -> None:
     prefix = f"[{name}] " if name else ""
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format=f"%(asctime)s {prefix}%(levelname)s %(name)s %(message)s")
     for noisy in ("libp2p", "multiaddr", "async_service", "eth", "trio-websocket"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    swarm_log = logging.getLogger("libp2p.network.swarm")
+    if not any(isinstance(f, AddConnFailureFilter) for f in swarm_log.filters):
+        swarm_log.addFilter(AddConnFailureFilter())
