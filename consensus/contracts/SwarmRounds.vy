@@ -9,8 +9,9 @@
         commitWindowSecs and baseHash = genesisModelHash (r = 0) or finalHash of r-1.
         Commit window, as seen by the current block: closed once finalized; OPEN while fewer than
         minParticipants committed unless skipUnderMin (the round is extended, whatever the time),
-        except a secure-aggregation round whose key set froze (at its first commit) with fewer than
-        minParticipants members: it can never reach them, so it closes at closeTime and is skipped;
+        except under secure aggregation once the round has a commit: that commit froze the key set,
+        whose members then have until closeTime (restarted by a late first commit, below); a round still
+        below minParticipants then is skipped, so no key poster that stays silent can hold it open;
         else closed if closedEarly; else open iff block.timestamp < closeTime.
         Restart: a round whose first commit comes at or after its closeTime (only possible when
         extended) restarts its clock there: openTime = now, closeTime = now + commitWindowSecs
@@ -29,8 +30,8 @@
         closeTime = min(closeTime, now + max(minGraceSecs, (now - openTime) * stragglerGracePct / 100)).
         It is applied at most once per round (a later application could only give a later deadline);
         DeadlineShortened is emitted only when closeTime actually moves.
-        Skipped round (with skipUnderMin, or a key set frozen below minParticipants): its window closed
-        with commitCount < minParticipants.
+        Skipped round (with skipUnderMin, or under secure aggregation): its window closed with
+        commitCount < minParticipants.
         Validators must attest exactly its baseHash; it finalizes with skipped = true, its commits are
         not included and not paid, and the validators get only their usual share (so censoring commits
         to force a skip never pays a proposer more).
@@ -547,8 +548,9 @@ def _windowOpen(r: uint256) -> bool:
         return False
     commitCount: uint256 = self.rounds[r].commitCount
     if not self.skipUnderMin and commitCount < self.minParticipants:
-        # extended until enough commits arrive, unless a frozen key set is too small ever to bring them
-        if not self.secureAggregation or commitCount == 0 or len(self.maskKeys[r]) >= self.minParticipants:
+        # extended until enough commits arrive; under secure aggregation only until the first, which
+        # freezes the key set: its members have the window, and a silent member cannot hold it open
+        if not self.secureAggregation or commitCount == 0:
             return True
     if self.rounds[r].closedEarly:
         return False

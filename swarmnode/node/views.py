@@ -21,25 +21,23 @@ def _addr(text: str) -> bytes:
     return bytes.fromhex(text[2:].lower())
 
 
-def extended(info: dict[str, Any], min_participants: int, skip_under_min: bool, key_count: int | None) -> bool:
+def extended(info: dict[str, Any], min_participants: int, skip_under_min: bool, secagg: bool = False) -> bool:
     """Whether the round `info` describes waits for commits whatever the time (SwarmRounds._windowOpen):
-    fewer than min_participants committed and skip_under_min off, unless secure aggregation is on
-    (`key_count`: the size of the round's key set; None when off) and the key set, frozen by the round's
-    first commit, holds fewer than min_participants, which could never bring them."""
+    fewer than min_participants committed and skip_under_min off; under secure aggregation only while the
+    round has no commit (the first freezes the key set, whose members then have until the deadline)."""
     commits = int(info["commitCount"])
     if skip_under_min or commits >= min_participants:
         return False
-    return key_count is None or commits == 0 or key_count >= min_participants
+    return not secagg or commits == 0
 
 
 def window_may_take_commits(info: dict[str, Any], head_time: int, min_participants: int, skip_under_min: bool,
-                            key_count: int | None = None) -> bool:
+                            secagg: bool = False) -> bool:
     """Whether the block after a head stamped `head_time` may still accept commits to the round `info`
-    describes (SwarmRounds._windowOpen, evaluated for a block whose timestamp is at least head_time + 1).
-    `key_count`: the round's key set size under secure aggregation, None when it is off."""
+    describes (SwarmRounds._windowOpen, evaluated for a block whose timestamp is at least head_time + 1)."""
     if info["finalized"]:
         return False
-    if extended(info, min_participants, skip_under_min, key_count):
+    if extended(info, min_participants, skip_under_min, secagg):
         return True  # extended until enough commits arrive
     if info["closedEarly"]:
         return False
@@ -112,20 +110,16 @@ class RoundReader:
         validator = self._validator
         registered = bool(me_info["registered"])
         commit_count = int(info["commitCount"])
-        keys: list[Any] | None = None  # the round's key set, read when it matters: ours, or a frozen one below min
-        if secagg and (registered or (r not in self._closed and not skip_under_min
-                                      and 0 < commit_count < min_participants)):
-            keys = call("SwarmRounds", "getMaskKeys", r)
-        key_count = None if keys is None else len(keys)
         if r not in self._closed and not window_may_take_commits(info, head_time, min_participants, skip_under_min,
-                                                                 key_count):
+                                                                 secagg):
             self._closed.add(r)
         closed = r in self._closed
         if (validator and closed and r not in self._attested
                 and _b(call("SwarmRounds", "attestationOf", r, me)) != ZERO32):
             self._attested.add(r)
         sa: dict[str, Any] = {}
-        if keys is not None and registered:
+        if secagg and registered:
+            keys = call("SwarmRounds", "getMaskKeys", r)
             mine = {_addr(k["participant"]) for k in keys}
             next_keys = {_addr(k["participant"]) for k in call("SwarmRounds", "getMaskKeys", r + 1)}
             revealers = {_addr(x["participant"]) for x in call("SwarmRounds", "getReveals", r)} if closed else set()
@@ -137,7 +131,7 @@ class RoundReader:
             height=height, head_time=head_time, round=r, base_hash=_b(info["baseHash"]), window_open=not closed,
             skipped=closed and commit_count < min_participants, commits=tuple(commits),
             close_time=int(info["closeTime"]),
-            extended=not closed and extended(info, min_participants, skip_under_min, key_count),
+            extended=not closed and extended(info, min_participants, skip_under_min, secagg),
             participant_count=int(info["participantCount"]),
             expected_count=int(info["expectedCount"]),
             participant_index=int(me_info["index"]) if registered else None,

@@ -134,10 +134,10 @@ def test_reveals_are_taken_after_the_window_until_the_deadline():
     ok(post(evm, K0, i=0))
     ok(post(evm, K1, i=1))
     ok(commit(evm, K0, key_count=2))
-    reverts(reveal(evm, K0), "revealShares: window open")  # one commit, min 2: the window is held open
-    t = GENESIS_TIME + WINDOW + 30  # past the deadline: the second commit closes the window now
+    reverts(reveal(evm, K0), "revealShares: window open")  # one commit, min 2: the window is open
+    t = GENESIS_TIME + WINDOW - 5  # the second commit, before the deadline, closes the window now
     ok(commit(evm, K1, key_count=2, timestamp=t))
-    close = max(GENESIS_TIME + WINDOW, t)
+    close = t
     assert evm.call(ROUNDS, "revealDeadline", 0) == close + REVEAL_S
     reverts(reveal(evm, K0, shares=b"", timestamp=t + 1), "revealShares: empty shares")
     reverts(reveal(evm, K0, round_=1, timestamp=t + 2), "revealShares: wrong round")
@@ -244,20 +244,43 @@ def test_a_key_set_frozen_below_min_participants_closes_at_the_deadline_and_the_
     assert round_info(evm, 1)["commitCount"] == 2
 
 
-def test_a_key_set_frozen_at_min_participants_keeps_the_round_extended():
-    """The other side of the bound: a set of min members frozen with fewer commits can still reach min,
-    so the round stays open past its deadline, as without secure aggregation."""
+def test_a_silent_key_poster_cannot_hold_a_round_open():
+    """Two identities post keys and one commits at once, freezing a set that holds min members: the other
+    stays silent (and even leaves). The round is not extended for it: the set's members have until the
+    deadline, and the round is then skipped."""
     evm = secagg_chain(straggler_grace_pct=0)
     for k in (K0, K1):
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
     ok(post(evm, K0, i=0))
     ok(post(evm, K1, i=1))
     ok(commit(evm, K0, key_count=2))
-    late = GENESIS_TIME + WINDOW + 10_000
-    assert evm.call(ROUNDS, "windowOpen", timestamp=late) is True
-    reverts(attest(evm, K2, model_hash=round_info(evm)["baseHash"], timestamp=late),
-            "attestAggregate: commit window still open")
-    ok(commit(evm, K1, key_count=2, timestamp=late + 1))
+    ok(evm.transact(K1, ROUNDS, "leave"))
+    close = GENESIS_TIME + WINDOW
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close) is False
+    assert evm.call(ROUNDS, "windowOpen", timestamp=close + 10_000) is False
+    base = round_info(evm)["baseHash"]
+    reverts(attest(evm, K2, model_hash=base, timestamp=close - 1), "attestAggregate: commit window still open")
+    for i, k in enumerate((K0, K1, K2)):
+        ok(attest(evm, k, model_hash=base, timestamp=close + i))
+    assert round_info(evm)["skipped"] is True and evm.call(ROUNDS, "currentRound") == 1
+
+
+def test_a_frozen_set_whose_members_commit_in_the_window_aggregates_as_usual():
+    """The other side: the second member of the set commits before the deadline, the round reaches min
+    and closes early (both expected committed); it is not skipped."""
+    evm = secagg_chain(straggler_grace_pct=0)
+    for k in (K0, K1):
+        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+    ok(post(evm, K0, i=0))
+    ok(post(evm, K1, i=1))
+    ok(commit(evm, K0, key_count=2))
+    close = GENESIS_TIME + WINDOW
+    ok(commit(evm, K1, key_count=2, timestamp=close - 1))  # the last second of the window
+    info = round_info(evm)
+    assert (info["commitCount"], info["closedEarly"]) == (2, True)
+    ok(attest(evm, K2, model_hash=keccak(b"aggregate"), timestamp=close + 1))  # a real aggregate, not the base
+    assert round_info(evm)["skipped"] is False
 
 
 def test_a_late_first_commit_over_a_set_below_min_restarts_the_clock_then_closes():
