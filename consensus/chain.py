@@ -39,14 +39,22 @@ shell calls it via `trio.to_thread.run_sync(fn, limiter=CapacityLimiter(1))` wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import plyvel
 import rlp
-from eth.abc import BlockAPI, BlockHeaderAPI, ReceiptAPI, SignedTransactionAPI, VirtualMachineAPI
+from eth.abc import (
+    BlockAPI,
+    BlockHeaderAPI,
+    BlockImportResult,
+    ReceiptAPI,
+    SignedTransactionAPI,
+    VirtualMachineAPI,
+)
 from eth.constants import BLANK_ROOT_HASH
 from eth.vm.forks.prague.computation import PragueComputation
 
@@ -59,6 +67,10 @@ from consensus.genesis_block import chain_class, genesis_hash, genesis_params, g
 from consensus.rlp_guard import MalformedRLP, check_block, check_transaction, max_block_items
 
 MAX_FUTURE_DRIFT = 15  # seconds
+# what a proposer lets its block's execution cost (CPU seconds; the block stops growing once it is spent).
+# py-evm runs opcode-heavy contract code at ~250-300 ns per gas, so a full 30M-gas block could take an
+# importer 8-9 s, past the propose timeout; honest blocks of a swarm round take well under 0.2 s.
+BLOCK_CPU_BUDGET_S = 1.0
 EXTRA_DATA = b"swarmnode"
 ZERO32 = b"\x00" * 32
 ALLOWED_TX_TYPES = (None, 1, 2)  # legacy (EIP-155), access list, dynamic fee
@@ -329,11 +341,18 @@ class ExecutionChain:
     # -------------------------------------------------------- execution (pending)
 
     def build_block(self, txs: Sequence[SignedTransactionAPI], *, coinbase: bytes, now: float,
-                    consensus_root: bytes = ZERO32) -> ExecutedBlock:
+                    consensus_root: bytes = ZERO32, time_budget_s: float | None = None,
+                    clock: Callable[[], float] = time.thread_time) -> ExecutedBlock:
         """Execute `txs` on top of the committed head as the next block; it stays pending until commit.
 
         The caller (the pool) must hand over only transactions valid in sequence; one that is not makes
         the whole build fail with InvalidBlock and nothing changes.
+
+        `time_budget_s`: stop adding transactions once executing the block so far has taken that long (by
+        `clock`: this thread's CPU time, what an importer will spend too, whatever else the machine runs);
+        the block then holds a prefix of `txs` (still valid in sequence: the pool orders each sender's
+        transactions by nonce) and costs an importer about the budget plus one transaction, whatever their
+        gas. The rest stay in the pool for the next block. None: all of `txs`.
         """
         self.discard_pending()
         parent = self.head
@@ -344,7 +363,10 @@ class ExecutionChain:
         self._evm.header = header
         try:
             check_transactions(txs, self.chain_id)
-            result, receipts, _ = self._evm.mine_all(list(txs), coinbase=coinbase)
+            if time_budget_s is None:
+                result, receipts, _ = self._evm.mine_all(list(txs), coinbase=coinbase)
+            else:
+                result, receipts = self._mine_within(list(txs), coinbase, time_budget_s, clock)
         except (OSError, MemoryError, plyvel.Error):
             self.discard_pending()
             raise
@@ -353,6 +375,30 @@ class ExecutionChain:
             raise InvalidBlock(f"cannot build block #{parent.block_number + 1}: {type(exc).__name__}: {exc}") from exc
         self._pending = ExecutedBlock(result.imported_block, tuple(receipts))
         return self._pending
+
+    def _mine_within(self, txs: list[SignedTransactionAPI], coinbase: bytes, budget_s: float,
+                     clock: Callable[[], float]) -> tuple[Any, tuple[ReceiptAPI, ...]]:
+        """py-evm's MiningChain.mine_all, applying one transaction at a time until the time budget is
+        spent: the same block as mine_all of the transactions it took (tests/unit/test_chain.py)."""
+        chain = self._evm
+        base_header = chain.header
+        vm = chain.get_vm(chain._custom_header(base_header, coinbase=coinbase))
+        taken: list[SignedTransactionAPI] = []
+        receipts: list[ReceiptAPI] = []
+        header = base_header
+        start = clock()
+        for tx in txs:
+            if taken and clock() - start >= budget_s:
+                break
+            header, tx_receipts, _ = vm.apply_all_transactions([tx], header)
+            taken.append(tx)
+            receipts.extend(tx_receipts)
+        filled = vm.set_block_transactions_and_withdrawals(vm.get_block(), header, taken, tuple(receipts),
+                                                           withdrawals=None)
+        mined = vm.mine_block(filled, coinbase=coinbase)
+        persisted = chain.persist_block(mined.block)
+        chain.header = chain.create_header_from_parent(mined.block.header)
+        return BlockImportResult(*persisted, mined.meta_witness), tuple(receipts)
 
     def execute_block(self, block_rlp: bytes, *, now: float | None) -> ExecutedBlock:
         """Decode, validate and re-execute a block proposed by another node; it stays pending."""

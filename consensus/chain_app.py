@@ -12,10 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import rlp
+from eth.abc import SignedTransactionAPI
 from eth_utils import keccak
 
 from consensus.certificate import CommitCertificate
-from consensus.chain import ChainError, ExecutionChain
+from consensus.chain import BLOCK_CPU_BUDGET_S, ChainError, ExecutionChain
 from consensus.engine.validators import ValidatorSet
 from consensus.interfaces import Application, Verdict
 from consensus.rlp_guard import MalformedRLP, header_rlp
@@ -43,8 +44,10 @@ def block_hash_of(block_bytes: bytes) -> bytes:
 class ChainApplication(Application):
     def __init__(self, chain: ExecutionChain, coinbase: bytes, *, pool: TxPool | None = None,
                  max_txs: int | None = None, clock: Callable[[], float] = time.time,
-                 availability: AvailabilityCheck | None = None) -> None:
+                 availability: AvailabilityCheck | None = None,
+                 priority: Callable[[SignedTransactionAPI], int] | None = None) -> None:
         self.chain = chain
+        self.priority = priority  # ranks transactions before their tip when a block is proposed
         self.availability = availability
         self.coinbase = coinbase
         self.pool = pool
@@ -61,8 +64,9 @@ class ChainApplication(Application):
         txs = []
         if self.pool is not None:
             txs = self.pool.select(self.chain.state_view(), self.chain.next_base_fee(),
-                                   self.chain.genesis.block_gas_limit, self.max_txs)
-        return self.chain.build_block(txs, coinbase=self.coinbase, now=timestamp).encode()
+                                   self.chain.genesis.block_gas_limit, self.max_txs, self.priority)
+        return self.chain.build_block(txs, coinbase=self.coinbase, now=timestamp,
+                                      time_budget_s=BLOCK_CPU_BUDGET_S).encode()
 
     def validate_block(self, height: int, block_bytes: bytes) -> Verdict:
         return self._validate(height, block_bytes, check_availability=True)

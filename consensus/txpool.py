@@ -281,19 +281,23 @@ class TxPool:
 
     # -------------------------------------------------------- selection and removal
 
-    def select(self, state: StateView, base_fee: int, gas_limit: int,
-               max_txs: int | None = None) -> list[SignedTransactionAPI]:
-        """Transactions for the next block: valid in sequence, nonce order per sender, best tip first."""
-        heap: list[tuple[int, int, bytes, int]] = []
+    def select(self, state: StateView, base_fee: int, gas_limit: int, max_txs: int | None = None,
+               priority: Callable[[SignedTransactionAPI], int] | None = None) -> list[SignedTransactionAPI]:
+        """Transactions for the next block: valid in sequence, nonce order per sender, best tip first.
+
+        `priority` (higher first) ranks before the tip: a proposer that builds within a time budget puts
+        the transactions its protocol needs ahead of others, so a flood of other calls cannot outbid them
+        into a later block. A sender's transactions still go in nonce order."""
+        heap: list[tuple[int, int, int, bytes, int]] = []
         budgets: dict[bytes, int] = {}
         for sender in self._by_sender:
             nonce = state.get_nonce(sender)
             budgets[sender] = state.get_balance(sender)
-            self._push(heap, sender, nonce, base_fee)
+            self._push(heap, sender, nonce, base_fee, priority)
         chosen: list[SignedTransactionAPI] = []
         gas_left = gas_limit
         while heap and (max_txs is None or len(chosen) < max_txs):
-            _, _, sender, nonce = heapq.heappop(heap)
+            _, _, _, sender, nonce = heapq.heappop(heap)
             tx = self._by_sender[sender][nonce].tx
             cost = max_cost(tx)
             if tx.gas > gas_left or cost > budgets[sender]:
@@ -301,14 +305,16 @@ class TxPool:
             chosen.append(tx)
             gas_left -= tx.gas
             budgets[sender] -= cost
-            self._push(heap, sender, nonce + 1, base_fee)
+            self._push(heap, sender, nonce + 1, base_fee, priority)
         return chosen
 
-    def _push(self, heap: list[tuple[int, int, bytes, int]], sender: bytes, nonce: int, base_fee: int) -> None:
+    def _push(self, heap: list[tuple[int, int, int, bytes, int]], sender: bytes, nonce: int, base_fee: int,
+              priority: Callable[[SignedTransactionAPI], int] | None) -> None:
         entry = self._by_sender[sender].get(nonce)
         if entry is None or fee_cap(entry.tx) < base_fee:
             return
-        heapq.heappush(heap, (-effective_tip(entry.tx, base_fee), entry.seq, sender, nonce))
+        rank = priority(entry.tx) if priority is not None else 0
+        heapq.heappush(heap, (-rank, -effective_tip(entry.tx, base_fee), entry.seq, sender, nonce))
 
     def remove(self, tx_hashes: Iterable[bytes]) -> None:
         for tx_hash in tx_hashes:

@@ -159,6 +159,37 @@ def bench_forbidden_targets(tmp: Path, genesis: Genesis) -> dict[str, dict[str, 
                                           "2 contract creations whose code calls MODEXP")}
 
 
+def bench_slow_calls(tmp: Path, genesis: Genesis) -> dict[str, object]:
+    """A block filled to the gas limit with SwarmRounds.register calls carrying a well-formed peer id of
+    another key (the on-chain base58 decoding runs, then the call reverts): what an importer spends on it
+    as built without a budget, and as a proposer builds it under BLOCK_CPU_BUDGET_S."""
+    from consensus.chain import BLOCK_CPU_BUDGET_S
+    from swarmnode.node import txs as swarm_txs
+    from swarmnode.p2p.identity import peer_id_of
+
+    data = swarm_txs.register_data(peer_id_of(dev_key(N_SENDERS + 1)).to_base58())
+    per_call = 72_000
+    count = genesis.block_gas_limit // per_call
+    bond = genesis.rounds.participant_bond  # the value register takes (it checks it before decoding)
+    raws = [sign_tx(dev_key(i % N_SENDERS), genesis.chain_id, i // N_SENDERS, to=ROUNDS_ADDRESS, data=data,
+                    value=bond, gas=per_call) for i in range(count)]
+    out: dict[str, object] = {"block": f"{count} reverting SwarmRounds.register calls", "budget_s": BLOCK_CPU_BUDGET_S}
+    for name, budget in (("without_budget", None), ("with_budget", BLOCK_CPU_BUDGET_S)):
+        builder = ExecutionChain.open(tmp / f"s{name}b", genesis)
+        importer = ExecutionChain.open(tmp / f"s{name}i", genesis)
+        try:
+            block = builder.build_block([builder.decode_transaction(r) for r in raws], coinbase=COINBASE,
+                                        now=genesis.genesis_time + 1, time_budget_s=budget)
+            c0 = time.thread_time()
+            importer.execute_block(block.encode(), now=None)
+            out[name] = {"txs": len(block.block.transactions), "gas_used": int(block.block.header.gas_used),
+                         "import_cpu_ms": round((time.thread_time() - c0) * 1000, 1)}
+        finally:
+            builder.close()
+            importer.close()
+    return out
+
+
 def _forbidden_block(tmp: Path, genesis: Genesis, raws: list[bytes], label: str) -> dict[str, object]:
     import consensus.chain as chain_module
     from consensus.chain import InvalidBlock
@@ -289,7 +320,8 @@ def main() -> int:
     parser.add_argument("--sustained-txs", type=int, default=3000)
     parser.add_argument("--block-txs", type=int, default=200, help="max txs per block in sustained mode")
     parser.add_argument("--forbidden-only", action="store_true",
-                        help="only the hostile block of MODEXP calls (executed against refused)")
+                        help="only the hostile blocks: MODEXP calls and creations (executed against refused), "
+                             "and slow contract calls (built with and without the proposer's CPU budget)")
     parser.add_argument("--importer", type=Path, help=argparse.SUPPRESS)  # internal: the second node
     args = parser.parse_args()
     if args.importer:
@@ -302,6 +334,12 @@ def main() -> int:
             print(f"{f['block']}, {f['gas_used']:,} gas: an importer executing it spends "
                   f"{f['execute_ms_without_rule']} ms ({f['execute_cpu_ms_without_rule']} ms CPU); "
                   f"the transaction rule refuses it in {f['refuse_ms_with_rule']} ms", flush=True)
+        slow = bench_slow_calls(Path(tmp), genesis)
+        for name in ("without_budget", "with_budget"):
+            r = slow[name]
+            print(f"{slow['block']}, built {name.replace('_', ' ')}: {r['txs']} txs, {r['gas_used']:,} gas, "
+                  f"an importer spends {r['import_cpu_ms']} ms CPU", flush=True)
+        forbidden["slow_contract_calls"] = slow
         if args.forbidden_only:
             args.out.write_text(json.dumps({"forbidden_targets": forbidden}, indent=2) + "\n")
             print(f"wrote {args.out}")

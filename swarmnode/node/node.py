@@ -83,11 +83,13 @@ class SwarmApplication(ChainApplication):
       before (the BlobFetcher prefetches on gossip, and the driver's prepare step waits for a proposal's
       updates on the event loop);
     - pending work (has_pending_transactions, asked on the event loop): pool transactions, plus whatever
-      `pending_work()` says (commits whose update is being fetched, a round deadline a block would pass)."""
+      `pending_work()` says (commits whose update is being fetched, a round deadline a block would pass);
+    - proposing: the round's own calls to SwarmRounds first (txs.round_priority), then the rest by tip,
+      within the chain's execution-time budget per block (consensus.chain.BLOCK_CPU_BUDGET_S)."""
 
     def __init__(self, chain: ExecutionChain, coinbase: bytes, pool: TxPool, held: Callable[[bytes], bool],
                  pending_work: Callable[[], bool]) -> None:
-        super().__init__(chain, coinbase, pool=pool, availability=self._availability)
+        super().__init__(chain, coinbase, pool=pool, availability=self._availability, priority=txs.round_priority)
         self._held = held
         self._pending_work = pending_work
         self.counters = {"da_rejected": 0}

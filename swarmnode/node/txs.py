@@ -47,6 +47,10 @@ POST_KEYS_TYPES = ["uint256", "bytes32", "bytes32", "bytes"]
 POST_KEYS_SELECTOR = selector(f"postMaskKeys({','.join(POST_KEYS_TYPES)})")
 REVEAL_TYPES = ["uint256", "bytes"]
 REVEAL_SELECTOR = selector(f"revealShares({','.join(REVEAL_TYPES)})")
+# the calls a round needs (commits, attestations, secure aggregation's keys and reveals, rejoin): a proposer
+# takes them before any other transaction, whatever the tips (see round_priority)
+ROUND_SELECTORS = frozenset({COMMIT_SELECTOR, ATTEST_SELECTOR, SHARE_KEY_SELECTOR, POST_KEYS_SELECTOR,
+                             REVEAL_SELECTOR, REJOIN_SELECTOR})
 ADMIT_TAG = keccak(b"swarmnode-admit")
 
 
@@ -234,3 +238,10 @@ def sign_call(secret: bytes, chain_id: int, nonce: int, data: bytes, base_fee: i
     max_fee = max(2 * base_fee, 10**9) + 1
     return sign_tx(secret, chain_id, nonce, to=SWARM_ROUNDS_ADDRESS, data=data,
                    gas=gas_for(data) if gas is None else gas, max_fee=max_fee, tip=1, value=value)
+
+
+def round_priority(tx: Any) -> int:
+    """1 for a call to SwarmRounds that a round needs (ROUND_SELECTORS), 0 for anything else. A proposer
+    builds a block within a CPU budget; ranked first, these calls get in even when a flood of other
+    transactions (registrations with another key's peer id cost ~20 ms each to execute) pays higher tips."""
+    return int(bytes(tx.to) == SWARM_ROUNDS_ADDRESS and bytes(tx.data[:4]) in ROUND_SELECTORS)

@@ -334,3 +334,114 @@ def test_epoch_starts_follow_staking_epoch_of(tmp_path) -> None:
         assert starts == [1, 1, 10, 10, 20, 20]
     finally:
         chain.close()
+
+
+# ---------------------------------------------------------------- a proposer's execution-time budget
+
+
+def _register_calls(chain: ExecutionChain, count: int, key: bytes | None = None, start: int = 0) -> list:
+    """SwarmRounds.register with a well-formed peer id of another key: the on-chain base58 decoding runs,
+    then the call reverts (about 71K gas of opcode-heavy code each, the slowest per gas found)."""
+    from consensus.genesis_state import SWARM_ROUNDS_ADDRESS
+    from swarmnode.node import txs as swarm_txs
+    from swarmnode.p2p.identity import peer_id_of
+
+    other = peer_id_of(dev_key(9)).to_base58()
+    data = swarm_txs.register_data(other)
+    if key is not None:
+        return [chain.decode_transaction(sign_tx(key, chain.chain_id, start + i, to=SWARM_ROUNDS_ADDRESS, data=data,
+                                                 gas=200_000)) for i in range(count)]
+    return [chain.decode_transaction(sign_tx(K0 if i % 2 == 0 else K1, chain.chain_id, i // 2, to=SWARM_ROUNDS_ADDRESS,
+                                             data=data, gas=200_000)) for i in range(count)]
+
+
+def test_a_budgeted_build_is_the_same_block_as_an_unbudgeted_one(tmp_path, genesis) -> None:
+    """With a budget it never reaches, a build applies every transaction, one at a time, and makes the very
+    block py-evm's mine_all makes (same hash: same state, receipts and header)."""
+    a = ExecutionChain.open(tmp_path / "a", genesis, sync_writes=False)
+    b = ExecutionChain.open(tmp_path / "b", genesis, sync_writes=False)
+    try:
+        for height in range(2):
+            txs = transfers(a, K0, 3, start=3 * height) + _register_calls(a, 2, K1, 2 * height)
+            plain = a.build_block(txs, coinbase=COINBASE, now=T0 + height)
+            timed = b.build_block(txs, coinbase=COINBASE, now=T0 + height, time_budget_s=1e9)
+            assert timed.hash == plain.hash and len(timed.block.transactions) == len(txs)
+            assert [r.gas_used for r in timed.receipts] == [r.gas_used for r in plain.receipts]
+            a.commit(plain.hash)
+            b.commit(timed.hash)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_budget_cuts_the_block_and_the_rest_goes_in_the_next(tmp_path, genesis, chain) -> None:
+    """A clock that advances one second per reading, a 2.5 s budget: the build reads it at the start and
+    before each transaction after the first, so it takes 3 and stops; the cut block is valid for another
+    node, and the transactions left over make the next block."""
+    ticks = iter(range(1_000))
+    txs = transfers(chain, K0, 6)
+    built = chain.build_block(txs, coinbase=COINBASE, now=T0, time_budget_s=2.5, clock=lambda: float(next(ticks)))
+    assert [bytes(t.hash) for t in built.block.transactions] == [bytes(t.hash) for t in txs[:3]]
+    other = ExecutionChain.open(tmp_path / "other", genesis, sync_writes=False)
+    try:
+        imported = other.execute_block(built.encode(), now=None)
+        assert imported.hash == built.hash
+        chain.commit(built.hash)
+        rest = chain.build_block(txs[3:], coinbase=COINBASE, now=T0 + 1, time_budget_s=2.5,
+                                 clock=lambda: float(next(ticks)))
+        assert len(rest.block.transactions) == 3
+        chain.commit(rest.hash)
+        assert chain.state_view().get_nonce(A0) == 6
+    finally:
+        other.close()
+
+
+def test_a_budget_bounds_a_block_of_slow_contract_calls(tmp_path, genesis, chain) -> None:
+    """Found in review: reverting register calls cost ~250-300 ns per gas, so 120 of them (8.5M gas here;
+    a 30M-gas block holds 420) take an importer seconds. With a 0.2 s CPU budget the proposer's block
+    holds only some of them, and an importer spends about the budget on it."""
+    import time
+
+    calls = _register_calls(chain, 120)
+    built = chain.build_block(calls, coinbase=COINBASE, now=T0, time_budget_s=0.2)
+    taken = len(built.block.transactions)
+    assert 1 <= taken < len(calls), taken
+    assert all(r.state_root == b"" for r in built.receipts)  # each reverted (status 0), as the attack's do
+    other = ExecutionChain.open(tmp_path / "other", genesis, sync_writes=False)
+    try:
+        start = time.thread_time()
+        other.execute_block(built.encode(), now=None)
+        spent = time.thread_time() - start
+        print(f"\n{taken} of {len(calls)} register calls in the block; an importer spent {spent * 1000:.0f} ms CPU")
+        assert spent < 1.0, spent  # the budget (0.2 s) plus one call (~20 ms), with room for a slow machine
+    finally:
+        other.close()
+
+
+def test_round_calls_get_into_a_budgeted_block_ahead_of_a_better_paying_flood(tmp_path) -> None:
+    """A pool holding 120 slow reverting register calls at tip 1 and one attestation at tip 0: proposed
+    within BLOCK_CPU_BUDGET_S the block is cut; with the node's priority (txs.round_priority) the
+    attestation is in it, ranked by tip alone it is left out."""
+    from consensus.chain_app import ChainApplication
+    from consensus.genesis_state import SWARM_ROUNDS_ADDRESS
+    from consensus.txpool import TxPool
+    from swarmnode.node import txs as swarm_txs
+
+    genesis = dev_genesis(1, 4)
+    for ranked in (True, False):
+        chain = ExecutionChain.open(tmp_path / f"c{ranked}", genesis, sync_writes=False)
+        try:
+            pool = TxPool(genesis.chain_id, chain.decode_transaction)
+            for k in (1, 2, 3):
+                for call in _register_calls(chain, 40, dev_key(k)):
+                    pool.add_raw(call.encode(), chain.state_view(), chain.next_base_fee())
+            attest = sign_tx(K0, genesis.chain_id, 0, to=SWARM_ROUNDS_ADDRESS,
+                             data=swarm_txs.attest_data(0, b"\x01" * 32), gas=2_000_000, tip=0)
+            pool.add_raw(attest, chain.state_view(), chain.next_base_fee())
+            app = ChainApplication(chain, COINBASE, pool=pool, priority=swarm_txs.round_priority if ranked else None)
+            app.propose_block(1, 0, T0 + 1)
+            hashes = [bytes(t.hash) for t in chain.pending.block.transactions]
+            assert len(hashes) < 121, len(hashes)  # the budget cut the block
+            assert (keccak(attest) in hashes) is ranked, (ranked, len(hashes))
+        finally:
+            chain.close()

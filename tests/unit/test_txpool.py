@@ -148,6 +148,24 @@ def test_select_orders_by_nonce_per_sender_then_by_tip() -> None:
     assert [t.hash for t in chosen] == [t.hash for t in (high[0], mid, high[1], *low)]
 
 
+def test_a_priority_ranks_before_the_tip_but_never_before_an_earlier_nonce() -> None:
+    """K2's priority call (tip 1) goes before K1's higher tips; K0's priority call at nonce 1 waits for
+    its own nonce 0, which is not a priority call and so comes after the other priority calls."""
+    pool, state = make_pool(), FakeState()
+    urgent = b"\x42" * 20
+
+    def priority(t) -> int:
+        return int(bytes(t.to) == urgent)
+
+    k0 = [pool.add_raw(tx(K0, 0, tip=5), state, BASE_FEE), pool.add_raw(tx(K0, 1, tip=5, to=urgent), state, BASE_FEE)]
+    k1 = [pool.add_raw(tx(K1, n, tip=50), state, BASE_FEE) for n in range(2)]
+    k2 = pool.add_raw(tx(K2, 0, tip=1, to=urgent), state, BASE_FEE)
+    chosen = pool.select(state, BASE_FEE, gas_limit=30_000_000, priority=priority)
+    assert [t.hash for t in chosen] == [t.hash for t in (k2, *k1, k0[0], k0[1])]
+    assert [t.hash for t in pool.select(state, BASE_FEE, gas_limit=30_000_000)] == [
+        t.hash for t in (*k1, k0[0], k0[1], k2)]  # without it: tips only
+
+
 def test_select_respects_gas_and_balance_in_sequence() -> None:
     pool, state = make_pool(), FakeState()
     for n in range(5):
