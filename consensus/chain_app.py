@@ -16,7 +16,7 @@ from eth.abc import SignedTransactionAPI
 from eth_utils import keccak
 
 from consensus.certificate import CommitCertificate
-from consensus.chain import BLOCK_CPU_BUDGET_S, ChainError, ExecutionChain
+from consensus.chain import BLOCK_CPU_BUDGET_S, MAX_BLOCK_TX_BYTES, ChainError, ExecutionChain
 from consensus.engine.validators import ValidatorSet
 from consensus.interfaces import Application, Verdict
 from consensus.rlp_guard import MalformedRLP, header_rlp
@@ -45,7 +45,7 @@ class ChainApplication(Application):
     def __init__(self, chain: ExecutionChain, coinbase: bytes, *, pool: TxPool | None = None,
                  max_txs: int | None = None, clock: Callable[[], float] = time.time,
                  availability: AvailabilityCheck | None = None,
-                 priority: Callable[[SignedTransactionAPI], int] | None = None) -> None:
+                 priority: Callable[[SignedTransactionAPI, bytes], int] | None = None) -> None:
         self.chain = chain
         self.priority = priority  # ranks transactions before their tip when a block is proposed
         self.availability = availability
@@ -64,7 +64,8 @@ class ChainApplication(Application):
         txs = []
         if self.pool is not None:
             txs = self.pool.select(self.chain.state_view(), self.chain.next_base_fee(),
-                                   self.chain.genesis.block_gas_limit, self.max_txs, self.priority)
+                                   self.chain.genesis.block_gas_limit, self.max_txs, self.priority,
+                                   max_bytes=MAX_BLOCK_TX_BYTES)
         return self.chain.build_block(txs, coinbase=self.coinbase, now=timestamp,
                                       time_budget_s=BLOCK_CPU_BUDGET_S).encode()
 

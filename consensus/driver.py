@@ -469,8 +469,15 @@ class ConsensusDriver:
         vote = await self._sign(out.height, out.round, 0, out.block_hash)
         if vote is None:
             return None
+        try:
+            message = encode(ProposalMessage(vote, out.valid_round, block))
+        except MalformedMessage as exc:  # e.g. a block too large for one message: the round times out
+            log.error("%s event=proposal_not_sent height=%d round=%d reason=%r", self._who, out.height, out.round,
+                      str(exc))
+            self._drop("proposal_not_sent", str(exc))
+            return None
         self._mark(out.height, "proposal")
-        await self._send_own((out.round, 0), encode(ProposalMessage(vote, out.valid_round, block)))
+        await self._send_own((out.round, 0), message)
         return eng.ProposalInput(vote, out.valid_round, self.address)  # type: ignore[arg-type]
 
     async def _fire_at(self, deadline: float, inp: eng.Input) -> None:

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import trio
 from eth.abc import BlockHeaderAPI, SignedTransactionAPI
 
-from consensus.chain import BLOCK_CPU_BUDGET_S, ZERO32, ExecutedBlock, ExecutionChain
+from consensus.chain import BLOCK_CPU_BUDGET_S, MAX_BLOCK_TX_BYTES, ZERO32, ExecutedBlock, ExecutionChain
 from consensus.executor import ChainExecutor, Priority
 from consensus.txpool import PoolLimits, TxPool
 
@@ -25,7 +25,8 @@ T = TypeVar("T")
 def propose_from_pool(chain: ExecutionChain, pool: TxPool, *, coinbase: bytes, now: float,
                       consensus_root: bytes = ZERO32, max_txs: int | None = None) -> ExecutedBlock:
     """Select valid transactions from the pool and build the next block (pending) from them."""
-    txs = pool.select(chain.state_view(), chain.next_base_fee(), chain.genesis.block_gas_limit, max_txs)
+    txs = pool.select(chain.state_view(), chain.next_base_fee(), chain.genesis.block_gas_limit, max_txs,
+                      max_bytes=MAX_BLOCK_TX_BYTES)
     return chain.build_block(txs, coinbase=coinbase, now=now, consensus_root=consensus_root,
                              time_budget_s=BLOCK_CPU_BUDGET_S)
 

@@ -122,6 +122,7 @@ class _Entry:
     seq: int
     tx: SignedTransactionAPI = field(compare=False)
     sender: bytes = field(compare=False)
+    size: int = field(default=0, compare=False)  # encoded bytes
 
 
 def max_cost(tx: SignedTransactionAPI) -> int:
@@ -275,19 +276,21 @@ class TxPool:
         if replaced is not None:
             del self._by_hash[bytes(replaced.tx.hash)]
         self._seq += 1
-        entry = _Entry(self._seq, tx, sender)
+        entry = _Entry(self._seq, tx, sender, len(tx.encode()))
         self._by_sender.setdefault(sender, {})[int(tx.nonce)] = entry
         self._by_hash[bytes(tx.hash)] = entry
 
     # -------------------------------------------------------- selection and removal
 
     def select(self, state: StateView, base_fee: int, gas_limit: int, max_txs: int | None = None,
-               priority: Callable[[SignedTransactionAPI], int] | None = None) -> list[SignedTransactionAPI]:
+               priority: Callable[[SignedTransactionAPI, bytes], int] | None = None,
+               max_bytes: int | None = None) -> list[SignedTransactionAPI]:
         """Transactions for the next block: valid in sequence, nonce order per sender, best tip first.
 
-        `priority` (higher first) ranks before the tip: a proposer that builds within a time budget puts
-        the transactions its protocol needs ahead of others, so a flood of other calls cannot outbid them
-        into a later block. A sender's transactions still go in nonce order."""
+        `priority(tx, sender)` (higher first) ranks before the tip: a proposer that builds within a time
+        budget puts the transactions its protocol needs ahead of others, so a flood of other calls cannot
+        outbid them into a later block. A sender's transactions still go in nonce order. `max_bytes`
+        bounds the encoded transactions together (a block must fit in one consensus message)."""
         heap: list[tuple[int, int, int, bytes, int]] = []
         budgets: dict[bytes, int] = {}
         for sender in self._by_sender:
@@ -296,24 +299,27 @@ class TxPool:
             self._push(heap, sender, nonce, base_fee, priority)
         chosen: list[SignedTransactionAPI] = []
         gas_left = gas_limit
+        bytes_left = max_bytes if max_bytes is not None else -1
         while heap and (max_txs is None or len(chosen) < max_txs):
             _, _, _, sender, nonce = heapq.heappop(heap)
-            tx = self._by_sender[sender][nonce].tx
+            entry = self._by_sender[sender][nonce]
+            tx = entry.tx
             cost = max_cost(tx)
-            if tx.gas > gas_left or cost > budgets[sender]:
+            if tx.gas > gas_left or cost > budgets[sender] or (max_bytes is not None and entry.size > bytes_left):
                 continue  # this sender's later nonces cannot go either
             chosen.append(tx)
             gas_left -= tx.gas
+            bytes_left -= entry.size
             budgets[sender] -= cost
             self._push(heap, sender, nonce + 1, base_fee, priority)
         return chosen
 
     def _push(self, heap: list[tuple[int, int, int, bytes, int]], sender: bytes, nonce: int, base_fee: int,
-              priority: Callable[[SignedTransactionAPI], int] | None) -> None:
+              priority: Callable[[SignedTransactionAPI, bytes], int] | None) -> None:
         entry = self._by_sender[sender].get(nonce)
         if entry is None or fee_cap(entry.tx) < base_fee:
             return
-        rank = priority(entry.tx) if priority is not None else 0
+        rank = priority(entry.tx, sender) if priority is not None else 0
         heapq.heappush(heap, (-rank, -effective_tip(entry.tx, base_fee), entry.seq, sender, nonce))
 
     def remove(self, tx_hashes: Iterable[bytes]) -> None:

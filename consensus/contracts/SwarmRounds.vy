@@ -14,8 +14,8 @@
         below minParticipants then is skipped, so no key poster that stays silent can hold it open;
         else closed if closedEarly; else open iff block.timestamp < closeTime.
         Restart: a round whose first commit comes at or after its closeTime (only possible when
-        extended) restarts its clock there: openTime = now, closeTime = now + commitWindowSecs
-        (WindowRestarted). Otherwise a network started long after its genesis time, or a swarm back
+        extended), and under secure aggregation every round's first commit, restarts its clock there:
+        openTime = now, closeTime = now + commitWindowSecs (WindowRestarted). Otherwise a network started long after its genesis time, or a swarm back
         from an outage, would close the round on the first update that arrives.
         Expected set. When round r opens, every active participant with missed < absentRounds (any
         missed when absentRounds = 0) is expected in r (expectedRound = r + 1). Someone who registers
@@ -845,7 +845,9 @@ def commitUpdate(
     else:
         assert keyCount == 0, "commitUpdate: keyCount not 0"
     index: uint256 = self.rounds[round].commitCount
-    if index == 0 and block.timestamp >= self.rounds[round].closeTime:
+    # a late first commit restarts the clock; under secure aggregation every first commit does, since it
+    # freezes the key set and the round is no longer extended: its members get a whole window from it
+    if index == 0 and (self.secureAggregation or block.timestamp >= self.rounds[round].closeTime):
         self._restartClock(round)
     self.commits[round][index] = Commit(
         participant=msg.sender,

@@ -63,6 +63,11 @@ class Registry:
         self.refreshes = 0
         self.calls = 0
 
+    def cached_active(self, address: bytes) -> bool:
+        """Whether `address` was active at the last refresh: a dict read that asks for no refresh, safe
+        from the chain executor's thread (the proposer's ranking of round calls)."""
+        return self._active.get(address, False)
+
     def knows(self, address: bytes) -> bool:
         self._want_if_stale(address)
         return self._active.get(address, False)

@@ -89,10 +89,29 @@ class SwarmApplication(ChainApplication):
 
     def __init__(self, chain: ExecutionChain, coinbase: bytes, pool: TxPool, held: Callable[[bytes], bool],
                  pending_work: Callable[[], bool]) -> None:
-        super().__init__(chain, coinbase, pool=pool, availability=self._availability, priority=txs.round_priority)
+        super().__init__(chain, coinbase, pool=pool, availability=self._availability)
         self._held = held
         self._pending_work = pending_work
+        # whether an address is an active participant, from a cache (set by the node to its Registry's)
+        self.participant: Callable[[bytes], bool] = lambda address: False
         self.counters = {"da_rejected": 0}
+
+    def propose_block(self, height: int, round_: int, timestamp: int) -> bytes:
+        """The round's own calls first (txs.round_priority, and a node's cancel of a stuck nonce), but only
+        from the swarm's members: a validator of this height or an active participant. A stranger's commit or attestation selector
+        buys no rank (it would revert anyway), so a flood of them cannot push the members' calls out."""
+        validators = {address for address, stake in self.chain.reader.validator_set_for_height(height) if stake > 0}
+        participant = self.participant
+
+        def rank(tx: Any, sender: bytes) -> int:
+            if not (sender in validators or participant(sender)):
+                return 0
+            # a member's zero-value transfer to itself is a node cancelling a stuck nonce (txs.sign_cancel):
+            # its later round calls wait behind it
+            return 1 if txs.round_priority(tx) or (bytes(tx.to) == sender and tx.value == 0) else 0
+
+        self.priority = rank
+        return super().propose_block(height, round_, timestamp)
 
     def _availability(self, height: int, block_txs: Sequence[Any]) -> Verdict:
         missing = [c.update_hash for c in txs.commits_in(block_txs) if not self._held(c.update_hash)]
@@ -216,6 +235,7 @@ class Node:
                                publish=self._publish_tx, notify=self.driver.notify_pending)
         self.ingest = TxIngest(self.p2p.gossip, self.service, self.fetcher, self.driver.notify_pending,
                                current_round=self._current_round)
+        self.app.participant = self.ingest.registry.cached_active
         self.history = History()
         self.work = RoundWork(task=task, genesis_model_hash=genesis.genesis_model_hash, models=self.models,
                               fetcher=self.fetcher, p2p=self.p2p, service=self.service, clients=clients,

@@ -438,7 +438,8 @@ def test_round_calls_get_into_a_budgeted_block_ahead_of_a_better_paying_flood(tm
             attest = sign_tx(K0, genesis.chain_id, 0, to=SWARM_ROUNDS_ADDRESS,
                              data=swarm_txs.attest_data(0, b"\x01" * 32), gas=2_000_000, tip=0)
             pool.add_raw(attest, chain.state_view(), chain.next_base_fee())
-            app = ChainApplication(chain, COINBASE, pool=pool, priority=swarm_txs.round_priority if ranked else None)
+            app = ChainApplication(chain, COINBASE, pool=pool,
+                                   priority=(lambda tx, sender: swarm_txs.round_priority(tx)) if ranked else None)
             app.propose_block(1, 0, T0 + 1)
             hashes = [bytes(t.hash) for t in chain.pending.block.transactions]
             assert len(hashes) < 121, len(hashes)  # the budget cut the block

@@ -273,7 +273,7 @@ EIP_170_LIMIT = 24_576  # bytes of deployed code a CREATE may leave (the genesis
 def test_every_contract_fits_the_eip_170_code_size_limit():
     """The genesis alloc would take larger code (and this chain takes no contract creation), but the
     contracts must stay deployable by a CREATE on any EVM chain, e.g. to audit or test them with common
-    tools; SwarmRounds is within ~160 bytes of the limit (see README's gaps)."""
+    tools; SwarmRounds is within ~145 bytes of the limit (see README's gaps)."""
     sizes = {name: len(code_bytes(load_artifact(name), "bytecode_runtime")) for name in ("Staking", "SwarmRounds")}
     assert all(0 < n <= EIP_170_LIMIT for n in sizes.values()), sizes
 

@@ -165,8 +165,8 @@ def test_a_round_below_min_participants_is_never_revealed():
     for k in (K0, K1):
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
         ok(post(evm, k, i=0 if k is K0 else 1))
-    ok(commit(evm, K0, key_count=2))
-    close = GENESIS_TIME + WINDOW
+    first = ok(commit(evm, K0, key_count=2))
+    close = first.events_named("WindowRestarted")[0]["closeTime"]  # secagg: a window from the first commit
     reverts(reveal(evm, K1, timestamp=close), "revealShares: too few commits")  # skipped: the "sum" is K0's update
 
 
@@ -218,8 +218,8 @@ def test_a_key_set_frozen_below_min_participants_closes_at_the_deadline_and_the_
     for k in (K0, K1):
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
     ok(post(evm, K0))
-    ok(commit(evm, K0, key_count=1))
-    close = GENESIS_TIME + WINDOW
+    first = ok(commit(evm, K0, key_count=1))
+    close = first.events_named("WindowRestarted")[0]["closeTime"]  # a window from the set's first commit
     assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
     assert evm.call(ROUNDS, "windowOpen", timestamp=close) is False
     reverts(post(evm, K1, i=1, timestamp=close - 3), "postMaskKeys: key set frozen")
@@ -253,9 +253,9 @@ def test_a_silent_key_poster_cannot_hold_a_round_open():
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
     ok(post(evm, K0, i=0))
     ok(post(evm, K1, i=1))
-    ok(commit(evm, K0, key_count=2))
+    first = ok(commit(evm, K0, key_count=2))
     ok(evm.transact(K1, ROUNDS, "leave"))
-    close = GENESIS_TIME + WINDOW
+    close = first.events_named("WindowRestarted")[0]["closeTime"]
     assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
     assert evm.call(ROUNDS, "windowOpen", timestamp=close) is False
     assert evm.call(ROUNDS, "windowOpen", timestamp=close + 10_000) is False
@@ -274,8 +274,8 @@ def test_a_frozen_set_whose_members_commit_in_the_window_aggregates_as_usual():
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
     ok(post(evm, K0, i=0))
     ok(post(evm, K1, i=1))
-    ok(commit(evm, K0, key_count=2))
-    close = GENESIS_TIME + WINDOW
+    first = ok(commit(evm, K0, key_count=2))
+    close = first.events_named("WindowRestarted")[0]["closeTime"]
     ok(commit(evm, K1, key_count=2, timestamp=close - 1))  # the last second of the window
     info = round_info(evm)
     assert (info["commitCount"], info["closedEarly"]) == (2, True)
@@ -299,3 +299,34 @@ def test_a_late_first_commit_over_a_set_below_min_restarts_the_clock_then_closes
     for i, k in enumerate((K0, K1, K2)):
         ok(attest(evm, k, model_hash=base, timestamp=t + WINDOW + i))
     assert round_info(evm)["skipped"] is True
+
+
+def test_every_first_commit_gives_the_key_set_a_whole_window():
+    """Found in review: with the deadline left where it was, a member that committed early left the other
+    members only the rest of the window, and under secure aggregation the round is no longer extended,
+    so a slower honest member missed it and the round was skipped. Every first commit now restarts the
+    clock: a member committing past the original deadline, within a window of the first commit, is in;
+    at that window's end it is not."""
+    for late_by in (5, WINDOW // 2):
+        evm = secagg_chain(straggler_grace_pct=0)
+        for k in (K0, K1):
+            ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
+        ok(post(evm, K0, i=0))
+        ok(post(evm, K1, i=1))
+        original = round_info(evm)["closeTime"]
+        t = GENESIS_TIME + WINDOW // 2
+        first = ok(commit(evm, K0, key_count=2, timestamp=t))
+        assert first.events_named("WindowRestarted")[0]["closeTime"] == t + WINDOW > original
+        second = original + late_by
+        if second < t + WINDOW:
+            ok(commit(evm, K1, key_count=2, timestamp=second))
+            assert round_info(evm)["commitCount"] == 2
+        else:
+            reverts(commit(evm, K1, key_count=2, timestamp=second), "commitUpdate: commit window closed")
+
+
+def test_without_secure_aggregation_an_early_first_commit_keeps_the_deadline():
+    evm = make_chain(with_params(min_participants=1))
+    original = round_info(evm)["closeTime"]
+    result = ok(commit(evm, K0, timestamp=GENESIS_TIME + WINDOW // 2))
+    assert not result.events_named("WindowRestarted") and round_info(evm)["closeTime"] == original

@@ -154,7 +154,7 @@ def test_a_priority_ranks_before_the_tip_but_never_before_an_earlier_nonce() -> 
     pool, state = make_pool(), FakeState()
     urgent = b"\x42" * 20
 
-    def priority(t) -> int:
+    def priority(t, sender: bytes) -> int:
         return int(bytes(t.to) == urgent)
 
     k0 = [pool.add_raw(tx(K0, 0, tip=5), state, BASE_FEE), pool.add_raw(tx(K0, 1, tip=5, to=urgent), state, BASE_FEE)]
@@ -164,6 +164,22 @@ def test_a_priority_ranks_before_the_tip_but_never_before_an_earlier_nonce() -> 
     assert [t.hash for t in chosen] == [t.hash for t in (k2, *k1, k0[0], k0[1])]
     assert [t.hash for t in pool.select(state, BASE_FEE, gas_limit=30_000_000)] == [
         t.hash for t in (*k1, k0[0], k0[1], k2)]  # without it: tips only
+
+
+def test_select_bounds_the_encoded_bytes_of_a_block() -> None:
+    """Three 50 KB transactions of one sender and one small one of another: a byte bound that holds two of
+    the large ones exactly takes them (and the small one), and never a later nonce after one left out."""
+    pool, state = make_pool(), FakeState()
+    big = [pool.add_raw(tx(K0, n, data=b"\x01" * 50_000, gas=1_000_000, tip=10), state, BASE_FEE) for n in range(3)]
+    small = pool.add_raw(tx(K1, 0, tip=1), state, BASE_FEE)
+    sizes = [len(t.encode()) for t in big]
+    exact = sizes[0] + sizes[1] + len(small.encode())
+    chosen = pool.select(state, BASE_FEE, gas_limit=30_000_000, max_bytes=exact)
+    assert [t.hash for t in chosen] == [big[0].hash, big[1].hash, small.hash]
+    chosen = pool.select(state, BASE_FEE, gas_limit=30_000_000, max_bytes=exact - 1)
+    assert [t.hash for t in chosen] == [big[0].hash, big[1].hash]  # one byte short: the small one waits
+    chosen = pool.select(state, BASE_FEE, gas_limit=30_000_000, max_bytes=sizes[0] - 1)
+    assert [t.hash for t in chosen] == [small.hash]  # K0's nonce 0 does not fit, so neither do its later ones
 
 
 def test_select_respects_gas_and_balance_in_sequence() -> None:
