@@ -108,8 +108,6 @@ class RoundReader:
             self._validator = bool(call("Staking", "isValidator", me))
             self._static_height = height
         validator = self._validator
-        registered = bool(me_info["registered"])
-        commit_count = int(info["commitCount"])
         if r not in self._closed and not window_may_take_commits(info, head_time, min_participants, skip_under_min,
                                                                  secagg):
             self._closed.add(r)
@@ -117,6 +115,7 @@ class RoundReader:
         if (validator and closed and r not in self._attested
                 and _b(call("SwarmRounds", "attestationOf", r, me)) != ZERO32):
             self._attested.add(r)
+        registered = bool(me_info["registered"])
         sa: dict[str, Any] = {}
         if secagg and registered:
             keys = call("SwarmRounds", "getMaskKeys", r)
@@ -129,7 +128,7 @@ class RoundReader:
                   "reveal_open": closed and head_time < int(call("SwarmRounds", "revealDeadline", r))}
         return RoundObservation(
             height=height, head_time=head_time, round=r, base_hash=_b(info["baseHash"]), window_open=not closed,
-            skipped=closed and commit_count < min_participants, commits=tuple(commits),
+            skipped=closed and int(info["commitCount"]) < min_participants, commits=tuple(commits),
             close_time=int(info["closeTime"]),
             extended=not closed and extended(info, min_participants, skip_under_min, secagg),
             participant_count=int(info["participantCount"]),

@@ -244,16 +244,21 @@ def test_a_key_set_frozen_below_min_participants_closes_at_the_deadline_and_the_
     assert round_info(evm, 1)["commitCount"] == 2
 
 
-def test_a_silent_key_poster_cannot_hold_a_round_open():
-    """Two identities post keys and one commits at once, freezing a set that holds min members: the other
-    stays silent (and even leaves). The round is not extended for it: the set's members have until the
-    deadline, and the round is then skipped."""
+def two_member_set_and_a_first_commit():
+    """K0 and K1 post keys for round 0 (min 2, no straggler grace) and K0 commits: the set is frozen."""
     evm = secagg_chain(straggler_grace_pct=0)
     for k in (K0, K1):
         ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
     ok(post(evm, K0, i=0))
     ok(post(evm, K1, i=1))
-    first = ok(commit(evm, K0, key_count=2))
+    return evm, ok(commit(evm, K0, key_count=2))
+
+
+def test_a_silent_key_poster_cannot_hold_a_round_open():
+    """Two identities post keys and one commits at once, freezing a set that holds min members: the other
+    stays silent (and even leaves). The round is not extended for it: the set's members have until the
+    deadline, and the round is then skipped."""
+    evm, first = two_member_set_and_a_first_commit()
     ok(evm.transact(K1, ROUNDS, "leave"))
     close = first.events_named("WindowRestarted")[0]["closeTime"]
     assert evm.call(ROUNDS, "windowOpen", timestamp=close - 1) is True
@@ -269,12 +274,7 @@ def test_a_silent_key_poster_cannot_hold_a_round_open():
 def test_a_frozen_set_whose_members_commit_in_the_window_aggregates_as_usual():
     """The other side: the second member of the set commits before the deadline, the round reaches min
     and closes early (both expected committed); it is not skipped."""
-    evm = secagg_chain(straggler_grace_pct=0)
-    for k in (K0, K1):
-        ok(evm.transact(k, ROUNDS, "setShareKey", keccak(k.to_bytes())))
-    ok(post(evm, K0, i=0))
-    ok(post(evm, K1, i=1))
-    first = ok(commit(evm, K0, key_count=2))
+    evm, first = two_member_set_and_a_first_commit()
     close = first.events_named("WindowRestarted")[0]["closeTime"]
     ok(commit(evm, K1, key_count=2, timestamp=close - 1))  # the last second of the window
     info = round_info(evm)

@@ -27,6 +27,28 @@ def _b(text: str) -> bytes:
     return bytes.fromhex(text[2:].lower())
 
 
+def propose_and_commit(chain: ExecutionChain, proposer: bytes, raws: list[bytes], timestamp: int) -> None:
+    """The next block from `raws` (signed calls), proposed as a node does and committed; every one included."""
+    pool = TxPool(chain.genesis.chain_id, chain.decode_transaction)
+    for raw in raws:
+        pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+    built = ChainApplication(chain, proposer, pool=pool).propose_block(chain.height + 1, 0, timestamp)
+    chain.commit(chain.block_hash(built))
+    assert len(chain.reader.block_by_number(chain.height).transactions) == len(raws), "a transaction failed"
+
+
+def succeeds_next(chain: ExecutionChain, coinbase: bytes, raw: bytes) -> bool:
+    """The contract's own answer: does the signed call `raw` succeed in a block stamped head + 1 s?
+    (built, then discarded)"""
+    pool = TxPool(chain.genesis.chain_id, chain.decode_transaction)
+    pool.add_raw(raw, chain.state_view(), chain.next_base_fee())
+    executed = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
+                                 coinbase=coinbase, now=int(chain.head.timestamp) + 1)
+    ok = executed.receipts is not None and executed.receipts[0].state_root == b"\x01"
+    chain.discard_pending()
+    return ok
+
+
 def from_scratch(chain: ExecutionChain, me: bytes) -> tuple[RoundObservation, int]:
     """Every field read afresh with uncached calls; and the call count."""
     v = SwarmViews(chain)
@@ -82,27 +104,16 @@ def test_observations_match_a_full_read_and_the_contract_after_every_block(tmp_p
                              chain.next_base_fee(), gas=gas)
 
     def next_block_takes_a_commit(who: int, round_: int) -> bool:
-        """The contract's own answer: does a commit by `who` succeed in a block stamped head + 1 s?"""
-        pool = TxPool(genesis.chain_id, chain.decode_transaction)
-        pool.add_raw(signed(who, commit(who, round_)[1]), chain.state_view(), chain.next_base_fee())
-        built = ChainApplication(chain, me[0], pool=pool)
-        executed = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
-                                     coinbase=me[0], now=int(chain.head.timestamp) + 1)
-        ok = executed.receipts is not None and executed.receipts[0].state_root == b"\x01"
-        chain.discard_pending()
-        del built
-        return ok
+        return succeeds_next(chain, me[0], signed(who, commit(who, round_)[1]))
 
     def block(*calls: tuple[int, bytes], dt: int = 5) -> None:
         nonlocal scratch_calls, window_checks
-        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        raws = []
         for who, data in calls:
-            pool.add_raw(signed(who, data), chain.state_view(), chain.next_base_fee())
+            raws.append(signed(who, data))
             nonces[who] += 1
         clock[0] += dt
-        built = ChainApplication(chain, me[0], pool=pool).propose_block(chain.height + 1, 0, clock[0])
-        chain.commit(chain.block_hash(built))
-        assert len(chain.reader.block_by_number(chain.height).transactions) == len(calls), "a transaction failed"
+        propose_and_commit(chain, me[0], raws, clock[0])
         for i, reader in readers.items():
             expected, n = from_scratch(chain, me[i])
             scratch_calls += n
@@ -191,23 +202,15 @@ def test_a_key_set_frozen_below_min_closes_at_the_deadline_for_readers_and_contr
         return txs.sign_call(keys[who], genesis.chain_id, nonces[who], data, chain.next_base_fee(), gas=gas)
 
     def block(*calls: tuple[int, bytes], dt: int = 5) -> None:
-        pool = TxPool(genesis.chain_id, chain.decode_transaction)
+        raws = []
         for who, data in calls:
-            pool.add_raw(signed(who, data), chain.state_view(), chain.next_base_fee())
+            raws.append(signed(who, data))
             nonces[who] += 1
         clock[0] += dt
-        built = ChainApplication(chain, me[0], pool=pool).propose_block(chain.height + 1, 0, clock[0])
-        chain.commit(chain.block_hash(built))
-        assert len(chain.reader.block_by_number(chain.height).transactions) == len(calls), "a transaction failed"
+        propose_and_commit(chain, me[0], raws, clock[0])
 
     def attest_would_succeed() -> bool:
-        pool = TxPool(genesis.chain_id, chain.decode_transaction)
-        pool.add_raw(signed(1, txs.attest_data(0, GENESIS_MODEL)), chain.state_view(), chain.next_base_fee())
-        executed = chain.build_block(pool.select(chain.state_view(), chain.next_base_fee(), 30_000_000),
-                                     coinbase=me[0], now=int(chain.head.timestamp) + 1)
-        ok = executed.receipts is not None and executed.receipts[0].state_root == b"\x01"
-        chain.discard_pending()
-        return ok
+        return succeeds_next(chain, me[0], signed(1, txs.attest_data(0, GENESIS_MODEL)))
 
     try:
         block(*[(i, txs.register_data(PEER_IDS[i])) for i in (0, 3)])

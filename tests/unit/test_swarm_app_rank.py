@@ -32,7 +32,7 @@ def test_strangers_round_selectors_buy_no_rank_over_a_validators_attestation(tmp
         attest = sign_tx(dev_key(0), genesis.chain_id, 0, to=SWARM_ROUNDS_ADDRESS,
                          data=txs.attest_data(0, b"\x01" * 32), gas=2_000_000, tip=1)
         pool.add_raw(attest, state, fee)
-        app = SwarmApplication(chain, dev_key(0)[:20], pool, held=lambda cid: True, pending_work=lambda: False)
+        app = SwarmApplication(chain, address_of(dev_key(0)), pool, held=lambda cid: True, pending_work=lambda: False)
         app.propose_block(1, 0, genesis.genesis_time + 1)
         included = [bytes(t.hash) for t in chain.pending.block.transactions]
         assert keccak(attest) == included[0], "the validator's attestation goes first"

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 import trio
+import trio.testing
 
 from swarmnode.aggregation.codec import GlobalModel
 from swarmnode.experiment import ClientData
@@ -61,7 +62,8 @@ async def test_progress_score_waits_for_the_next_rounds_held_out_score(setup: An
     w, model, h, calls = setup
     async with trio.open_nursery() as nursery:
         nursery.start_soon(w.score, 3, h, 0)  # the round is final: scored first...
-        await trio.sleep(0.2)
+        await trio.testing.wait_all_tasks_blocked()  # score has gone as far as it can alone:
+        assert w._val_changed.statistics().tasks_waiting == 1  # parked on the shared held-out score
         assert calls == []  # ...it waits for the next round's training to score the same model
         _, acc, _ = await w.score_held_out(model, 0, h)
     assert len(calls) == 1
